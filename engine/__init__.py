@@ -1,0 +1,8 @@
+"""Engines behind the Generator protocol, registered by name in ``ttc.registry.BACKENDS``.
+
+Importing this package registers every backend's config; heavy modules (torch models)
+are imported only when a backend is built.
+Must NOT know: rewards, scores, strategies.
+"""
+
+from ttc.engine import simulated  # noqa: F401  (registers)

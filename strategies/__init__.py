@@ -1,0 +1,11 @@
+"""Search strategies, one per module, each registered by name in ``STRATEGIES``.
+
+Importing this package registers every strategy; the list below is the full catalogue.
+Must NOT know: engine internals, Hydra, file formats.
+"""
+
+from ttc.strategies.base import STRATEGIES, SearchContext, SearchStrategy, StrategyConfig
+
+from ttc.strategies import best_of_n, self_consistency  # noqa: F401  (registers)
+
+__all__ = ["STRATEGIES", "SearchContext", "SearchStrategy", "StrategyConfig"]

@@ -1,0 +1,299 @@
+"""What every strategy shares: the run/search split, the search context, selection.
+
+Contract: a strategy subclasses :class:`SearchStrategy` and writes only ``search(ctx)``,
+the loop of its paper's pseudo-code. :meth:`SearchStrategy.run` opens a ledger for the
+problem, wraps the generator and verifier in metered views (so every token and call is
+charged once, and budgets are hard limits), stops the search when a budget runs out,
+releases every handle still pinned, and turns the candidates into a
+:class:`~ttc.types.Result`.
+
+:class:`SearchContext` holds the helpers the pseudo-code needs: ``expand`` (one engine
+call for many nodes, children added to the tree, terminal ones recognised), ``score``
+(one verifier call for many nodes, step scores stored on the nodes), ``release``
+(pruned nodes' KV freed at once), ``offer`` (a finished trajectory becomes a candidate)
+and reproducible ``seed``\\ s.
+
+KV lifecycle::
+
+    expand(parents) ─► children pinned by the engine (alive)
+    score(children) ─► value attached with pin(value=score): low values evicted first
+    release(pruned) ─► KV not shared with a live node freed at once
+    end of run      ─► every node still pinned is released
+
+Must NOT know: engine internals (pages, block tables, kernels), Hydra, file formats.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Callable, ClassVar, Iterable, Sequence
+
+from pydantic import Field
+
+from ttc.aggregate import Selection, StepAggregation, aggregate_steps, select
+from ttc.answers import extract_answer
+from ttc.config import GenerationConfig
+from ttc.ledger import Budget, BudgetExhausted, ComputeLedger
+from ttc.metered import MeteredGenerator, MeteredVerifier
+from ttc.protocols import Generator, ProgressCallback, Verifier
+from ttc.registry import STRATEGIES
+from ttc.tree import Node, NodeStatus, SearchTree
+from ttc.types import (Candidate, Continuation, ExpandRequest, FinishReason, Frozen,
+                       Problem, ProgressEvent, Result, SamplingParams)
+
+__all__ = ["STRATEGIES", "SearchContext", "SearchStrategy", "StrategyConfig",
+           "split_steps", "stable_seed"]
+
+
+class StrategyConfig(Frozen):
+    """Fields every strategy has; each strategy adds its own (and only its own)."""
+
+    name: str
+    keep_tree: bool = Field(default=True, description="return the search tree in the Result")
+
+
+def stable_seed(*parts: Any) -> int:
+    """A seed from any values, stable across processes (unlike ``hash``)."""
+    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & 0x7FFF_FFFF_FFFF_FFFF
+
+
+def split_steps(text: str, delimiter: str) -> list[str]:
+    """Split a whole solution into steps, each keeping its delimiter; empty steps dropped."""
+    steps: list[str] = []
+    start = 0
+    while True:
+        idx = text.find(delimiter, start)
+        if idx < 0:
+            tail = text[start:]
+            if tail.strip():
+                steps.append(tail)
+            return steps
+        piece = text[start: idx + len(delimiter)]
+        if piece.strip():
+            steps.append(piece)
+        elif steps:
+            steps[-1] += piece   # a run of delimiters stays with the step before it
+        start = idx + len(delimiter)
+
+
+class SearchContext:
+    """One problem's search state and the helpers strategies compose."""
+
+    def __init__(self, problem: Problem, *, generator: MeteredGenerator,
+                 verifier: MeteredVerifier, ledger: ComputeLedger,
+                 generation: GenerationConfig, progress: ProgressCallback | None = None,
+                 seed_salt: str = "") -> None:
+        self.problem = problem
+        self.generator = generator
+        self.verifier = verifier
+        self.ledger = ledger
+        self.generation = generation
+        self.tree = SearchTree(prompt=problem.question)
+        self.candidates: list[Candidate] = []
+        self.info: dict[str, Any] = {}
+        self._progress = progress
+        self._seed_salt = seed_salt
+        self._pinned: set[int] = set()
+        self.tree.root.handle = generator.root(problem)
+        self._pinned.add(0)
+
+    @property
+    def root(self) -> Node:
+        return self.tree.root
+
+    # -- seeds and events --------------------------------------------------------------
+    def seed(self, *parts: Any) -> int:
+        """seed = hash(base_seed, problem, *parts): reproducible, extendable."""
+        return stable_seed(self.generation.seed, self.problem.id, self._seed_salt, *parts)
+
+    def emit(self, step: int, live: int, best_score: float | None = None, note: str = "",
+             **extra: Any) -> None:
+        if self._progress is not None:
+            self._progress(ProgressEvent(step=step, live=live, best_score=best_score,
+                                         note=note, extra=extra))
+
+    # -- expansion ---------------------------------------------------------------------
+    def step_params(self, seed: int, **kw: Any) -> SamplingParams:
+        return self.generation.step_params(seed=seed, **kw)
+
+    def solution_params(self, seed: int, **kw: Any) -> SamplingParams:
+        return self.generation.solution_params(seed=seed, **kw)
+
+    def expand(self, parents: Sequence[Node], *, n: int | Sequence[int] = 1,
+               params: SamplingParams | Sequence[SamplingParams]) -> list[list[Node]]:
+        """Expand every parent ``n`` times in one engine call; return children per parent.
+
+        Children are added to the tree and pinned. A child is terminal when the engine
+        ended it (EOS or a model limit), when it states a final answer (``\\boxed{``),
+        or when the trajectory reaches ``max_steps`` or ``max_tokens``.
+        """
+        counts = [n] * len(parents) if isinstance(n, int) else list(n)
+        plist = [params] * len(parents) if isinstance(params, SamplingParams) else list(params)
+        if not (len(counts) == len(plist) == len(parents)):
+            raise ValueError(f"expand got {len(parents)} parents, {len(counts)} counts and "
+                             f"{len(plist)} sampling params; they must match.")
+        requests = [ExpandRequest(prefix=p.handle, n=k, params=sp)
+                    for p, k, sp in zip(parents, counts, plist) if k > 0]
+        if not requests:
+            return [[] for _ in parents]
+        out = self.generator.expand(requests)
+        results: list[list[Node]] = []
+        it = iter(out.continuations)
+        for parent, k in zip(parents, counts):
+            conts = next(it) if k > 0 else ()
+            results.append([self._add_child(parent, c) for c in conts])
+        return results
+
+    def _add_child(self, parent: Node, cont: Continuation) -> Node:
+        child = self.tree.add(parent, text=cont.text, token_ids=cont.token_ids,
+                              handle=cont.handle, logprob=float(sum(cont.logprobs)),
+                              finish=cont.finish.value)
+        self._pinned.add(child.id)
+        path_tokens = sum(n.num_tokens for n in self.tree.path(child))
+        answer = extract_answer(cont.text) if "boxed" in cont.text else None
+        whole = "".join(self.tree.steps(child))
+        if cont.ended or answer is not None or child.depth >= self.generation.max_steps \
+                or path_tokens >= self.generation.max_tokens:
+            child.status = NodeStatus.TERMINAL
+            child.answer = answer if answer is not None else extract_answer(whole)
+        elif cont.finish is FinishReason.BUDGET:
+            child.extra["cut_by_budget"] = True
+        return child
+
+    # -- scoring -----------------------------------------------------------------------
+    def steps_of(self, node: Node) -> list[str]:
+        """The node's trajectory as verifier steps (a whole solution is split)."""
+        steps: list[str] = []
+        for n in self.tree.path(node):
+            parts = split_steps(n.text, self.generation.step_delimiter)
+            steps.extend(parts or [n.text])
+        return steps
+
+    def score(self, nodes: Sequence[Node]) -> list[list[float]]:
+        """Score the nodes' trajectories in one verifier call; store the last step score
+        on each node and attach it as the node's KV value."""
+        nodes = list(nodes)
+        if not nodes:
+            return []
+        out = self.verifier.score(self.problem, [self.steps_of(n) for n in nodes])
+        per_node: list[list[float]] = []
+        for node, scores in zip(nodes, out.scores):
+            scores = list(scores)
+            node.score = scores[-1] if scores else 0.0
+            node.extra["step_scores"] = scores
+            per_node.append(scores)
+        for node in nodes:
+            if node.id in self._pinned:
+                self.generator.pin([node.handle], value=node.score)
+        return per_node
+
+    def value(self, node: Node, how: StepAggregation | str = "last") -> float:
+        """Aggregated score of a scored node's trajectory."""
+        scores = node.extra.get("step_scores")
+        if not scores:
+            return node.score if node.score is not None else 0.0
+        return aggregate_steps(scores, how)
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def release(self, nodes: Iterable[Node], *, prune: bool = True) -> None:
+        """Release the nodes' KV now (pruned, or finished and no longer needed)."""
+        handles = []
+        for node in nodes:
+            if node.id in self._pinned:
+                self._pinned.discard(node.id)
+                handles.append(node.handle)
+            if prune and node.status is not NodeStatus.TERMINAL:
+                node.status = NodeStatus.PRUNED
+        self.generator.release(handles)
+
+    def release_all(self) -> None:
+        handles = [self.tree[i].handle for i in sorted(self._pinned, reverse=True)]
+        self._pinned.clear()
+        self.generator.release(handles)
+
+    @property
+    def pinned_nodes(self) -> list[int]:
+        return sorted(self._pinned)
+
+    # -- candidates --------------------------------------------------------------------
+    def offer(self, node: Node, *, score: float | None = None) -> Candidate:
+        """Record a trajectory as a candidate answer."""
+        path = self.tree.path(node)
+        tokens = sum(n.num_tokens for n in path)
+        logprob = sum(n.logprob for n in path)
+        steps = tuple(n.text for n in path)
+        answer = node.answer if node.answer is not None else extract_answer("".join(steps))
+        cand = Candidate(steps=steps, answer=answer,
+                         score=score if score is not None else node.score,
+                         step_scores=tuple(node.extra.get("step_scores", ())),
+                         num_tokens=tokens,
+                         mean_logprob=(logprob / tokens) if tokens else None,
+                         node_id=node.id)
+        self.candidates.append(cand)
+        return cand
+
+
+class SearchStrategy:
+    """Base class: ``run`` does the bookkeeping, subclasses write ``search``."""
+
+    config_class: ClassVar[type[StrategyConfig]]
+    selection: ClassVar[Selection] = Selection.WEIGHTED
+
+    def __init__(self, config: StrategyConfig, *,
+                 generation: GenerationConfig | None = None) -> None:
+        self.config = config
+        self.generation = generation or GenerationConfig()
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    def run(self, problem: Problem, *, generator: Generator, verifier: Verifier,
+            budget: Budget | None = None, progress: ProgressCallback | None = None,
+            ledger: ComputeLedger | None = None) -> Result:
+        ledger = ledger or ComputeLedger(budget)
+        ctx = SearchContext(problem, generator=MeteredGenerator(generator, ledger),
+                            verifier=MeteredVerifier(verifier, ledger), ledger=ledger,
+                            generation=self.generation, progress=progress)
+        try:
+            self.search(ctx)
+        except BudgetExhausted:
+            ledger.budget_exhausted = True
+        finally:
+            ledger.record_kv_bytes(ctx.generator.kv_bytes())
+            ctx.release_all()
+        chosen = self.choose(ctx)
+        ledger.finish()
+        return Result(
+            problem_id=problem.id, strategy=self.name,
+            answer=chosen.answer if chosen else None,
+            trajectory=chosen.steps if chosen else (),
+            candidates=tuple(ctx.candidates),
+            tree=ctx.tree.to_json() if self.config.keep_tree else None,
+            ledger=ledger.snapshot(), budget_exhausted=ledger.budget_exhausted,
+            info=ctx.info)
+
+    def search(self, ctx: SearchContext) -> None:
+        raise NotImplementedError
+
+    def choose(self, ctx: SearchContext) -> Candidate | None:
+        """Pick the answer; with no finished candidate, offer the best partial one."""
+        if not ctx.candidates:
+            partial = [n for n in ctx.tree if n.parent is not None]
+            if not partial:
+                return None
+            best = max(partial, key=lambda n: (n.score if n.score is not None else -1.0,
+                                               n.depth))
+            ctx.offer(best)
+        rule = getattr(self.config, "selection", self.selection)
+        return select(ctx.candidates, rule)
+
+
+def register(config_cls: type[StrategyConfig]) -> Callable[[type], type]:
+    """Register a strategy class under its config's ``name``."""
+    def decorator(cls: type) -> type:
+        cls.config_class = config_cls
+        STRATEGIES.register(config_cls)(cls)
+        return cls
+    return decorator

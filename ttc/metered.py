@@ -1,0 +1,93 @@
+"""Metered views of a generator and a verifier: the one place a ledger is charged.
+
+Contract: a strategy only ever holds these views. Each call checks the budget first,
+passes the remaining generated-token allowance to the engine as a hard cap, times the
+call into its ledger phase, and charges the usage the engine or verifier reported.
+
+    strategy ── expand ──► MeteredGenerator ── expand(token_limit=remaining) ──► engine
+                               │  charge_generation(usage)     (once per call)
+                               ▼
+                         ComputeLedger ◄── charge_verification(usage) ── MeteredVerifier
+
+Must NOT know: what the engine or verifier is.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from ttc.ledger import ComputeLedger
+from ttc.protocols import Generator, SupportsEmbeddings, Verifier
+from ttc.types import (ExpandOutput, ExpandRequest, FinishReason, Handle, Problem,
+                       ScoreOutput, VerifierUsage)
+
+
+class MeteredGenerator:
+    def __init__(self, inner: Generator, ledger: ComputeLedger) -> None:
+        if isinstance(inner, MeteredGenerator):
+            raise TypeError("generator is already metered; pass the underlying engine.")
+        self.inner = inner
+        self.ledger = ledger
+
+    def root(self, problem: Problem) -> Handle:
+        return self.inner.root(problem)
+
+    def expand(self, requests: Sequence[ExpandRequest]) -> ExpandOutput:
+        if not requests:
+            raise ValueError("expand needs at least one request; got none.")
+        token_limit = self.ledger.check_generation()   # raises BudgetExhausted at 0
+        with self.ledger.phase("generate"):
+            out = self.inner.expand(list(requests), token_limit=token_limit)
+        self.ledger.charge_generation(out.usage)
+        if any(c.finish is FinishReason.BUDGET for cs in out.continuations for c in cs):
+            self.ledger.budget_exhausted = True
+        return out
+
+    def pin(self, handles: Sequence[Handle], *, value: float | None = None) -> None:
+        self.inner.pin(list(handles), value=value)
+
+    def release(self, handles: Sequence[Handle]) -> None:
+        if handles:
+            self.inner.release(list(handles))
+
+    def kv_bytes(self) -> int:
+        return self.inner.kv_bytes()
+
+    @property
+    def supports_embeddings(self) -> bool:
+        return isinstance(self.inner, SupportsEmbeddings)
+
+    def embed(self, handles: Sequence[Handle]) -> list[list[float]]:
+        if not isinstance(self.inner, SupportsEmbeddings):
+            raise TypeError(f"{type(self.inner).__name__} cannot embed steps.")
+        with self.ledger.phase("generate"):
+            return self.inner.embed(list(handles))
+
+
+class MeteredVerifier:
+    def __init__(self, inner: Verifier, ledger: ComputeLedger) -> None:
+        if isinstance(inner, MeteredVerifier):
+            raise TypeError("verifier is already metered; pass the underlying verifier.")
+        self.inner = inner
+        self.ledger = ledger
+
+    @property
+    def incremental(self) -> bool:
+        return bool(getattr(self.inner, "incremental", False))
+
+    def score(self, problem: Problem,
+              trajectories: Sequence[Sequence[str]]) -> ScoreOutput:
+        trajectories = [list(t) for t in trajectories]
+        if not trajectories:
+            return ScoreOutput(scores=(), usage=_NO_USAGE)
+        self.ledger.check_verification(len(trajectories))
+        with self.ledger.phase("verify"):
+            out = self.inner.score(problem, trajectories)
+        if len(out.scores) != len(trajectories):
+            raise RuntimeError(f"{type(self.inner).__name__} returned {len(out.scores)} "
+                               f"score lists for {len(trajectories)} trajectories.")
+        self.ledger.charge_verification(out.usage)
+        return out
+
+
+_NO_USAGE = VerifierUsage()

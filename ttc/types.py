@@ -1,0 +1,232 @@
+"""Values that cross layers: problems, sampling parameters, expansion requests and results.
+
+Contract: everything here is frozen (pydantic models with ``frozen=True, extra="forbid"``
+for what is read from config or disk, frozen dataclasses for runtime values), so a
+strategy, an engine and a verifier can hand these to each other without copying.
+Must NOT know: engines, pages, models, Hydra, or any particular strategy.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any, Hashable
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+STEP_DELIMITER = "\n\n"
+
+
+class Frozen(BaseModel):
+    """Base for schemas read from config or disk: immutable, unknown keys rejected."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Problem(Frozen):
+    """One question to solve.
+
+    ``answer`` is the gold answer when known (evals); ``metadata`` carries dataset fields
+    such as a MATH level, or a simulated problem's difficulty.
+    """
+
+    id: str = "0"
+    question: str
+    answer: str | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("question")
+    @classmethod
+    def _question_not_empty(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("the question must be a non-empty string")
+        return value
+
+
+class SamplingParams(Frozen):
+    """How to sample one continuation.
+
+    ``stop`` strings end a continuation and are kept in its text (the step delimiter
+    ``"\\n\\n"`` ends a reasoning step). ``seed`` makes a branch reproducible: the
+    engine derives each continuation's generator from (seed, continuation index).
+    ``temperature == 0`` means greedy.
+    """
+
+    temperature: float = Field(default=0.8, ge=0.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    top_k: int = Field(default=0, ge=0)  # 0 = no top-k truncation
+    max_tokens: int = Field(default=512, gt=0)
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    logprobs: bool = True
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_not_empty(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for s in value:
+            if s == "":
+                raise ValueError("stop strings must be non-empty; got ''")
+        return value
+
+
+class FinishReason(enum.Enum):
+    STOP = "stop"              # hit a stop string (e.g. the step delimiter); may continue
+    EOS = "eos"                # the model ended the answer
+    MAX_TOKENS = "max_tokens"  # hit SamplingParams.max_tokens (or the model's context)
+    BUDGET = "budget"          # cut by the caller's generated-token limit
+
+
+Handle = Hashable
+"""An engine-side name for a token sequence (a prompt, or a prompt plus steps).
+
+Handles come from :meth:`Generator.root` and :meth:`Generator.expand`; the search layer
+treats them as opaque and passes them back as prefixes, pins and releases them.
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class ExpandRequest:
+    """Ask for ``n`` continuations of the sequence named by ``prefix``."""
+
+    prefix: Handle
+    n: int
+    params: SamplingParams
+
+    def __post_init__(self) -> None:
+        if self.n <= 0:
+            raise ValueError(f"ExpandRequest.n must be a positive integer; got {self.n!r}.")
+
+
+@dataclass(frozen=True, slots=True)
+class Continuation:
+    """One sampled continuation of a prefix.
+
+    ``handle`` names prefix + these tokens; it starts pinned (alive) and stays so until
+    the search layer releases it. ``logprobs`` has one natural-log probability per token.
+    """
+
+    handle: Handle
+    token_ids: tuple[int, ...]
+    text: str
+    logprobs: tuple[float, ...]
+    finish: FinishReason
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def ended(self) -> bool:
+        """True when the trajectory cannot continue (EOS or model limit)."""
+        return self.finish in (FinishReason.EOS, FinishReason.MAX_TOKENS)
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationUsage:
+    """What one ``expand`` call cost, reported by the engine where it happened.
+
+    ``prefill_tokens`` were run through the model; ``cached_tokens`` were prompt/prefix
+    tokens served from the prefix cache instead. ``peak_kv_bytes`` is the engine's
+    high-water mark of resident KV bytes so far.
+    """
+
+    prefill_tokens: int = 0
+    cached_tokens: int = 0
+    generated_tokens: int = 0
+    peak_kv_bytes: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ExpandOutput:
+    """Continuations, one list per request in request order, and the call's usage."""
+
+    continuations: tuple[tuple[Continuation, ...], ...]
+    usage: GenerationUsage
+
+
+@dataclass(frozen=True, slots=True)
+class VerifierUsage:
+    """What one ``score`` call cost: sequences scored and tokens run through the verifier.
+
+    ``tokens`` excludes tokens served from the verifier's own prefix cache, which are
+    counted in ``cached_tokens``.
+    """
+
+    calls: int = 0
+    tokens: int = 0
+    cached_tokens: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ScoreOutput:
+    """Per-step scores in [0, 1], one list per trajectory, and the call's usage."""
+
+    scores: tuple[tuple[float, ...], ...]
+    usage: VerifierUsage
+
+
+class Candidate(Frozen):
+    """A finished (or best-so-far) trajectory offered as an answer."""
+
+    steps: tuple[str, ...]
+    answer: str | None
+    score: float | None = None          # aggregated verifier score, if scored
+    step_scores: tuple[float, ...] = ()
+    num_tokens: int = 0
+    mean_logprob: float | None = None
+    node_id: int | None = None          # its leaf in the search tree, if one was kept
+
+    @property
+    def text(self) -> str:
+        return "".join(self.steps)
+
+
+class LedgerSnapshot(Frozen):
+    """A frozen copy of a :class:`~ttc.ledger.ComputeLedger`'s counters."""
+
+    prefill_tokens: int = 0
+    cached_tokens: int = 0
+    generated_tokens: int = 0
+    lm_calls: int = 0
+    verifier_calls: int = 0
+    verifier_tokens: int = 0
+    verifier_cached_tokens: int = 0
+    peak_kv_bytes: int = 0
+    wall_seconds: dict[str, float] = Field(default_factory=dict)
+    budget_exhausted: bool = False
+    problems: int = 1
+
+
+class Result(Frozen):
+    """What a strategy returns for one problem."""
+
+    problem_id: str
+    strategy: str
+    answer: str | None
+    trajectory: tuple[str, ...] = ()
+    candidates: tuple[Candidate, ...] = ()
+    tree: dict[str, Any] | None = None   # SearchTree.to_json(), when kept
+    ledger: LedgerSnapshot = Field(default_factory=LedgerSnapshot)
+    budget_exhausted: bool = False
+    info: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _mirror_budget_flag(self) -> "Result":
+        if self.ledger.budget_exhausted and not self.budget_exhausted:
+            object.__setattr__(self, "budget_exhausted", True)
+        return self
+
+    @property
+    def text(self) -> str:
+        return "".join(self.trajectory)
+
+
+@dataclass(frozen=True, slots=True)
+class ProgressEvent:
+    """A strategy's progress report: search step, live branches, best score so far."""
+
+    step: int
+    live: int
+    best_score: float | None = None
+    note: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)

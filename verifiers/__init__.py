@@ -1,0 +1,7 @@
+"""Verifiers: process reward models, judges and answer checking, registered by name.
+
+Importing this package registers every verifier in ``ttc.registry.VERIFIERS``.
+Must NOT know: how branches are stored or batched, or which strategy is calling.
+"""
+
+from ttc.verifiers import simulated  # noqa: F401  (registers)
