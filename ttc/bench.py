@@ -1,0 +1,80 @@
+"""Named benchmarks behind ``ttc bench NAME [--quick] [--json PATH]``.
+
+Contract: a benchmark is a function ``run(*, quick: bool) -> BenchReport`` in some module,
+listed here by name and import path (imported only when run). Its report holds
+``name``, ``machine`` (filled in here), ``metrics`` (absolute figures, with units in
+their keys) and ``ratios`` (measured side by side in the same run: machines are
+noisy, ratios travel). Benchmarks never run inside pass/fail tests.
+Must NOT know: what any benchmark measures.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ttc.registry import UnknownName
+
+# name -> "module:function"; each entry's module docstring says what it measures.
+BENCHMARKS: dict[str, str] = {
+    "overhead": "ttc.evals.bench_overhead:run",
+    "engine": "ttc.engine.bench:run",
+    "attention": "ttc.engine.kernels.bench:run",
+    "prm": "ttc.verifiers.bench:run",
+}
+
+
+@dataclass
+class BenchReport:
+    name: str
+    metrics: dict[str, Any] = field(default_factory=dict)
+    ratios: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    machine: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "machine": self.machine, "metrics": self.metrics,
+                "ratios": self.ratios, "notes": self.notes}
+
+
+def describe_machine() -> dict[str, Any]:
+    info: dict[str, Any] = {"platform": platform.platform(), "python": platform.python_version(),
+                            "cpus": os.cpu_count(), "processor": platform.processor() or
+                            platform.machine()}
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+        info["torch_threads"] = torch.get_num_threads()
+        if torch.cuda.is_available():
+            info["gpu"] = torch.cuda.get_device_name(0)
+    except ImportError:
+        pass
+    return info
+
+
+def run_benchmark(name: str, *, quick: bool, json_path: str | Path | None = None) -> BenchReport:
+    if name not in BENCHMARKS:
+        raise UnknownName(f"unknown benchmark {name!r}; available: {', '.join(sorted(BENCHMARKS))}.")
+    module_name, func_name = BENCHMARKS[name].split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as err:
+        if err.name and err.name.startswith(module_name.rsplit(".", 1)[0]):
+            raise UnknownName(f"benchmark {name!r} is not available in this installation "
+                              f"({module_name} is missing).") from err
+        raise
+    report: BenchReport = getattr(module, func_name)(quick=quick)
+    report.machine = {**describe_machine(), **report.machine}
+    if json_path is not None:
+        path = Path(json_path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(report.to_json(), indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, path)
+    return report
