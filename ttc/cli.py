@@ -1,0 +1,260 @@
+"""The ``ttc`` command line: solve, strategies, config, bench (and the commands later
+layers add: grade, eval, sweep, report, tree, serve).
+
+Contract: the only module that imports Hydra. It composes the config groups shipped in
+``ttc/conf`` with the user's overrides (``strategy=astar``, ``strategy.n=16``; the flags
+``--strategy astar`` and ``--budget 4096`` are spelled-out overrides), validates the result
+into a frozen :class:`~ttc.config.RunConfig`, and hands it to the Pipeline. Every user
+error (unknown name, bad value, unknown key, empty question) is one line on stderr and
+exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import typer
+
+from ttc.registry import ConfigError
+
+CONF_DIR = Path(__file__).parent / "conf"
+GROUPS = ("backend", "verifier", "strategy", "generation", "budget")
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="ttc: test-time compute orchestration for LLM reasoning.")
+
+
+class UsageError(ConfigError):
+    pass
+
+
+def fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code=2)
+
+
+def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn user errors into one line and exit code 2."""
+    import functools
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except (ConfigError, ValueError, FileNotFoundError) as err:
+            fail(str(err).splitlines()[0] if str(err) else type(err).__name__)
+    return wrapper
+
+
+# -- composing ----------------------------------------------------------------------------
+def group_options(group: str, conf_dir: Path = CONF_DIR) -> list[str]:
+    return sorted(p.stem for p in (conf_dir / group).glob("*.yaml"))
+
+
+def _check_group_choices(overrides: list[str], groups: tuple[str, ...], conf_dir: Path) -> None:
+    for item in overrides:
+        key, sep, value = item.lstrip("+~").partition("=")
+        if not sep:
+            raise UsageError(f"override {item!r} must look like key=value "
+                             f"(for example strategy=beam or strategy.n=16).")
+        if key in groups:
+            options = group_options(key, conf_dir)
+            for choice in value.split(","):
+                if choice not in options:
+                    raise UsageError(f"unknown {key} {choice!r}; available: "
+                                     f"{', '.join(options)}.")
+
+
+def compose(overrides: list[str], *, config_name: str = "config",
+            groups: tuple[str, ...] = GROUPS, conf_dir: Path = CONF_DIR) -> dict[str, Any]:
+    """Compose the Hydra config with overrides into a plain dict."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    _check_group_choices(overrides, groups, conf_dir)
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir), version_base=None):
+            cfg = hydra_compose(config_name=config_name, overrides=overrides)
+        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+    except (HydraException, OmegaConfBaseException) as err:
+        raise UsageError(_hydra_message(err, overrides)) from err
+
+
+def _hydra_message(err: Exception, overrides: list[str]) -> str:
+    text = str(err)
+    if "Could not override" in text or "not in struct" in text:
+        key = text.split("'")[1] if "'" in text else text
+        return f"{key} is not a known setting; run `ttc config` to see the settings."
+    return text.splitlines()[0]
+
+
+def run_config(overrides: list[str]):
+    from ttc.config import load_run_config
+
+    return load_run_config(compose(overrides))
+
+
+def _flag_overrides(*, strategy: str | None, backend: str | None, verifier: str | None,
+                    budget: int | None, model: str | None) -> list[str]:
+    out = []
+    if strategy:
+        out.append(f"strategy={strategy}")
+    if backend:
+        out.append(f"backend={backend}")
+    if verifier:
+        out.append(f"verifier={verifier}")
+    if budget is not None:
+        if budget <= 0:
+            raise UsageError(f"--budget must be a positive number of generated tokens; "
+                             f"got {budget}.")
+        out.append(f"budget.max_generated_tokens={budget}")
+    if model:
+        out.append(f"backend.model={model}")
+    return out
+
+
+def _merge_overrides(flags: list[str], extra: list[str]) -> list[str]:
+    """Flags first, then key=value arguments; a later group choice wins."""
+    merged: list[str] = []
+    for item in flags + list(extra):
+        key = item.partition("=")[0]
+        if key in GROUPS:
+            merged = [m for m in merged if m.partition("=")[0] != key]
+        merged.append(item)
+    # Group choices must come before that group's field overrides.
+    return sorted(merged, key=lambda m: 0 if m.partition("=")[0] in GROUPS else 1)
+
+
+# -- commands -----------------------------------------------------------------------------
+@app.command()
+@user_errors
+def solve(
+    question: str = typer.Argument(..., help="The question to solve."),
+    overrides: Optional[list[str]] = typer.Argument(None, help="key=value overrides, e.g. strategy.n=16"),
+    strategy: Optional[str] = typer.Option(None, "--strategy", "-s", help="Strategy name (ttc strategies)."),
+    backend: Optional[str] = typer.Option(None, "--backend", "-b", help="Backend name."),
+    verifier: Optional[str] = typer.Option(None, "--verifier", "-v", help="Verifier name."),
+    budget: Optional[int] = typer.Option(None, "--budget", help="Max generated tokens."),
+    model: Optional[str] = typer.Option(None, "--model", help="Model folder, GGUF file or hub id."),
+    tree: Optional[Path] = typer.Option(None, "--tree", help="Save the search tree as JSON."),
+    as_json: bool = typer.Option(False, "--json", help="Print the whole Result as JSON."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
+) -> None:
+    """Solve one question and print the answer and the compute ledger."""
+    if not question.strip():
+        raise UsageError("the question must be a non-empty string; got ''.")
+    flags = _flag_overrides(strategy=strategy, backend=backend, verifier=verifier,
+                            budget=budget, model=model)
+    config = run_config(_merge_overrides(flags, overrides or []))
+    if tree is not None and tree.parent and not tree.parent.exists():
+        raise UsageError(f"--tree folder {str(tree.parent)!r} does not exist.")
+
+    from ttc.pipeline import Pipeline
+
+    progress, done = _progress_display(quiet)
+    try:
+        pipe = Pipeline.from_config(config, progress=progress)
+        result = pipe.solve(question)
+    finally:
+        done()
+    if tree is not None:
+        _write_json(tree, result.tree or {})
+    if as_json:
+        typer.echo(result.model_dump_json(indent=2))
+        return
+    typer.echo(f"answer: {result.answer if result.answer is not None else '(none)'}")
+    from ttc.ledger import ComputeLedger
+
+    ledger = ComputeLedger.total([result.ledger])
+    typer.echo(f"ledger: {ledger.summary()}")
+    typer.echo(f"strategy: {result.strategy} · candidates: {len(result.candidates)}")
+
+
+def _write_json(path: Path, data: Any) -> None:
+    import os
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _progress_display(quiet: bool):
+    if quiet or not sys.stderr.isatty():
+        return None, lambda: None
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    status = console.status("searching…")
+    status.start()
+
+    def on_event(event) -> None:
+        best = f" · best {event.best_score:.3f}" if event.best_score is not None else ""
+        status.update(f"step {event.step} · {event.live} live{best} {event.note}")
+
+    return on_event, status.stop
+
+
+@app.command()
+@user_errors
+def strategies() -> None:
+    """List registered strategies with their parameters and defaults."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from ttc.registry import STRATEGIES
+
+    table = Table(title="strategies")
+    table.add_column("name")
+    table.add_column("parameters (default)")
+    for name in STRATEGIES.names():
+        cls = STRATEGIES.config_class(name)
+        params = []
+        for field, info in cls.model_fields.items():
+            if field == "name":
+                continue
+            default = info.default
+            default = getattr(default, "value", default)
+            params.append(f"{field}={default!r}")
+        table.add_row(name, ", ".join(params))
+    Console(width=200).print(table)
+
+
+@app.command("config")
+@user_errors
+def show_config(
+    overrides: Optional[list[str]] = typer.Argument(None, help="key=value overrides"),
+) -> None:
+    """Print the composed and validated config."""
+    import yaml
+
+    config = run_config(_merge_overrides([], overrides or []))
+    typer.echo(yaml.safe_dump(config.dump(), sort_keys=False).rstrip())
+
+
+@app.command()
+@user_errors
+def bench(
+    name: str = typer.Argument(..., help="Benchmark name: overhead, engine, attention, prm."),
+    quick: bool = typer.Option(False, "--quick", help="A short run."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Write the report as JSON."),
+) -> None:
+    """Run a named benchmark; prints its metrics and side-by-side ratios."""
+    from ttc.bench import run_benchmark
+
+    report = run_benchmark(name, quick=quick, json_path=json_path)
+    typer.echo(json.dumps({"name": report.name, "metrics": report.metrics,
+                           "ratios": report.ratios, "notes": report.notes}, indent=2))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
