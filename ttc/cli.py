@@ -119,10 +119,29 @@ def _flag_overrides(*, strategy: str | None, backend: str | None, verifier: str 
     return out
 
 
+_BUDGET_ALIASES = {"budget.tokens": "budget.max_generated_tokens",
+                   "budget.verifier_calls": "budget.max_verifier_calls",
+                   "budget.wall_seconds": "budget.max_wall_seconds"}
+
+
+def expand_shorthands(overrides: list[str]) -> list[str]:
+    """``budget=2048`` and ``budget.tokens=2048`` mean ``budget.max_generated_tokens=2048``
+    (comma lists too, for sweeps); ``budget.verifier_calls`` and ``budget.wall_seconds``
+    likewise name their ``max_`` fields."""
+    out = []
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if key == "budget" and sep and all(v.strip().isdigit() for v in value.split(",")):
+            key = "budget.max_generated_tokens"
+        key = _BUDGET_ALIASES.get(key, key)
+        out.append(f"{key}{sep}{value}")
+    return out
+
+
 def _merge_overrides(flags: list[str], extra: list[str]) -> list[str]:
     """Flags first, then key=value arguments; a later group choice wins."""
     merged: list[str] = []
-    for item in flags + list(extra):
+    for item in expand_shorthands(flags + list(extra)):
         key = item.partition("=")[0]
         if key in GROUPS:
             merged = [m for m in merged if m.partition("=")[0] != key]
