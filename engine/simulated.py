@@ -54,7 +54,8 @@ class SimulatedBackendConfig(Frozen):
     default_difficulty: float | None = Field(default=None, ge=0.0, le=1.0)
     mean_step_tokens: PositiveInt = 40
     step_tokens_sigma: float = Field(default=0.4, ge=0.0)
-    num_wrong_answers: PositiveInt = 3
+    num_wrong_answers: PositiveInt = 6
+    wrong_answer_skew: float = Field(default=0.5, ge=0.0)   # Zipf exponent of wrong answers
     prompt_tokens: PositiveInt = 120
     vocab_size: PositiveInt = 32000
     kv_bytes_per_token: PositiveInt = 23040      # SmolLM2-135M in bf16
@@ -162,7 +163,7 @@ class SimulatedGenerator:
             cand = str(rng.randint(1, 999))
             if cand != gold and cand not in wrong:
                 wrong.append(cand)
-        weights = tuple(1.0 / (i + 1) for i in range(len(wrong)))
+        weights = tuple(1.0 / (i + 1) ** cfg.wrong_answer_skew for i in range(len(wrong)))
         words = tuple(_FILLER[(h >> (i % 48)) % len(_FILLER)]
                       for i in range(cfg.prompt_tokens))
         return ProblemModel(difficulty=difficulty, num_steps=num_steps, gold=gold,
