@@ -166,24 +166,26 @@ class SearchContext:
         """The node's trajectory as verifier steps (a whole solution is split)."""
         steps: list[str] = []
         for n in self.tree.path(node):
-            parts = split_steps(n.text, self.generation.step_delimiter)
-            steps.extend(parts or [n.text])
+            steps.extend(split_steps(n.text, self.generation.step_delimiter))
         return steps
 
     def score(self, nodes: Sequence[Node]) -> list[list[float]]:
         """Score the nodes' trajectories in one verifier call; store the last step score
         on each node and attach it as the node's KV value."""
         nodes = list(nodes)
-        if not nodes:
-            return []
-        out = self.verifier.score(self.problem, [self.steps_of(n) for n in nodes])
-        per_node: list[list[float]] = []
-        for node, scores in zip(nodes, out.scores):
-            scores = list(scores)
-            node.score = scores[-1] if scores else 0.0
-            node.extra["step_scores"] = scores
-            per_node.append(scores)
-        for node in nodes:
+        trajectories = [self.steps_of(n) for n in nodes]
+        # NOTE: a node with no text yet (cut by the budget at once) has nothing to score
+        # and costs no verifier call; it keeps score None.
+        todo = [i for i, t in enumerate(trajectories) if t]
+        per_node: list[list[float]] = [[] for _ in nodes]
+        if not todo:
+            return per_node
+        out = self.verifier.score(self.problem, [trajectories[i] for i in todo])
+        for i, scores in zip(todo, out.scores):
+            node = nodes[i]
+            node.score = scores[-1] if scores else None
+            node.extra["step_scores"] = list(scores)
+            per_node[i] = list(scores)
             if node.id in self._pinned:
                 self.generator.pin([node.handle], value=node.score)
         return per_node
