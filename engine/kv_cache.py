@@ -1,0 +1,369 @@
+"""Paged KV memory and the radix tree of cached token sequences (the engine's accounting).
+
+Contract: :class:`PagePool` hands out fixed-size pages of a preallocated KV tensor and
+counts references; :class:`RadixTree` maps token-id sequences to the pages holding
+their keys and values, shares common prefixes, keeps pinned sequences resident and
+evicts the rest on demand. Neither runs a model: the runner writes into pages chosen
+here.
+
+Layout. Each tree node owns a span of tokens ``[start, end)`` of its sequence and the
+pages covering positions ``[floor(start / page_size) * page_size, end)``. A node always
+begins on a page of its own: when its parent ends mid-page, the node's first page starts
+as a copy of the parent's partial last page (two sequences never append into one page)::
+
+    page_size = 4
+    positions      0  1  2  3 | 4  5  6  .        node A = prompt, tokens [0, 7)
+    node A pages   [ p0      ] [ p1     .]        p1 partly filled (3 of 4)
+                                   \\
+    node B (child, [7, 9))          [ p2 = copy of p1's 4,5,6 + 7 | p3: 8 . . . ]
+    node C (child, [7, 8))          [ p4 = copy of p1's 4,5,6 + 7 ]
+
+    page table of a sequence ending at node N =
+        full pages of every ancestor (a partial last page is replaced by the child's copy)
+        + all pages of N
+
+Reference counts and locks::
+
+    rc(page)      = number of owners (tree nodes + running branches) listing the page
+    lock(node)    = pinned handles at the node or anywhere below it
+    Invariants:   free pages have rc == 0; sum(rc) == pages listed by owners;
+                  used pages + free pages == num_pages;
+                  lock(node) == own pins + sum(lock(child));
+                  a node with lock > 0 is never evicted (so a pinned page never is).
+
+Eviction (when :meth:`PagePool.alloc` finds too few free pages): unlocked leaves are
+removed, lowest value first (``None`` counts as lowest), then least recently used; a
+parent whose last child went becomes a leaf and joins the candidates. When nothing more
+can be evicted, :class:`KVCacheFull` names the setting to raise.
+Must NOT know: models, sampling, text, rewards, strategies.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+
+class KVCacheFull(MemoryError):
+    """The KV pool cannot hold what is pinned plus what is running."""
+
+
+class PagePool:
+    """Fixed-size pages with reference counts; the bytes live in the runner's KV tensor.
+
+    ``alloc`` never returns a page still referenced; ``free`` returns pages whose count
+    falls to zero. ``peak_used`` is the high-water mark of used pages.
+    """
+
+    def __init__(self, *, num_pages: int, page_size: int, setting: str = "backend.kv_memory_gb") -> None:
+        if num_pages < 1 or page_size < 1:
+            raise ValueError(f"the KV pool needs num_pages >= 1 and page_size >= 1; got "
+                             f"{num_pages} and {page_size}.")
+        self.num_pages = num_pages
+        self.page_size = page_size
+        self.setting = setting
+        self.rc = [0] * num_pages
+        # Lowest ids first keeps a fresh sequence's pages consecutive (cheap views).
+        self._free = list(range(num_pages))
+        heapq.heapify(self._free)
+        self.peak_used = 0
+        self.evictor: Callable[[int], int] | None = None
+
+    @property
+    def num_free(self) -> int:
+        return len(self._free)
+
+    @property
+    def num_used(self) -> int:
+        return self.num_pages - len(self._free)
+
+    def alloc(self, n: int) -> list[int]:
+        """``n`` fresh pages with rc 1, evicting cached sequences if needed."""
+        if n <= 0:
+            return []
+        if len(self._free) < n and self.evictor is not None:
+            self.evictor(n - len(self._free))
+        if len(self._free) < n:
+            raise KVCacheFull(
+                f"the KV cache is full: {n} more pages are needed, {len(self._free)} are free "
+                f"and nothing else can be evicted ({self.num_pages} pages of {self.page_size} "
+                f"tokens); raise {self.setting} or keep fewer branches pinned.")
+        pages = [heapq.heappop(self._free) for _ in range(n)]
+        for p in pages:
+            self.rc[p] = 1
+        self.peak_used = max(self.peak_used, self.num_used)
+        return pages
+
+    def ref(self, pages: Sequence[int]) -> None:
+        for p in pages:
+            assert self.rc[p] > 0, f"page {p} is free"
+            self.rc[p] += 1
+
+    def free(self, pages: Sequence[int]) -> None:
+        """Drop one reference to each page; pages reaching zero return to the pool."""
+        for p in pages:
+            assert self.rc[p] > 0, f"page {p} freed twice"
+            self.rc[p] -= 1
+            if self.rc[p] == 0:
+                heapq.heappush(self._free, p)
+
+    def check_invariants(self, *, expected_refs: dict[int, int] | None = None) -> None:
+        free = set(self._free)
+        assert len(free) == len(self._free), "a page is on the free list twice"
+        for p in range(self.num_pages):
+            assert (self.rc[p] == 0) == (p in free), f"page {p}: rc {self.rc[p]} vs free list"
+            assert self.rc[p] >= 0
+        if expected_refs is not None:
+            for p in range(self.num_pages):
+                assert self.rc[p] == expected_refs.get(p, 0), (
+                    f"page {p}: rc {self.rc[p]}, owners {expected_refs.get(p, 0)}")
+
+
+@dataclass(eq=False)
+class Node:
+    """A span of tokens ``[start, end)`` of a cached sequence and the pages holding it."""
+
+    parent: "Node | None"
+    tokens: tuple[int, ...]
+    start: int
+    pages: list[int]
+    children: list["Node"] = field(default_factory=list)
+    lock: int = 0              # pinned handles here or below
+    pins: int = 0              # pinned handles at this node exactly
+    value: float | None = None
+    last_access: int = 0
+    payload: object = None     # the runner's data for the last token (a hidden state)
+    alive: bool = True
+
+    @property
+    def end(self) -> int:
+        return self.start + len(self.tokens)
+
+    def full_pages(self, page_size: int) -> list[int]:
+        """Pages holding no position at or past ``end`` minus a partial last page."""
+        return self.pages[: self.end // page_size - self.start // page_size]
+
+
+class RadixTree:
+    """Cached token sequences sharing prefixes; see the module docstring."""
+
+    def __init__(self, pool: PagePool) -> None:
+        self.pool = pool
+        self.page_size = pool.page_size
+        self.root = Node(parent=None, tokens=(), start=0, pages=[])
+        self.root.lock = 1 << 60      # NOTE: the root is never evicted
+        self._clock = itertools.count(1)
+        pool.evictor = self.evict
+
+    # -- lookup and insertion ---------------------------------------------------------
+    def touch(self, node: Node) -> None:
+        t = next(self._clock)
+        while node is not None:
+            node.last_access = t
+            node = node.parent
+
+    def match(self, tokens: Sequence[int], *, limit: int | None = None) -> Node:
+        """The deepest node whose sequence is a prefix of ``tokens[:limit]``.
+
+        A match that ends inside a node splits it at the last page boundary before the
+        match end (spans start on page boundaries or copy pages), when that boundary lies
+        inside the node.
+        """
+        tokens = tuple(tokens[:limit] if limit is not None else tokens)
+        node = self.root
+        while node.end < len(tokens):
+            best, best_len = None, 0
+            for child in node.children:
+                m = _common_len(child.tokens, tokens[node.end:])
+                if m > best_len:
+                    best, best_len = child, m
+            if best is None:
+                break
+            if best_len == len(best.tokens):
+                node = best
+                continue
+            cut = (best.start + best_len) // self.page_size * self.page_size
+            if cut > best.start and cut // self.page_size > best.start // self.page_size:
+                node = self.split(best, cut)
+            break
+        self.touch(node)
+        return node
+
+    def split(self, node: Node, at: int) -> Node:
+        """Cut ``node`` at sequence position ``at`` (a page boundary); return the upper part."""
+        ps = self.page_size
+        assert at % ps == 0 and node.start < at < node.end
+        k = at // ps - node.start // ps                 # pages that go to the upper part
+        upper = Node(parent=node.parent, tokens=node.tokens[: at - node.start], start=node.start,
+                     pages=node.pages[:k], children=[node], lock=node.lock,
+                     value=node.value, last_access=node.last_access)
+        parent = node.parent
+        parent.children[parent.children.index(node)] = upper
+        node.parent = upper
+        node.tokens = node.tokens[at - node.start:]
+        node.start = at
+        node.pages = node.pages[k:]
+        return upper
+
+    def add_child(self, parent: Node, tokens: Sequence[int], pages: list[int], *,
+                  payload: object = None) -> Node:
+        """Insert a computed span under ``parent``, taking over ``pages`` (rc 1 each).
+
+        If an identical child exists, its pages are kept, ``pages`` are freed, and the
+        existing child is returned (its payload filled in if it had none).
+        """
+        tokens = tuple(tokens)
+        ps = self.page_size
+        expect = -(-(parent.end + len(tokens)) // ps) - parent.end // ps
+        assert len(pages) == expect, f"{len(pages)} pages for {len(tokens)} tokens, want {expect}"
+        for child in parent.children:
+            if child.tokens == tokens:
+                self.pool.free(pages)
+                if child.payload is None:
+                    child.payload = payload
+                self.touch(child)
+                return child
+        node = Node(parent=parent, tokens=tokens, start=parent.end, pages=list(pages),
+                    payload=payload)
+        parent.children.append(node)
+        self.touch(node)
+        return node
+
+    def page_table(self, node: Node) -> list[int]:
+        """Pages of the whole sequence ending at ``node`` (see the module docstring)."""
+        parts = []
+        cur = node
+        parts.append(cur.pages)
+        cur = cur.parent
+        while cur is not None and cur is not self.root:
+            parts.append(cur.full_pages(self.page_size))
+            cur = cur.parent
+        return [p for part in reversed(parts) for p in part]
+
+    def tokens_of(self, node: Node) -> list[int]:
+        parts = []
+        while node is not None:
+            parts.append(node.tokens)
+            node = node.parent
+        return [t for part in reversed(parts) for t in part]
+
+    # -- pins -------------------------------------------------------------------------
+    def pin(self, node: Node, *, value: float | None = None) -> None:
+        node.pins += 1
+        if value is not None:
+            node.value = value
+        cur = node
+        while cur is not None:
+            cur.lock += 1
+            cur = cur.parent
+
+    def unpin(self, node: Node, *, value: float | None = None) -> None:
+        """Drop one pin; the node stays cached (evictable once nothing below is pinned)."""
+        assert node.pins > 0, "unpin without a pin"
+        node.pins -= 1
+        if value is not None:
+            node.value = value
+        cur = node
+        while cur is not None:
+            cur.lock -= 1
+            cur = cur.parent
+
+    def free_unlocked(self, node: Node) -> int:
+        """Free the largest unlocked subtree containing ``node``; return pages freed."""
+        if node.lock > 0 or not node.alive:
+            return 0
+        top = node
+        while top.parent is not None and top.parent is not self.root and top.parent.lock == 0:
+            top = top.parent
+        freed = 0
+        stack = [top]
+        while stack:
+            cur = stack.pop()
+            stack.extend(cur.children)
+            freed += self._drop(cur)
+        return freed
+
+    # -- eviction ---------------------------------------------------------------------
+    def evict(self, num_pages: int) -> int:
+        """Free at least ``num_pages`` pages by removing unlocked leaves; return pages freed."""
+        heap = [(_value_key(n), n.last_access, id(n), n) for n in self._leaves() if n.lock == 0]
+        heapq.heapify(heap)
+        freed = 0
+        while heap and freed < num_pages:
+            _, _, _, node = heapq.heappop(heap)
+            if not node.alive or node.children or node.lock > 0:
+                continue
+            parent = node.parent
+            freed += self._drop(node)
+            if parent is not self.root and not parent.children and parent.lock == 0:
+                heapq.heappush(heap, (_value_key(parent), parent.last_access, id(parent), parent))
+        return freed
+
+    def _drop(self, node: Node) -> int:
+        """Remove one unlocked node (its children are removed by the caller first or after)."""
+        assert node.lock == 0 and node is not self.root
+        node.alive = False
+        parent = node.parent
+        if node in parent.children:
+            parent.children.remove(node)
+        n = len(node.pages)
+        self.pool.free(node.pages)
+        node.pages = []
+        node.payload = None
+        return n
+
+    def _leaves(self) -> list[Node]:
+        out, stack = [], list(self.root.children)
+        while stack:
+            n = stack.pop()
+            if n.children:
+                stack.extend(n.children)
+            else:
+                out.append(n)
+        return out
+
+    def nodes(self) -> list[Node]:
+        out, stack = [], list(self.root.children)
+        while stack:
+            n = stack.pop()
+            out.append(n)
+            stack.extend(n.children)
+        return out
+
+    def cached_pages(self) -> int:
+        return sum(len(n.pages) for n in self.nodes())
+
+    def check_invariants(self, *, extra_refs: Sequence[Sequence[int]] = ()) -> None:
+        """Check locks, spans and page counts; ``extra_refs``: page lists of running owners."""
+        ps = self.page_size
+        refs: dict[int, int] = {}
+        for owner in extra_refs:
+            for p in owner:
+                refs[p] = refs.get(p, 0) + 1
+        for n in self.nodes():
+            assert n.alive, "a dead node is still in the tree"
+            assert n.parent is not None and n in n.parent.children
+            assert n.start == n.parent.end, "a child must start where its parent ends"
+            assert len(n.tokens) > 0, "empty span"
+            assert len(n.pages) == -(-n.end // ps) - n.start // ps, "pages do not cover the span"
+            assert n.lock == n.pins + sum(c.lock for c in n.children), "lock != pins below"
+            assert n.pins >= 0 and n.lock >= 0
+            for p in n.pages:
+                refs[p] = refs.get(p, 0) + 1
+        top = self.root.lock - (1 << 60)
+        assert top == self.root.pins + sum(c.lock for c in self.root.children), "root lock"
+        self.pool.check_invariants(expected_refs=refs)
+
+
+def _value_key(node: Node) -> float:
+    return float("-inf") if node.value is None else node.value
+
+
+def _common_len(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i

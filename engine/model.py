@@ -1,0 +1,271 @@
+"""The native model runner: Llama-family and Qwen2/Qwen2.5/Qwen3 decoders over a paged KV cache.
+
+Contract: :func:`from_hf` turns a transformers config plus an HF-named state dict into a
+:class:`NativeModel` (weights fused: q/k/v into one matrix, gate/up into one). The model
+computes; it does not decide: :meth:`NativeModel.forward` takes token ids, their
+positions, the flat KV slot of each token (``page * page_size + offset``) and an
+attention plan (:class:`~ttc.engine.attention.ExtendPlan` for prefill,
+:class:`~ttc.engine.attention.DecodePlan` for one decode token per branch), writes the
+tokens' keys and values into the cache and returns final-norm hidden states;
+:meth:`NativeModel.logits` applies the LM head.
+
+Covered: RMSNorm, SwiGLU MLP, GQA, RoPE (default, linear, dynamic-free scalings that
+transformers computes once: llama3, yarn, longrope via ``ROPE_INIT_FUNCTIONS``), tied
+embeddings, Qwen2 q/k/v biases (and Llama ``attention_bias``), Qwen3 ``q_norm``/``k_norm``.
+Must NOT know: radix trees, handles, sampling, text, rewards, strategies.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ttc.engine.attention import (DecodePlan, ExtendPlan, decode_attention,
+                                  extend_attention)
+
+SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    """The shape of a decoder, read once from a transformers config."""
+
+    model_type: str
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rms_norm_eps: float
+    max_position: int
+    tie_word_embeddings: bool
+    qkv_bias: bool
+    o_bias: bool
+    mlp_bias: bool
+    qk_norm: bool
+
+
+def model_config_from_hf(hf_config: Any) -> ModelConfig:
+    """Read a :class:`ModelConfig` from a transformers ``PretrainedConfig``."""
+    model_type = getattr(hf_config, "model_type", None)
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise ValueError(f"model_type must be one of {', '.join(SUPPORTED_MODEL_TYPES)} for the "
+                         f"native backend; got {model_type!r}.")
+    num_heads = hf_config.num_attention_heads
+    head_dim = getattr(hf_config, "head_dim", None) or hf_config.hidden_size // num_heads
+    if model_type == "qwen2":
+        qkv_bias, o_bias = True, False
+    else:
+        qkv_bias = o_bias = bool(getattr(hf_config, "attention_bias", False))
+    tie = bool(getattr(hf_config, "tie_word_embeddings", False))
+    return ModelConfig(
+        model_type=model_type, vocab_size=hf_config.vocab_size,
+        hidden_size=hf_config.hidden_size, intermediate_size=hf_config.intermediate_size,
+        num_layers=hf_config.num_hidden_layers, num_heads=num_heads,
+        num_kv_heads=getattr(hf_config, "num_key_value_heads", None) or num_heads,
+        head_dim=head_dim, rms_norm_eps=hf_config.rms_norm_eps,
+        max_position=hf_config.max_position_embeddings, tie_word_embeddings=tie,
+        qkv_bias=qkv_bias, o_bias=o_bias, mlp_bias=bool(getattr(hf_config, "mlp_bias", False)),
+        qk_norm=model_type == "qwen3")
+
+
+def rope_inv_freq(hf_config: Any, head_dim: int) -> tuple[Tensor, float]:
+    """RoPE inverse frequencies ``[head_dim // 2]`` (float32) and the cos/sin scaling factor."""
+    params = getattr(hf_config, "rope_parameters", None) or {}
+    scaling = getattr(hf_config, "rope_scaling", None) or {}
+    rope_type = params.get("rope_type") or scaling.get("rope_type") or scaling.get("type") or "default"
+    theta = params.get("rope_theta") or getattr(hf_config, "rope_theta", None) or 10000.0
+    if rope_type == "default":
+        inv = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
+        return inv, 1.0
+    if rope_type == "dynamic":
+        raise ValueError("rope_type 'dynamic' (NTK scaling that depends on sequence length) is "
+                         "not supported by the native backend; use the hf backend.")
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS  # noqa: PLC0415
+
+    if rope_type not in ROPE_INIT_FUNCTIONS:
+        raise ValueError(f"rope_type {rope_type!r} is not supported; known: "
+                         f"default, {', '.join(ROPE_INIT_FUNCTIONS)}.")
+    inv, attention_scaling = ROPE_INIT_FUNCTIONS[rope_type](hf_config, torch.device("cpu"))
+    return inv.float(), float(attention_scaling)
+
+
+def _rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
+    # Normalise in float32 as transformers does, then scale in the weight's dtype.
+    xf = x.float()
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * xf.to(weight.dtype)
+
+
+def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    # x: [num_tokens, heads, head_dim]; cos, sin: [num_tokens, 1, head_dim]
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    rotated = torch.cat((-x2, x1), dim=-1)
+    return x * cos + rotated * sin
+
+
+@dataclass(frozen=True, kw_only=True)
+class LayerWeights:
+    input_norm: Tensor
+    qkv: Tensor             # [(num_heads + 2 * num_kv_heads) * head_dim, hidden]
+    qkv_bias: Tensor | None
+    o: Tensor               # [hidden, num_heads * head_dim]
+    o_bias: Tensor | None
+    q_norm: Tensor | None   # [head_dim] (Qwen3)
+    k_norm: Tensor | None
+    post_norm: Tensor
+    gate_up: Tensor         # [2 * intermediate, hidden]
+    gate_up_bias: Tensor | None
+    down: Tensor            # [hidden, intermediate]
+    down_bias: Tensor | None
+
+
+class NativeModel:
+    """Weights plus the forward pass; see the module docstring."""
+
+    def __init__(self, config: ModelConfig, *, embed: Tensor, layers: list[LayerWeights],
+                 norm: Tensor, lm_head: Tensor, inv_freq: Tensor, rope_scale: float,
+                 attention: str = "auto") -> None:
+        self.config = config
+        self.embed = embed
+        self.layers = layers
+        self.norm = norm
+        self.lm_head = lm_head
+        self.inv_freq = inv_freq.to(embed.device)
+        self.rope_scale = rope_scale
+        self.attention = attention
+        self.scale = config.head_dim ** -0.5
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embed.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.embed.device
+
+    def kv_bytes_per_token(self) -> int:
+        c = self.config
+        return 2 * c.num_layers * c.num_kv_heads * c.head_dim * self.embed.element_size()
+
+    def rope(self, positions: Tensor) -> tuple[Tensor, Tensor]:
+        """cos, sin ``[num_tokens, 1, head_dim]`` in the model dtype for integer positions."""
+        freqs = positions.float().unsqueeze(-1) * self.inv_freq        # [num_tokens, head_dim/2]
+        emb = torch.cat((freqs, freqs), dim=-1)
+        cos = (emb.cos() * self.rope_scale).to(self.dtype).unsqueeze(1)
+        sin = (emb.sin() * self.rope_scale).to(self.dtype).unsqueeze(1)
+        return cos, sin
+
+    @torch.inference_mode()
+    def forward(self, token_ids: Tensor, positions: Tensor, slots: Tensor,
+                kv: Tensor, plan: ExtendPlan | DecodePlan) -> Tensor:
+        """Run tokens through the decoder, writing their KV; return hidden states.
+
+        Parameters
+        ----------
+        token_ids, positions, slots : Tensor
+            ``[num_tokens]`` int64: ids, absolute positions, flat cache slots
+            (``page * page_size + offset``) where each token's key/value is written.
+        kv : Tensor
+            ``[num_layers, 2, num_pages, page_size, num_kv_heads, head_dim]``, model dtype.
+        plan : ExtendPlan | DecodePlan
+            ``DecodePlan``: one token per branch, in plan order.
+
+        Returns
+        -------
+        Tensor
+            ``[num_tokens, hidden]``, final RMSNorm applied, model dtype.
+        """
+        c = self.config
+        n = token_ids.shape[0]
+        q_size = c.num_heads * c.head_dim
+        kv_size = c.num_kv_heads * c.head_dim
+        cos, sin = self.rope(positions)
+        x = F.embedding(token_ids, self.embed)                        # [n, hidden]
+        is_decode = isinstance(plan, DecodePlan)
+        for i, w in enumerate(self.layers):
+            h = _rms_norm(x, w.input_norm, c.rms_norm_eps)
+            qkv = F.linear(h, w.qkv, w.qkv_bias)                       # [n, q + 2 kv]
+            q = qkv[:, :q_size].view(n, c.num_heads, c.head_dim)
+            k = qkv[:, q_size:q_size + kv_size].view(n, c.num_kv_heads, c.head_dim)
+            v = qkv[:, q_size + kv_size:].view(n, c.num_kv_heads, c.head_dim)
+            if w.q_norm is not None:
+                q = _rms_norm(q, w.q_norm, c.rms_norm_eps)
+                k = _rms_norm(k, w.k_norm, c.rms_norm_eps)
+            q = _rotate(q, cos, sin)
+            k = _rotate(k, cos, sin)
+            k_cache, v_cache = kv[i, 0], kv[i, 1]
+            # NOTE: keys/values are written before attention reads them (extend reads
+            # the new tokens' own KV from the cache; decode reads the suffix pages).
+            k_cache.view(-1, c.num_kv_heads, c.head_dim).index_copy_(0, slots, k)
+            v_cache.view(-1, c.num_kv_heads, c.head_dim).index_copy_(0, slots, v)
+            if is_decode:
+                a = decode_attention(q, k_cache, v_cache, plan, scale=self.scale,
+                                     impl=self.attention)
+            else:
+                a = extend_attention(q, k_cache, v_cache, plan, scale=self.scale,
+                                     impl=self.attention)
+            x = x + F.linear(a.reshape(n, q_size), w.o, w.o_bias)
+            h = _rms_norm(x, w.post_norm, c.rms_norm_eps)
+            gu = F.linear(h, w.gate_up, w.gate_up_bias)
+            g, u = gu.chunk(2, dim=-1)
+            x = x + F.linear(F.silu(g) * u, w.down, w.down_bias)
+        return _rms_norm(x, self.norm, c.rms_norm_eps)
+
+    @torch.inference_mode()
+    def logits(self, hidden: Tensor) -> Tensor:
+        """``[num_rows, hidden]`` final-norm hidden states -> ``[num_rows, vocab]`` float32 logits."""
+        return F.linear(hidden.to(self.dtype), self.lm_head).float()
+
+
+def from_hf(hf_config: Any, state_dict: Mapping[str, Tensor], *, dtype: torch.dtype | None = None,
+            device: torch.device | str | None = None, attention: str = "auto") -> NativeModel:
+    """Build a :class:`NativeModel` from a transformers config and HF parameter names."""
+    c = model_config_from_hf(hf_config)
+    sd = dict(state_dict)
+
+    def take(name: str, *, required: bool = True) -> Tensor | None:
+        t = sd.get(name)
+        if t is None:
+            if required:
+                raise ValueError(f"the state dict has no {name!r}; is this a "
+                                 f"{c.model_type} checkpoint?")
+            return None
+        return t.to(device=device or t.device, dtype=dtype or t.dtype).contiguous()
+
+    embed = take("model.embed_tokens.weight")
+    layers = []
+    for i in range(c.num_layers):
+        p = f"model.layers.{i}."
+        q, k, v = (take(p + f"self_attn.{n}_proj.weight") for n in "qkv")
+        biases = [take(p + f"self_attn.{n}_proj.bias", required=c.qkv_bias) for n in "qkv"]
+        gate, up = take(p + "mlp.gate_proj.weight"), take(p + "mlp.up_proj.weight")
+        gb = take(p + "mlp.gate_proj.bias", required=False)
+        ub = take(p + "mlp.up_proj.bias", required=False)
+        layers.append(LayerWeights(
+            input_norm=take(p + "input_layernorm.weight"),
+            qkv=torch.cat([q, k, v]).contiguous(),
+            qkv_bias=torch.cat(biases).contiguous() if all(b is not None for b in biases) else None,
+            o=take(p + "self_attn.o_proj.weight"),
+            o_bias=take(p + "self_attn.o_proj.bias", required=False),
+            q_norm=take(p + "self_attn.q_norm.weight", required=c.qk_norm),
+            k_norm=take(p + "self_attn.k_norm.weight", required=c.qk_norm),
+            post_norm=take(p + "post_attention_layernorm.weight"),
+            gate_up=torch.cat([gate, up]).contiguous(),
+            gate_up_bias=torch.cat([gb, ub]) if gb is not None and ub is not None else None,
+            down=take(p + "mlp.down_proj.weight"),
+            down_bias=take(p + "mlp.down_proj.bias", required=False)))
+    lm_head = take("lm_head.weight", required=False)
+    if lm_head is None or c.tie_word_embeddings:
+        lm_head = embed
+    inv_freq, rope_scale = rope_inv_freq(hf_config, c.head_dim)
+    return NativeModel(c, embed=embed, layers=layers, norm=take("model.norm.weight"),
+                       lm_head=lm_head, inv_freq=inv_freq, rope_scale=rope_scale,
+                       attention=attention)

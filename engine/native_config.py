@@ -1,0 +1,38 @@
+"""The native backend's settings and registry entry (light: no torch at import time).
+
+Contract: :class:`NativeBackendConfig` is the ``backend: native`` schema; the registered
+factory imports :mod:`ttc.engine.native` (torch, transformers) only when a backend is
+built, so ``import ttc.engine`` stays fast.
+Must NOT know: rewards, strategies.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, PositiveInt
+
+from ttc.registry import BACKENDS
+from ttc.types import Frozen
+
+
+class NativeBackendConfig(Frozen):
+    """The shared-prefix engine: paged KV, radix tree, prefix-shared decode attention."""
+
+    name: Literal["native"] = "native"
+    model: str | None = None             # HF folder / hub id / GGUF path; None = embedded SmolLM2
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"   # auto: bf16 (fp16 on CUDA)
+    device: str = "auto"                 # auto: cuda when available, else cpu
+    page_size: PositiveInt = 16          # tokens per KV page
+    kv_memory_gb: float = Field(default=2.0, gt=0)   # KV pool size, preallocated
+    attention: Literal["auto", "torch", "triton"] = "auto"
+    system_prompt: str | None = None
+    max_batch_tokens: PositiveInt = 2048  # prefill chunk size (tokens per forward)
+    seed: int = 0                         # for requests without a seed
+
+
+@BACKENDS.register(NativeBackendConfig)
+def build_native(config: NativeBackendConfig, **kwargs):
+    from ttc.engine.native import NativeGenerator  # noqa: PLC0415  (heavy: torch)
+
+    return NativeGenerator.from_config(config)

@@ -1,0 +1,94 @@
+"""Next-token sampling for many branches at once: greedy, temperature, top-k, top-p, seeded.
+
+Contract: :func:`sample` takes one row of logits per branch and per-row parameters and
+returns one token per row plus its log-probability under the model (natural log of the
+softmax of the raw logits, before temperature and truncation: the model's own belief,
+comparable across sampling settings). Each row draws its randomness from its own
+``torch.Generator``, so a branch's tokens do not depend on which other branches share
+the batch. Truncation and the softmax are batched; only the random draw is per row.
+Must NOT know: pages, handles, text, rewards, strategies.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True, kw_only=True)
+class RowParams:
+    """Sampling settings of one branch."""
+
+    temperature: float
+    top_p: float
+    top_k: int
+
+
+def seeded_generator(seed: int, index: int) -> torch.Generator:
+    """A generator for continuation ``index`` of a request seeded ``seed``."""
+    g = torch.Generator()
+    # A fixed odd multiplier spreads (seed, index) pairs over the 63-bit seed space.
+    g.manual_seed((seed * 0x9E3779B97F4A7C15 + index * 0xBF58476D1CE4E5B9 + 1) % (1 << 63))
+    return g
+
+
+def truncate(logits: Tensor, *, top_k: Tensor, top_p: Tensor) -> Tensor:
+    """Mask logits outside each row's top-k / top-p set with ``-inf``.
+
+    logits: [num_branches, vocab] float32 (already divided by temperature);
+    top_k: [num_branches] int64 (0 = off); top_p: [num_branches] float32 (1 = off).
+    """
+    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+    vocab = logits.shape[-1]
+    rank = torch.arange(vocab, device=logits.device).unsqueeze(0)
+    k = torch.where(top_k > 0, top_k, torch.full_like(top_k, vocab)).unsqueeze(1)
+    drop = rank >= k
+    probs = torch.softmax(sorted_logits, dim=-1)
+    # Keep the smallest prefix whose mass reaches top_p (the token crossing it stays).
+    before = torch.cumsum(probs, dim=-1) - probs
+    drop |= before >= top_p.unsqueeze(1)
+    drop[:, 0] = False
+    sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+    return torch.empty_like(logits).scatter_(1, order, sorted_logits)
+
+
+def sample(logits: Tensor, params: Sequence[RowParams],
+           generators: Sequence[torch.Generator | None]) -> tuple[Tensor, Tensor]:
+    """Pick one token per row.
+
+    Parameters
+    ----------
+    logits : Tensor
+        ``[num_branches, vocab]`` float32 raw logits.
+    params, generators : one per row; a row with ``temperature == 0`` is greedy and uses
+        no randomness; ``None`` generator = torch's default generator.
+
+    Returns
+    -------
+    (tokens [num_branches] int64, logprobs [num_branches] float32 natural log)
+    """
+    num = logits.shape[0]
+    logprobs_all = torch.log_softmax(logits, dim=-1)
+    tokens = logits.argmax(dim=-1)
+    stochastic = [i for i, p in enumerate(params) if p.temperature > 0]
+    if stochastic:
+        idx = torch.tensor(stochastic, dtype=torch.long)
+        rows = logits.index_select(0, idx)
+        temp = torch.tensor([params[i].temperature for i in stochastic], dtype=torch.float32)
+        rows = rows / temp.unsqueeze(1)
+        if any(params[i].top_k > 0 or params[i].top_p < 1.0 for i in stochastic):
+            rows = truncate(rows,
+                            top_k=torch.tensor([params[i].top_k for i in stochastic]),
+                            top_p=torch.tensor([params[i].top_p for i in stochastic],
+                                               dtype=torch.float32))
+        probs = torch.softmax(rows, dim=-1)
+        picks = []
+        for j, i in enumerate(stochastic):
+            picks.append(torch.multinomial(probs[j], 1, generator=generators[i]))
+        tokens = tokens.clone()
+        tokens[idx] = torch.cat(picks)
+    lp = logprobs_all.gather(1, tokens.view(num, 1)).squeeze(1)
+    return tokens, lp
