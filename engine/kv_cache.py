@@ -132,6 +132,7 @@ class Node:
     children: list["Node"] = field(default_factory=list)
     lock: int = 0              # pinned handles here or below
     pins: int = 0              # pinned handles at this node exactly
+    retained: int = 0          # unpinned handles kept as cache here (evictable, not freed)
     value: float | None = None
     last_access: int = 0
     payload: object = None     # the runner's data for the last token (a hidden state)
@@ -270,19 +271,26 @@ class RadixTree:
             cur.lock -= 1
             cur = cur.parent
 
+    def retain(self, node: Node) -> None:
+        """Mark an unpinned handle at ``node`` as kept: evictable, but not freed on release."""
+        node.retained += 1
+
+    def unretain(self, node: Node) -> None:
+        assert node.retained > 0, "unretain without retain"
+        node.retained -= 1
+
     def free_unlocked(self, node: Node) -> int:
-        """Free the largest unlocked subtree containing ``node``; return pages freed."""
-        if node.lock > 0 or not node.alive:
-            return 0
-        top = node
-        while top.parent is not None and top.parent is not self.root and top.parent.lock == 0:
-            top = top.parent
+        """Free ``node`` and its ancestors while each is unlocked, unretained and childless.
+
+        This is what ``release`` does: KV that no pinned (or kept) handle shares goes at
+        once. Returns pages freed.
+        """
         freed = 0
-        stack = [top]
-        while stack:
-            cur = stack.pop()
-            stack.extend(cur.children)
-            freed += self._drop(cur)
+        while (node is not self.root and node.alive and node.lock == 0
+               and node.retained == 0 and not node.children):
+            parent = node.parent
+            freed += self._drop(node)
+            node = parent
         return freed
 
     # -- eviction ---------------------------------------------------------------------
@@ -349,7 +357,7 @@ class RadixTree:
             assert len(n.tokens) > 0, "empty span"
             assert len(n.pages) == -(-n.end // ps) - n.start // ps, "pages do not cover the span"
             assert n.lock == n.pins + sum(c.lock for c in n.children), "lock != pins below"
-            assert n.pins >= 0 and n.lock >= 0
+            assert n.pins >= 0 and n.lock >= 0 and n.retained >= 0
             for p in n.pages:
                 refs[p] = refs.get(p, 0) + 1
         top = self.root.lock - (1 << 60)

@@ -50,7 +50,7 @@ __all__ = ["NativeEngine", "NativeGenerator", "KVCacheFull"]
 class _HandleState:
     node: Node
     tail: tuple[int, ...]          # tokens after node still to prefill
-    pinned: bool
+    pinned: bool                   # False: kept by ``unpin`` as evictable cache
     prompt_len: int                # tokens of the root prompt (text_of starts after it)
 
 
@@ -152,6 +152,7 @@ class NativeEngine:
                 if value is not None:
                     st.node.value = value
             else:
+                self.tree.unretain(st.node)
                 self.tree.pin(st.node, value=value)
                 st.pinned = True
 
@@ -159,9 +160,10 @@ class NativeEngine:
         """Unpin but keep the KV as evictable cache (lowest value evicted first)."""
         for h in handles:
             st = self._handles.get(h)  # type: ignore[arg-type]
-            if st is not None and st.pinned:
+            if st is not None and st.pinned and st.node.alive:
                 st.pinned = False
                 self.tree.unpin(st.node, value=value)
+                self.tree.retain(st.node)
 
     def release(self, handles: Sequence[Handle]) -> None:
         """End handles; KV that no pinned handle shares is freed at once."""
@@ -169,8 +171,12 @@ class NativeEngine:
             st = self._handles.pop(h, None)  # type: ignore[arg-type]
             if st is None:
                 continue
+            if not st.node.alive:
+                continue                     # evicted while kept as cache
             if st.pinned:
                 self.tree.unpin(st.node)
+            else:
+                self.tree.unretain(st.node)
             self.tree.free_unlocked(st.node)
 
     def kv_bytes(self) -> int:
@@ -206,6 +212,9 @@ class NativeEngine:
         """Compute the tails of ``states`` (each pinned); move each to its new node."""
         ps = self.page_size
         items, owned = [], []
+        parents = [st.node for st in states]
+        for node in parents:                # NOTE: parents stay resident while we allocate
+            self.tree.pin(node)
         try:
             for st in states:
                 parent = st.node
@@ -221,13 +230,17 @@ class NativeEngine:
             for pages in owned:
                 self.pool.free(pages)
             raise
+        finally:
+            for node in parents:
+                self.tree.unpin(node)
         for st, pages, h in zip(states, owned, hidden):
             node = self.tree.add_child(st.node, st.tail, pages, payload=h[-1].clone())
-            self.tree.pin(node)
-            if st.pinned:
+            if st.pinned:                   # the handle moves to the computed node
+                self.tree.pin(node)
                 self.tree.unpin(st.node)
             else:
-                self.tree.unpin(node)
+                self.tree.retain(node)
+                self.tree.unretain(st.node)
             st.node, st.tail = node, ()
         return hidden if keep_all else []
 
