@@ -26,6 +26,7 @@ from torch import Tensor
 
 from ttc.engine.kernels._common import (LOG2E, cdiv, check_index, check_page_size,
                                         check_q_and_cache, check_scale, next_pow2)
+from ttc.engine.kernels._tl import dot_mode, mma
 
 _LOG2E = tl.constexpr(LOG2E)
 BLOCK_N = 64
@@ -81,7 +82,7 @@ def _extend_kernel(
     page_size, m_tiles,
     scale_log2,
     REP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT: tl.constexpr,
 ):
     pid = tl.program_id(0)
     kvh = tl.program_id(1)
@@ -115,10 +116,7 @@ def _extend_kernel(
             kt = tl.load(k_ptr + page[None, :] * stride_kp + slot[None, :] * stride_ks
                          + kvh * stride_kh + d[:, None],
                          mask=t_ok[None, :] & d_ok[:, None], other=0.0)   # [BLOCK_D, BLOCK_N]
-            if IEEE:
-                s = tl.dot(q, kt, input_precision="ieee")
-            else:
-                s = tl.dot(q, kt)
+            s = mma(q, kt, DOT)
             visible = t_ok[None, :] & (t[None, :] <= qpos[:, None])       # [BLOCK_M, BLOCK_N]
             s = tl.where(visible, s * scale_log2, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, axis=1))
@@ -128,10 +126,7 @@ def _extend_kernel(
             v = tl.load(v_ptr + page[:, None] * stride_vp + slot[:, None] * stride_vs
                         + kvh * stride_vh + d[None, :],
                         mask=t_ok[:, None] & d_ok[None, :], other=0.0)    # [BLOCK_N, BLOCK_D]
-            if IEEE:
-                pv = tl.dot(p.to(v.dtype), v, input_precision="ieee")
-            else:
-                pv = tl.dot(p.to(v.dtype), v)
+            pv = mma(p.to(v.dtype), v, DOT)
             acc = acc * alpha[:, None] + pv
             m_i = m_new
         o = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
@@ -206,5 +201,5 @@ def extend_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, plan, *,
         plan.page_tables.stride(0) if plan.max_pages else 0, out.stride(0), out.stride(1),
         plan.page_size, m_tiles, scale * LOG2E,
         REP=rep, HEAD_DIM=head_dim, BLOCK_D=max(16, next_pow2(head_dim)), BLOCK_M=block_m,
-        BLOCK_N=BLOCK_N, IEEE=q.dtype == torch.float32, num_warps=4, num_stages=2)
+        BLOCK_N=BLOCK_N, DOT=dot_mode(q.dtype), num_warps=4, num_stages=2)
     return out

@@ -31,7 +31,9 @@ def merge_states_reference(o1: Tensor, lse1: Tensor, o2: Tensor,
     safe = torch.where(both_empty, torch.zeros_like(lse), lse)
     w1 = torch.where(both_empty, torch.zeros_like(lse), torch.exp(lse1.float() - safe))
     w2 = torch.where(both_empty, torch.zeros_like(lse), torch.exp(lse2.float() - safe))
-    o = o1.float() * w1.unsqueeze(-1) + o2.float() * w2.unsqueeze(-1)
+    # an empty side has weight 0 and its o (maybe garbage) is dropped, not multiplied
+    o = (torch.where(w1.unsqueeze(-1) > 0, o1.float() * w1.unsqueeze(-1), 0.0)
+         + torch.where(w2.unsqueeze(-1) > 0, o2.float() * w2.unsqueeze(-1), 0.0))
     return o, lse
 
 

@@ -27,6 +27,7 @@ from torch import Tensor
 
 from ttc.engine.kernels._common import (LOG2E, cdiv, check_index, check_page_size,
                                         check_q_and_cache, check_scale, next_pow2)
+from ttc.engine.kernels._tl import dot_mode, mma
 from ttc.engine.kernels.launch import PREFIX_BLOCK_N, prefix_tile_rows, split_prefix
 from ttc.engine.kernels.merge import launch_reduce_splits
 
@@ -85,7 +86,7 @@ def _prefix_decode_kernel(
     num_branches, num_heads, page_size, chunk_len, m_tiles,
     scale_log2,           # scale * log2(e)
     REP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT: tl.constexpr,
 ):
     pid = tl.program_id(0)
     kvh = tl.program_id(1)
@@ -123,10 +124,7 @@ def _prefix_decode_kernel(
             kt = tl.load(k_ptr + page[None, :] * stride_kp + slot[None, :] * stride_ks
                          + kvh * stride_kh + d[:, None],
                          mask=t_ok[None, :] & d_ok[:, None], other=0.0)
-            if IEEE:
-                s = tl.dot(q, kt, input_precision="ieee")
-            else:
-                s = tl.dot(q, kt)
+            s = mma(q, kt, DOT)
             s = tl.where(t_ok[None, :], s * scale_log2, float("-inf"))   # [BLOCK_M, BLOCK_N]
             m_new = tl.maximum(m_i, tl.max(s, axis=1))
             alpha = tl.exp2(m_i - m_new)
@@ -135,10 +133,7 @@ def _prefix_decode_kernel(
             v = tl.load(v_ptr + page[:, None] * stride_vp + slot[:, None] * stride_vs
                         + kvh * stride_vh + d[None, :],
                         mask=t_ok[:, None] & d_ok[None, :], other=0.0)
-            if IEEE:
-                pv = tl.dot(p.to(v.dtype), v, input_precision="ieee")
-            else:
-                pv = tl.dot(p.to(v.dtype), v)
+            pv = mma(p.to(v.dtype), v, DOT)
             acc = acc * alpha[:, None] + pv
             m_i = m_new
         has = l_i > 0
@@ -202,7 +197,7 @@ def launch_prefix_partials(q: Tensor, k_cache: Tensor, v_cache: Tensor, plan, *,
         plan.group_prefix_pages.stride(0) if plan.max_prefix_pages else 0,
         num_branches, num_heads, plan.page_size, chunk_len, m_tiles, scale * LOG2E,
         REP=rep, HEAD_DIM=head_dim, BLOCK_D=max(16, next_pow2(head_dim)), BLOCK_M=block_m,
-        BLOCK_N=PREFIX_BLOCK_N, IEEE=q.dtype == torch.float32, num_warps=4, num_stages=2)
+        BLOCK_N=PREFIX_BLOCK_N, DOT=dot_mode(q.dtype), num_warps=4, num_stages=2)
 
 
 def prefix_decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, plan, *, scale: float,

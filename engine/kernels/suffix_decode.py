@@ -27,6 +27,7 @@ from torch import Tensor
 
 from ttc.engine.kernels._common import (LOG2E, cdiv, check_q_and_cache, check_scale,
                                         next_pow2)
+from ttc.engine.kernels._tl import dot_mode, mma
 from ttc.engine.kernels.launch import SUFFIX_BLOCK_N, split_suffix
 from ttc.engine.kernels.merge import launch_reduce_splits
 from ttc.engine.kernels.prefix_decode import check_decode_plan
@@ -85,7 +86,7 @@ def _suffix_decode_kernel(
     slot_offset,          # not FINAL: workspace slot of split 0
     scale_log2,
     REP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-    BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr,
+    BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, DOT: tl.constexpr,
     FINAL: tl.constexpr, WRITE_LSE: tl.constexpr,
 ):
     b = tl.program_id(0)
@@ -118,10 +119,7 @@ def _suffix_decode_kernel(
         kt = tl.load(k_ptr + page[None, :] * stride_kp + slot[None, :] * stride_ks
                      + kvh * stride_kh + d[:, None],
                      mask=t_ok[None, :] & d_ok[:, None], other=0.0)
-        if IEEE:
-            s = tl.dot(q, kt, input_precision="ieee")
-        else:
-            s = tl.dot(q, kt)
+        s = mma(q, kt, DOT)
         s = tl.where(t_ok[None, :], s * scale_log2, float("-inf"))   # [BLOCK_H, BLOCK_N]
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
         alpha = tl.exp2(m_i - m_new)
@@ -130,10 +128,7 @@ def _suffix_decode_kernel(
         v = tl.load(v_ptr + page[:, None] * stride_vp + slot[:, None] * stride_vs
                     + kvh * stride_vh + d[None, :],
                     mask=t_ok[:, None] & d_ok[None, :], other=0.0)
-        if IEEE:
-            pv = tl.dot(p.to(v.dtype), v, input_precision="ieee")
-        else:
-            pv = tl.dot(p.to(v.dtype), v)
+        pv = mma(p.to(v.dtype), v, DOT)
         acc = acc * alpha[:, None] + pv
         m_i = m_new
     if FINAL:
@@ -203,7 +198,7 @@ def launch_suffix(q: Tensor, k_cache: Tensor, v_cache: Tensor, plan, *, scale: f
         scale * LOG2E,
         REP=rep, HEAD_DIM=head_dim, BLOCK_D=max(16, next_pow2(head_dim)),
         BLOCK_H=max(16, next_pow2(rep)), BLOCK_N=SUFFIX_BLOCK_N,
-        IEEE=q.dtype == torch.float32, FINAL=final, WRITE_LSE=lse_out is not None,
+        DOT=dot_mode(q.dtype), FINAL=final, WRITE_LSE=lse_out is not None,
         num_warps=4, num_stages=2)
 
 
