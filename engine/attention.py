@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 IMPLS = ("auto", "torch", "triton")
@@ -215,12 +216,13 @@ def merge_states(o1: Tensor, lse1: Tensor, o2: Tensor, lse2: Tensor) -> tuple[Te
     merged natural-log LSE, float32. Example: merging with ``lse2 = -inf`` returns ``o1``.
     """
     m = torch.maximum(lse1, lse2)
-    m = torch.where(torch.isinf(m), torch.zeros_like(m), m)   # both empty: avoid inf - inf
+    m = m.masked_fill(m == float("-inf"), 0.0)       # both empty: avoid inf - inf
     a1 = torch.exp(lse1 - m)
     a2 = torch.exp(lse2 - m)
     denom = a1 + a2
-    safe = torch.where(denom > 0, denom, torch.ones_like(denom))
-    o = (o1.float() * a1.unsqueeze(-1) + o2.float() * a2.unsqueeze(-1)) / safe.unsqueeze(-1)
+    w1 = (a1 / denom).nan_to_num_(0.0).unsqueeze(-1)   # 0/0 (both empty) -> 0
+    w2 = (a2 / denom).nan_to_num_(0.0).unsqueeze(-1)
+    o = o1.float() * w1 + o2.float() * w2
     lse = m + torch.log(denom)
     return o, lse
 
@@ -232,10 +234,25 @@ def _attend(q: Tensor, k: Tensor, v: Tensor, *, scale: float,
     """Grouped attention with its LSE.
 
     q: [batch, num_kv_heads, rows, head_dim]; k, v: [batch, num_kv_heads, keys, head_dim];
-    mask: broadcastable to [batch, num_kv_heads, rows, keys], True = may attend.
-    Returns o [batch, num_kv_heads, rows, head_dim] (q's dtype) and lse
-    [batch, num_kv_heads, rows] (float32, natural log, -inf where no key is visible).
+    mask: broadcastable to [batch, num_kv_heads, rows, keys], True = may attend; every
+    row must see at least one key. Returns o [batch, num_kv_heads, rows, head_dim] (q's
+    dtype) and lse [batch, num_kv_heads, rows] (float32, natural log).
     """
+    if _FLASH_CPU is not None and not q.is_cuda:
+        # torch's fused CPU flash attention returns the natural-log LSE in float32.
+        add = None
+        if mask is not None:
+            shape = (q.shape[0], q.shape[1], q.shape[2], k.shape[2])
+            add = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill(
+                ~mask, float("-inf")).expand(shape)
+        o, lse = _FLASH_CPU(q, k, v, 0.0, False, attn_mask=add, scale=scale)
+        return o, lse
+    return _attend_reference(q, k, v, scale=scale, mask=mask)
+
+
+def _attend_reference(q: Tensor, k: Tensor, v: Tensor, *, scale: float,
+                      mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """:func:`_attend` in plain torch ops (the spec; any device)."""
     scores = torch.matmul(q, k.transpose(-1, -2)).float() * scale
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))
@@ -244,6 +261,9 @@ def _attend(q: Tensor, k: Tensor, v: Tensor, *, scale: float,
     probs = torch.exp(scores - finite.unsqueeze(-1))
     o = torch.matmul(probs.to(v.dtype), v)
     return o, lse
+
+
+_FLASH_CPU = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
 
 
 def _gather_pages(cache: Tensor, pages: Tensor) -> Tensor:
@@ -328,15 +348,19 @@ def extend_attention_torch(q: Tensor, k_cache: Tensor, v_cache: Tensor, plan: Ex
             k = _gather_pages(k_cache, idx)[:total]
             v = _gather_pages(v_cache, idx)[:total]
         # causal over positions: query i (position p + i) sees keys j <= p + i
-        qi = torch.arange(n, device=q.device).unsqueeze(1) + p
-        kj = torch.arange(total, device=q.device).unsqueeze(0)
-        mask = kj <= qi                                           # [n, total]
-        qh = q[q0:q1].reshape(n, num_kv_heads, rep, head_dim).permute(1, 2, 0, 3)
-        qh = qh.reshape(1, num_kv_heads, rep * n, head_dim)
-        o, _ = _attend(qh, k.permute(1, 0, 2).unsqueeze(0), v.permute(1, 0, 2).unsqueeze(0),
-                       scale=scale, mask=mask.repeat(rep, 1)[None, None])
-        out[q0:q1] = o.reshape(num_kv_heads, rep, n, head_dim).permute(2, 0, 1, 3).reshape(
-            n, num_heads, head_dim)
+        qh = q[q0:q1].transpose(0, 1).unsqueeze(0)                 # [1, heads, n, head_dim]
+        kh = k.transpose(0, 1).unsqueeze(0)                        # [1, kv_heads, total, head_dim]
+        vh = v.transpose(0, 1).unsqueeze(0)
+        if rep > 1:
+            kh = kh.repeat_interleave(rep, dim=1)
+            vh = vh.repeat_interleave(rep, dim=1)
+        if p == 0:
+            o = F.scaled_dot_product_attention(qh, kh, vh, is_causal=True, scale=scale)
+        else:
+            qi = torch.arange(n, device=q.device).unsqueeze(1) + p
+            kj = torch.arange(total, device=q.device).unsqueeze(0)
+            o = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=kj <= qi, scale=scale)
+        out[q0:q1] = o[0].transpose(0, 1)
     return out
 
 

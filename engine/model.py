@@ -98,9 +98,7 @@ def rope_inv_freq(hf_config: Any, head_dim: int) -> tuple[Tensor, float]:
 
 def _rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
     # Normalise in float32 as transformers does, then scale in the weight's dtype.
-    xf = x.float()
-    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
-    return weight * xf.to(weight.dtype)
+    return weight * F.rms_norm(x.float(), (x.shape[-1],), eps=eps).to(weight.dtype)
 
 
 def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:

@@ -85,10 +85,14 @@ def sample(logits: Tensor, params: Sequence[RowParams],
                             top_p=torch.tensor([params[i].top_p for i in stochastic],
                                                dtype=torch.float32))
         probs = torch.softmax(rows, dim=-1)
-        picks = []
-        for j, i in enumerate(stochastic):
-            picks.append(torch.multinomial(probs[j], 1, generator=generators[i]))
+        # Inverse-CDF draw: one uniform per row from the row's own generator, then a
+        # batched search in the cumulative distribution (exact categorical sampling).
+        u = torch.cat([torch.rand(1, generator=generators[i]) for i in stochastic])
+        cdf = torch.cumsum(probs, dim=-1)
+        u = u * cdf[:, -1]                 # the total may differ from 1 by rounding
+        picks = torch.searchsorted(cdf, u.unsqueeze(1), right=True).squeeze(1)
+        picks = picks.clamp_(max=probs.shape[-1] - 1)
         tokens = tokens.clone()
-        tokens[idx] = torch.cat(picks)
+        tokens[idx] = picks
     lp = logprobs_all.gather(1, tokens.view(num, 1)).squeeze(1)
     return tokens, lp

@@ -1,0 +1,109 @@
+"""Engine benchmark: native shared-prefix engine vs the HF transformers backend, same work.
+
+Contract: ``run(quick=...)`` loads the embedded SmolLM2-135M once (``load_model(None)``),
+builds a problem whose formatted prompt is exactly ``P`` tokens, and asks each backend
+for ``B`` continuations of ``S`` new tokens (same :class:`~ttc.types.SamplingParams`,
+through the Generator protocol: ``root`` then one ``expand``). Reported side by side:
+
+* ``tokens_per_s_*``: generated tokens / wall seconds of root + expand (prefill included);
+* ``kv_bytes_native``: the native engine's peak resident KV (pages in use);
+* ``kv_bytes_hf``: the HF backend's reported peak KV;
+* ``kv_bytes_bound = (P + generated tokens) * bytes per token``: every distinct token
+  stored once (the prompt once, each branch's suffix once).
+
+Full run: P = 1024, B = 16, S = 64; quick: P = 256, B = 4, S = 16.
+Must NOT know: strategies, rewards.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from ttc.bench import BenchReport
+from ttc.types import ExpandRequest, Problem, SamplingParams
+
+_FILLER = ("In a quiet town by the sea, an old clockmaker kept a shop full of ticking "
+           "wonders, and every morning the children stopped to watch the gears turn. ")
+
+
+def _problem_with_prompt_tokens(format_ids, target: int) -> Problem:
+    """A problem whose formatted prompt has exactly ``target`` tokens (trimmed by words)."""
+    ask = " Continue this story in great detail, without stopping."
+    words = (_FILLER * (target // 8 + 8)).split(" ")
+    lo, hi = 1, len(words)
+    while lo < hi:                     # the most words whose prompt fits in target
+        mid = (lo + hi + 1) // 2
+        if len(format_ids(Problem(question=" ".join(words[:mid]) + ask))) <= target:
+            lo = mid
+        else:
+            hi = mid - 1
+    question = " ".join(words[:lo]) + ask
+    # Pad with single characters until the count is exact (each adds about one token).
+    pads = 0
+    while len(format_ids(Problem(question=question))) < target and pads < 64:
+        question = "." + question
+        pads += 1
+    return Problem(question=question)
+
+
+def _timed_run(gen: Any, problem: Problem, *, branches: int, new_tokens: int,
+               params: SamplingParams) -> dict[str, float]:
+    t0 = time.perf_counter()
+    root = gen.root(problem)
+    out = gen.expand([ExpandRequest(prefix=root, n=branches, params=params)])
+    seconds = time.perf_counter() - t0
+    generated = out.usage.generated_tokens
+    peak = max(out.usage.peak_kv_bytes, gen.kv_bytes())
+    gen.release([c.handle for c in out.continuations[0]] + [root])
+    return {"seconds": seconds, "generated": generated, "peak_kv_bytes": peak,
+            "prefill_tokens": out.usage.prefill_tokens}
+
+
+def run(*, quick: bool) -> BenchReport:
+    import torch  # noqa: PLC0415
+
+    from ttc.engine.hf import HFBackendConfig  # noqa: PLC0415
+    from ttc.engine.native import NativeGenerator  # noqa: PLC0415
+    from ttc.engine.native_config import NativeBackendConfig  # noqa: PLC0415
+    from ttc.registry import BACKENDS  # noqa: PLC0415
+
+    prompt_tokens, branches, new_tokens = (256, 4, 16) if quick else (1024, 16, 64)
+    params = SamplingParams(temperature=0.8, top_p=1.0, max_tokens=new_tokens, seed=0)
+    native_cfg = NativeBackendConfig(dtype="bfloat16", device="cpu", kv_memory_gb=1.0)
+    native: NativeGenerator = BACKENDS.build(native_cfg)
+    problem = _problem_with_prompt_tokens(native.format, prompt_tokens)
+    p = len(native.format(problem))
+    warm = Problem(question="Warm up.")
+    _timed_run(native, warm, branches=2, new_tokens=2,
+               params=params.model_copy(update={"max_tokens": 2}))
+    nat = _timed_run(native, problem, branches=branches, new_tokens=new_tokens, params=params)
+    bytes_per_token = native.model.kv_bytes_per_token()
+    del native
+
+    hf = BACKENDS.build(HFBackendConfig(dtype="bfloat16", device="cpu"))
+    _timed_run(hf, warm, branches=2, new_tokens=2,
+               params=params.model_copy(update={"max_tokens": 2}))
+    ref = _timed_run(hf, problem, branches=branches, new_tokens=new_tokens, params=params)
+
+    bound = (p + nat["generated"]) * bytes_per_token
+    tps_native = nat["generated"] / nat["seconds"]
+    tps_hf = ref["generated"] / ref["seconds"]
+    report = BenchReport(name="engine")
+    report.metrics = {
+        "prompt_tokens": p, "branches": branches, "max_new_tokens": new_tokens,
+        "dtype": "bfloat16", "torch_threads": torch.get_num_threads(),
+        "generated_tokens_native": nat["generated"], "generated_tokens_hf": ref["generated"],
+        "seconds_native": round(nat["seconds"], 3), "seconds_hf": round(ref["seconds"], 3),
+        "tokens_per_s_native": round(tps_native, 2), "tokens_per_s_hf": round(tps_hf, 2),
+        "kv_bytes_native": int(nat["peak_kv_bytes"]), "kv_bytes_hf": int(ref["peak_kv_bytes"]),
+        "kv_bytes_bound": int(bound), "kv_bytes_per_token": bytes_per_token,
+    }
+    report.ratios = {
+        "tokens_per_s_native_over_hf": round(tps_native / tps_hf, 3),
+        "kv_native_over_bound": round(nat["peak_kv_bytes"] / bound, 4),
+        "kv_hf_over_native": round(ref["peak_kv_bytes"] / max(nat["peak_kv_bytes"], 1), 3),
+    }
+    report.notes.append("wall time covers root + one expand (prompt prefill included); "
+                        "same SamplingParams (temperature 0.8, seed 0) for both backends.")
+    return report
