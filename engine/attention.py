@@ -31,7 +31,7 @@ Must NOT know: models, tokens, radix trees, rewards, strategies.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
@@ -78,6 +78,8 @@ class DecodePlan:
     # Python copies of the small index lists, so the torch path needs no device syncs.
     group_starts_list: tuple[int, ...]
     group_prefix_lens_list: tuple[int, ...]
+    # Tensors derived once per plan by the torch path (masks), shared by every layer.
+    memo: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def device(self) -> torch.device:
@@ -234,19 +236,16 @@ def _attend(q: Tensor, k: Tensor, v: Tensor, *, scale: float,
     """Grouped attention with its LSE.
 
     q: [batch, num_kv_heads, rows, head_dim]; k, v: [batch, num_kv_heads, keys, head_dim];
-    mask: broadcastable to [batch, num_kv_heads, rows, keys], True = may attend; every
-    row must see at least one key. Returns o [batch, num_kv_heads, rows, head_dim] (q's
-    dtype) and lse [batch, num_kv_heads, rows] (float32, natural log).
+    mask: additive, q's dtype, broadcastable to [batch, num_kv_heads, rows, keys]
+    (0 = may attend, -inf = may not); every row must see at least one key. Returns
+    o [batch, num_kv_heads, rows, head_dim] (q's dtype) and lse [batch, num_kv_heads, rows]
+    (float32, natural log).
     """
     if _FLASH_CPU is not None and not q.is_cuda:
         # torch's fused CPU flash attention returns the natural-log LSE in float32.
-        add = None
         if mask is not None:
-            shape = (q.shape[0], q.shape[1], q.shape[2], k.shape[2])
-            add = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill(
-                ~mask, float("-inf")).expand(shape)
-        o, lse = _FLASH_CPU(q, k, v, 0.0, False, attn_mask=add, scale=scale)
-        return o, lse
+            mask = mask.expand(q.shape[0], q.shape[1], q.shape[2], k.shape[2])
+        return _FLASH_CPU(q, k, v, 0.0, False, attn_mask=mask, scale=scale)
     return _attend_reference(q, k, v, scale=scale, mask=mask)
 
 
@@ -255,7 +254,7 @@ def _attend_reference(q: Tensor, k: Tensor, v: Tensor, *, scale: float,
     """:func:`_attend` in plain torch ops (the spec; any device)."""
     scores = torch.matmul(q, k.transpose(-1, -2)).float() * scale
     if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
+        scores = scores + mask.float()
     lse = torch.logsumexp(scores, dim=-1)
     finite = torch.where(torch.isinf(lse), torch.zeros_like(lse), lse)
     probs = torch.exp(scores - finite.unsqueeze(-1))
@@ -287,8 +286,14 @@ def decode_attention_torch(q: Tensor, k_cache: Tensor, v_cache: Tensor, plan: De
     # ks: [num_branches, max_suffix_pages * page_size, num_kv_heads, head_dim]
     ks = _gather_pages(k_cache, plan.suffix_pages)
     vs = _gather_pages(v_cache, plan.suffix_pages)
-    pos = torch.arange(plan.max_suffix_pages * ps, device=q.device)
-    smask = (pos.unsqueeze(0) < plan.suffix_lens.unsqueeze(1).to(pos.dtype))[:, None, None, :]
+    key = ("suffix_mask", q.dtype)
+    smask = plan.memo.get(key)
+    if smask is None:   # additive: 0 where a branch's suffix has a token, -inf after
+        pos = torch.arange(plan.max_suffix_pages * ps, device=q.device)
+        valid = pos.unsqueeze(0) < plan.suffix_lens.unsqueeze(1).to(pos.dtype)
+        smask = torch.zeros(valid.shape, dtype=q.dtype, device=q.device).masked_fill(
+            ~valid, float("-inf"))[:, None, None, :]
+        plan.memo[key] = smask
     o_s, lse_s = _attend(qg, ks.transpose(1, 2), vs.transpose(1, 2), scale=scale, mask=smask)
     o_s = o_s.reshape(num_branches, num_heads, head_dim)
     lse_s = lse_s.reshape(num_branches, num_heads)
@@ -296,8 +301,11 @@ def decode_attention_torch(q: Tensor, k_cache: Tensor, v_cache: Tensor, plan: De
     if plan.max_prefix_pages == 0:
         return o_s.to(q.dtype)
     # Prefix part: one matrix-matrix product per group over its shared prefix.
-    o_p = torch.zeros_like(o_s)
-    lse_p = torch.full_like(lse_s, float("-inf"))
+    if plan.num_groups == 1:    # one group holds every branch: no scatter needed
+        o_p = lse_p = None
+    else:
+        o_p = torch.zeros_like(o_s)
+        lse_p = torch.full_like(lse_s, float("-inf"))
     starts = plan.group_starts_list
     for g in range(plan.num_groups):
         n = plan.group_prefix_lens_list[g]
@@ -318,10 +326,16 @@ def decode_attention_torch(q: Tensor, k_cache: Tensor, v_cache: Tensor, plan: De
         qp = qg[b0:b1].permute(1, 0, 2, 3).reshape(1, num_kv_heads, (b1 - b0) * rep, head_dim)
         o, lse = _attend(qp, kp.permute(1, 0, 2).unsqueeze(0), vp.permute(1, 0, 2).unsqueeze(0),
                          scale=scale)
-        o_p[b0:b1] = o.reshape(num_kv_heads, b1 - b0, rep, head_dim).permute(1, 0, 2, 3).reshape(
+        o = o.reshape(num_kv_heads, b1 - b0, rep, head_dim).permute(1, 0, 2, 3).reshape(
             b1 - b0, num_heads, head_dim)
-        lse_p[b0:b1] = lse.reshape(num_kv_heads, b1 - b0, rep).permute(1, 0, 2).reshape(
-            b1 - b0, num_heads)
+        lse = lse.reshape(num_kv_heads, b1 - b0, rep).permute(1, 0, 2).reshape(b1 - b0, num_heads)
+        if o_p is None:
+            o_p, lse_p = o, lse
+        else:
+            o_p[b0:b1] = o
+            lse_p[b0:b1] = lse
+    if o_p is None:             # the only group has an empty prefix
+        return o_s.to(q.dtype)
     o, _ = merge_states(o_p, lse_p, o_s, lse_s)
     return o.to(q.dtype)
 

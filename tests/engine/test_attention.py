@@ -135,3 +135,19 @@ def test_bad_inputs_raise_clear_errors():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="triton"):
             decode_attention(torch.zeros(1, 4, 32), k, k, plan, scale=1.0, impl="triton")
+
+
+def test_fused_cpu_path_equals_reference_ops():
+    from ttc.engine.attention import _attend, _attend_reference
+
+    g = torch.Generator().manual_seed(2)
+    q = torch.randn(3, 2, 5, 32, generator=g)
+    k = torch.randn(3, 2, 9, 32, generator=g)
+    v = torch.randn(3, 2, 9, 32, generator=g)
+    lens = torch.tensor([1, 4, 9])
+    mask = torch.zeros(3, 9).masked_fill(torch.arange(9)[None] >= lens[:, None],
+                                         float("-inf"))[:, None, None, :]
+    o, lse = _attend(q, k, v, scale=0.3, mask=mask)
+    o_ref, lse_ref = _attend_reference(q, k, v, scale=0.3, mask=mask)
+    torch.testing.assert_close(o, o_ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(lse, lse_ref, atol=1e-5, rtol=1e-5)
