@@ -90,3 +90,29 @@ def test_bfloat16_cpu_close_to_fp32():
     b, _ = bf.extend(ids[:1], ids[1:])
     assert b.dtype == torch.bfloat16
     torch.testing.assert_close(bf.logits(b), f32.logits(a), atol=0.15, rtol=0.05)
+
+
+def test_mixed_prefixes_in_one_call_match_transformers():
+    """Two prompts and a deeper continuation decode together (several groups, shared and
+    private ancestor pages) and each equals transformers' greedy continuation."""
+    cfg, hf = tiny_hf_model("qwen2", seed=9)
+    eng = _engine(cfg, hf, page_size=4)
+    p1, p2 = list(b"First prompt, eleven"), list(b"Second one")
+    h1, h2 = eng.handle_for_tokens(p1), eng.handle_for_tokens(p2)
+    greedy = SamplingParams(temperature=0, max_tokens=7)
+    step = eng.expand([ExpandRequest(prefix=h1, n=1, params=greedy)]).continuations[0][0]
+    out = eng.expand([ExpandRequest(prefix=h1, n=2, params=greedy),
+                      ExpandRequest(prefix=step.handle, n=2, params=greedy),
+                      ExpandRequest(prefix=h2, n=1, params=greedy)])
+
+    def ref(prompt):
+        with torch.no_grad():
+            return hf.generate(torch.tensor([prompt]), max_new_tokens=7, do_sample=False,
+                               eos_token_id=None, pad_token_id=0)[0, len(prompt):].tolist()
+
+    expected = [ref(p1), ref(p1 + list(step.token_ids)), ref(p2)]
+    for conts, exp in zip(out.continuations, expected):
+        for c in conts:
+            assert list(c.token_ids) == exp
+    assert out.usage.prefill_tokens == len(p2)
+    eng.check_invariants()
