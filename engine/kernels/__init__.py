@@ -19,6 +19,12 @@ module holds its torch ``*_reference`` beside the kernel, and its launcher check
 Must NOT know: models, tokens, radix trees, rewards, strategies.
 """
 
+try:
+    import triton  # noqa: F401
+except ImportError as err:   # the engine falls back to torch; the bench says what is missing
+    raise ModuleNotFoundError("ttc.engine.kernels needs triton (pip install 'ttc[triton]').",
+                              name="ttc.engine.kernels") from err
+
 from ttc.engine.kernels.decode import decode_attention, decode_attention_reference
 from ttc.engine.kernels.extend import extend_attention, extend_attention_reference
 from ttc.engine.kernels.launch import DecodeLaunch, plan_decode_launch
