@@ -71,9 +71,11 @@ def sample(logits: Tensor, params: Sequence[RowParams],
     (tokens [num_branches] int64, logprobs [num_branches] float32 natural log)
     """
     num = logits.shape[0]
-    logprobs_all = torch.log_softmax(logits, dim=-1)
-    tokens = logits.argmax(dim=-1)
     stochastic = [i for i, p in enumerate(params) if p.temperature > 0]
+    if len(stochastic) < num:
+        tokens = logits.argmax(dim=-1)
+    else:
+        tokens = torch.zeros(num, dtype=torch.long, device=logits.device)
     if stochastic:
         idx = torch.tensor(stochastic, dtype=torch.long)
         rows = logits.index_select(0, idx)
@@ -94,5 +96,6 @@ def sample(logits: Tensor, params: Sequence[RowParams],
         picks = picks.clamp_(max=probs.shape[-1] - 1)
         tokens = tokens.clone()
         tokens[idx] = picks
-    lp = logprobs_all.gather(1, tokens.view(num, 1)).squeeze(1)
+    # log p(token) = logit - logsumexp(logits): one reduction instead of a full log_softmax
+    lp = logits.gather(1, tokens.view(num, 1)).squeeze(1) - torch.logsumexp(logits, dim=-1)
     return tokens, lp
