@@ -304,6 +304,11 @@ class NativeEngine:
         if token_limit is not None and token_limit < 0:
             raise ValueError(f"token_limit must be None or >= 0; got {token_limit!r}.")
         states = [self._state(r.prefix) for r in requests]
+        limit = self.model.config.max_position
+        for r, st in zip(requests, states):
+            if st.node.end + len(st.tail) >= limit:
+                raise ValueError(f"handle {r.prefix!r} has {st.node.end + len(st.tail)} tokens; "
+                                 f"the model's context is {limit} tokens, so it cannot grow.")
         # Prefill every pending tail once (batched), even if several requests share it.
         pending, seen = [], set()
         for st in states:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from native_helpers import EOS, ByteTokenizer, tiny_hf_model
+from native_helpers import ByteTokenizer, tiny_hf_model
 
 from ttc.engine.kv_cache import KVCacheFull
 from ttc.engine.native import NativeEngine, NativeGenerator
@@ -77,27 +77,20 @@ def test_stop_strings_eos_and_max_tokens(tiny):
     eng.check_invariants()
 
 
-def test_eos_stops_a_branch():
-    cfg, hf = tiny_hf_model("qwen2", seed=1)
-    with torch.no_grad():                       # make EOS the most likely token everywhere
-        hf.lm_head.weight[EOS] = 0
-        hf.model.norm.weight.fill_(1.0)
-        hf.lm_head.bias = None
-    sd = hf.state_dict()
-    sd["lm_head.weight"] = sd["model.embed_tokens.weight"].clone()
-    sd["lm_head.weight"][EOS] = 10 * sd["model.embed_tokens.weight"].abs().max() * 0
-    eng = NativeEngine.from_hf(cfg, sd, ByteTokenizer(), dtype=torch.float32, page_size=4,
-                               kv_memory_gb=0.001)
+def test_eos_stops_a_branch_and_is_kept(tiny):
+    free = _engine(tiny)
+    h = free.handle_for_tokens(PROMPT)
+    greedy = free.expand([ExpandRequest(prefix=h, n=1, params=SamplingParams(
+        temperature=0, max_tokens=10))]).continuations[0][0].token_ids
+    eos = greedy[3]
+    first = greedy.index(eos)                   # the first time that token comes out
+    eng = _engine(tiny, eos_ids=[eos])
     h = eng.handle_for_tokens(PROMPT)
-    hidden, _ = eng.extend(h, [1])
-    del hidden
-    out = eng.expand([ExpandRequest(prefix=h, n=2, params=SamplingParams(
-        temperature=0, max_tokens=50))]).continuations[0]
-    for c in out:
-        if c.finish is FinishReason.EOS:
-            assert c.token_ids[-1] == EOS
-        else:
-            assert EOS not in c.token_ids
+    (c,) = eng.expand([ExpandRequest(prefix=h, n=1, params=SamplingParams(
+        temperature=0, max_tokens=10))]).continuations[0]
+    assert c.finish is FinishReason.EOS and c.ended
+    assert c.token_ids == greedy[:first + 1]
+    eng.check_invariants()
 
 
 def test_token_limit_cuts_with_budget_and_counts_exactly(tiny):
@@ -210,3 +203,14 @@ def test_unpinned_cache_is_reused_then_evicted_under_pressure(tiny):
     eng.check_invariants()
     with pytest.raises(ValueError, match="not live"):
         eng.pin([c.handle])
+
+
+def test_context_limit_ends_branches_then_refuses_to_grow(tiny):
+    eng = _engine(tiny, kv_memory_gb=0.004)
+    h = eng.handle_for_tokens([65 + i % 26 for i in range(500)])     # context is 512
+    out = eng.expand([ExpandRequest(prefix=h, n=1, params=SamplingParams(
+        temperature=0, max_tokens=50))])
+    c = out.continuations[0][0]
+    assert c.finish is FinishReason.MAX_TOKENS and c.num_tokens == 12
+    with pytest.raises(ValueError, match="context"):
+        eng.expand([ExpandRequest(prefix=c.handle, n=1, params=SamplingParams())])
