@@ -77,19 +77,22 @@ def sample(logits: Tensor, params: Sequence[RowParams],
     else:
         tokens = torch.zeros(num, dtype=torch.long, device=logits.device)
     if stochastic:
-        idx = torch.tensor(stochastic, dtype=torch.long)
+        dev = logits.device
+        idx = torch.tensor(stochastic, dtype=torch.long, device=dev)
         rows = logits.index_select(0, idx)
-        temp = torch.tensor([params[i].temperature for i in stochastic], dtype=torch.float32)
+        temp = torch.tensor([params[i].temperature for i in stochastic], dtype=torch.float32,
+                            device=dev)
         rows = rows / temp.unsqueeze(1)
         if any(params[i].top_k > 0 or params[i].top_p < 1.0 for i in stochastic):
             rows = truncate(rows,
-                            top_k=torch.tensor([params[i].top_k for i in stochastic]),
+                            top_k=torch.tensor([params[i].top_k for i in stochastic],
+                                               device=dev),
                             top_p=torch.tensor([params[i].top_p for i in stochastic],
-                                               dtype=torch.float32))
+                                               dtype=torch.float32, device=dev))
         probs = torch.softmax(rows, dim=-1)
         # Inverse-CDF draw: one uniform per row from the row's own generator, then a
         # batched search in the cumulative distribution (exact categorical sampling).
-        u = torch.cat([torch.rand(1, generator=generators[i]) for i in stochastic])
+        u = torch.cat([torch.rand(1, generator=generators[i]) for i in stochastic]).to(dev)
         cdf = torch.cumsum(probs, dim=-1)
         u = u * cdf[:, -1]                 # the total may differ from 1 by rounding
         picks = torch.searchsorted(cdf, u.unsqueeze(1), right=True).squeeze(1)

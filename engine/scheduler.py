@@ -163,7 +163,8 @@ class Scheduler:
         # First token of every branch from its prefix's stored hidden state.
         hidden = torch.stack([w.node.payload for w in work])
         logits = self.runner.model.logits(hidden)
-        rows = logits.index_select(0, torch.tensor([b.request for b in branches]))
+        rows = logits.index_select(0, torch.tensor([b.request for b in branches],
+                                                   device=logits.device))
         live = self._sample(branches, rows, token_limit, 0)
         generated = sum(len(b.tokens) for b in branches)
         # NOTE: a branch that stopped after sampling a token still needs that token's KV
@@ -180,7 +181,7 @@ class Scheduler:
             live = [step_rows[i] for i in live_idx]
             logits = self.runner.model.logits(
                 hidden if len(live_idx) == len(step_rows)
-                else hidden.index_select(0, torch.tensor(live_idx)))
+                else hidden.index_select(0, torch.tensor(live_idx, device=hidden.device)))
             still = self._sample(live, logits, token_limit, generated)
             flush = []
             for b in live:
