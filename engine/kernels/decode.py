@@ -109,7 +109,8 @@ def decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, plan, *, scale
     slots = ps + (ss if ss > 1 else 0)
     o_part = lse_part = None
     if slots:
-        # o_part: [slots, num_branches, num_heads, head_dim], lse_part: [slots, num_branches, num_heads]
+        # o_part: [slots, num_branches, num_heads, head_dim]
+        # lse_part: [slots, num_branches, num_heads]
         o_part = torch.empty(slots, num_branches, num_heads, head_dim, dtype=torch.float32,
                              device=q.device)
         lse_part = torch.empty(slots, num_branches, num_heads, dtype=torch.float32,

@@ -74,7 +74,8 @@ def _merge_states_kernel(
     x1 = tl.load(o1_ptr + row * stride_o1r + head * stride_o1h + d, mask=d_ok, other=0.0)
     x2 = tl.load(o2_ptr + row * stride_o2r + head * stride_o2h + d, mask=d_ok, other=0.0)
     # NOTE: an empty side has weight exactly 0, so its (possibly garbage) o never leaks in.
-    acc = tl.where(a1 > 0, x1.to(tl.float32) * a1, 0.0) + tl.where(a2 > 0, x2.to(tl.float32) * a2, 0.0)
+    acc = (tl.where(a1 > 0, x1.to(tl.float32) * a1, 0.0)
+           + tl.where(a2 > 0, x2.to(tl.float32) * a2, 0.0))
     acc = acc / tl.where(denom > 0, denom, 1.0)
     base = (row * num_heads + head)
     tl.store(o_ptr + base * HEAD_DIM + d, acc, mask=d_ok)

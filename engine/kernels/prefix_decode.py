@@ -169,7 +169,8 @@ def check_decode_plan(q: Tensor, k_cache: Tensor, plan) -> None:
             plan.group_starts_list[-1] != plan.num_branches:
         raise ValueError(f"plan.group_starts_list must be CSR offsets ending at num_branches "
                          f"({plan.num_branches}); got {plan.group_starts_list}.")
-    too_long = [n for n in plan.group_prefix_lens_list if n > plan.max_prefix_pages * plan.page_size]
+    room = plan.max_prefix_pages * plan.page_size
+    too_long = [n for n in plan.group_prefix_lens_list if n > room]
     if too_long:
         raise ValueError(f"a group prefix of {too_long[0]} tokens does not fit in max_prefix_pages "
                          f"({plan.max_prefix_pages}) x page_size ({plan.page_size}).")

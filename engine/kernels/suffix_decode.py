@@ -136,9 +136,10 @@ def _suffix_decode_kernel(
         # with lse L is l = 1, m = L in this running form.
         for sl in range(0, num_merge):
             base = (sl * num_branches + b) * num_heads + head        # [BLOCK_H]
-            lp = tl.load(lse_part_ptr + base, mask=r_ok, other=float("-inf")) * _LOG2E
+            lp = tl.load(lse_part_ptr + base, mask=r_ok, other=float("-inf")).to(tl.float32)
+            lp = lp * _LOG2E
             op = tl.load(o_part_ptr + base[:, None] * HEAD_DIM + d[None, :], mask=rd_ok,
-                         other=0.0)
+                         other=0.0).to(tl.float32)
             m_new = tl.maximum(m_i, lp)
             alpha = tl.exp2(m_i - m_new)
             w = tl.exp2(lp - m_new)
@@ -182,7 +183,10 @@ def launch_suffix(q: Tensor, k_cache: Tensor, v_cache: Tensor, plan, *, scale: f
         raise ValueError(f"the fused suffix ending needs exactly one split; got {num_splits}.")
     if num_branches == 0:
         return
-    dummy = q   # an unused pointer argument still needs a tensor
+    # Unused pointer arguments still need a tensor; a float32 one keeps every compiled
+    # variant's arithmetic in float32.
+    dummy = o_part if o_part is not None else torch.empty(1, dtype=torch.float32,
+                                                          device=q.device)
     o_ptr = o_part if o_part is not None else dummy
     l_ptr = lse_part if lse_part is not None else dummy
     grid = (num_branches, num_kv_heads, num_splits)
