@@ -79,9 +79,9 @@ def test_prefix_shared_decode_equals_plain_attention(case):
 def test_extend_equals_causal_attention(page_size, seqs, seed):
     g = torch.Generator().manual_seed(seed)
     kv_heads, heads, head_dim = 2, 4, 32
-    k_cache = torch.randn(64, page_size, kv_heads, head_dim, generator=g)
-    v_cache = torch.randn(64, page_size, kv_heads, head_dim, generator=g)
-    perm = torch.randperm(64, generator=g).tolist()
+    k_cache = torch.randn(96, page_size, kv_heads, head_dim, generator=g)   # 3 x 26 tokens fit
+    v_cache = torch.randn(96, page_size, kv_heads, head_dim, generator=g)
+    perm = torch.randperm(96, generator=g).tolist()
     tables = [[perm.pop() for _ in range(-(-(p + n) // page_size))] for p, n in seqs]
     plan = plan_extend(prefix_lens=[p for p, _ in seqs], new_lens=[n for _, n in seqs],
                        page_tables=tables, page_size=page_size)
