@@ -169,7 +169,8 @@ def _flashinfer_runner(case: BenchCase, branches: int, prefix: int, suffix: int
          torch.tensor([p for own in case.suffix_pages for p in own], **i32)],
         [torch.tensor([prefix - (len(case.prefix_pages) - 1) * PAGE_SIZE], **i32),
          torch.full((branches,), last_suffix, **i32)],
-        NUM_HEADS, NUM_KV_HEADS, HEAD_DIM, PAGE_SIZE)
+        NUM_HEADS, NUM_KV_HEADS, HEAD_DIM, PAGE_SIZE, sm_scale=HEAD_DIM ** -0.5,
+        q_data_type=case.q.dtype, kv_data_type=case.k_cache.dtype)
     return lambda: wrapper.run(case.q, (case.k_cache, case.v_cache))
 
 
