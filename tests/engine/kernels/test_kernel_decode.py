@@ -192,7 +192,7 @@ def test_decode_full_shapes_on_gpu(groups, dtype):
                        device="cuda", seed=0)
     out = K.decode_attention(case.q, case.k_cache, case.v_cache, case.plan, scale=case.scale)
     ref = engine_decode(case.q.float(), case.k_cache.float(), case.v_cache.float(),
-                        dataclasses.replace(case.plan), scale=case.scale, impl="torch")
+                        case.plan, scale=case.scale, impl="torch")
     assert_close(out, ref, dtype)
 
 
@@ -203,3 +203,20 @@ def test_engine_auto_impl_uses_kernels_on_cuda():
     auto = engine_decode(case.q, case.k_cache, case.v_cache, case.plan, scale=case.scale)
     direct = K.decode_attention(case.q, case.k_cache, case.v_cache, case.plan, scale=case.scale)
     assert torch.equal(auto, direct)
+
+
+def test_odd_shapes_and_strided_inputs(kernel_device):
+    # head_dim 80 (padded to 128 lanes), page_size 3, rep 3, q a strided view of a fused
+    # qkv projection, and caches that are views into one [num_pages, 2, ...] tensor.
+    case = decode_case([(7, [2, 6]), (3, [1])], page_size=3, num_kv_heads=2, rep=3,
+                       head_dim=80, device=kernel_device, seed=11)
+    qkv = torch.randn(3, 10, 80, device=kernel_device)
+    qkv[:, :6] = case.q
+    q = qkv[:, :6]                                           # stride(0) = 800, not 480
+    kv = torch.stack([case.k_cache, case.v_cache], dim=1)   # [num_pages, 2, ...]
+    k_view, v_view = kv[:, 0], kv[:, 1]
+    assert not q.is_contiguous() and not k_view.is_contiguous()
+    out = K.decode_attention(q, k_view, v_view, case.plan, scale=case.scale)
+    ref = K.decode_attention_reference(case.q, case.k_cache, case.v_cache, case.plan,
+                                       scale=case.scale)
+    assert_close(out, ref, torch.float32)

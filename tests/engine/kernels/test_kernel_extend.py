@@ -72,3 +72,15 @@ def test_extend_full_shapes_on_gpu(dtype):
     ref = engine_extend(case.q.float(), case.k_cache.float(), case.v_cache.float(), case.plan,
                         scale=case.scale, impl="torch")
     assert_close(out, ref, dtype)
+
+
+def test_extend_odd_shapes_and_strided_inputs(kernel_device):
+    case = extend_case([(4, 5), (0, 2)], page_size=3, num_kv_heads=2, rep=3, head_dim=80,
+                       device=kernel_device, seed=4)
+    qkv = torch.randn(7, 10, 80, device=kernel_device)
+    qkv[:, :6] = case.q
+    kv = torch.stack([case.k_cache, case.v_cache], dim=1)
+    out = K.extend_attention(qkv[:, :6], kv[:, 0], kv[:, 1], case.plan, scale=case.scale)
+    ref = K.extend_attention_reference(case.q, case.k_cache, case.v_cache, case.plan,
+                                       scale=case.scale)
+    assert_close(out, ref, torch.float32)

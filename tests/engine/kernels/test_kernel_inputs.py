@@ -42,7 +42,8 @@ def _call(case, **changes):
     (lambda c: {"plan": object()}, TypeError, "plan must be a DecodePlan"),
     (lambda c: {"plan": dataclasses.replace(c.plan, suffix_lens=c.plan.suffix_lens.long())},
      TypeError, "plan.suffix_lens must be int32"),
-    (lambda c: {"plan": dataclasses.replace(c.plan, group_prefix_pages=c.plan.group_prefix_pages[:, :1])},
+    (lambda c: {"plan": dataclasses.replace(
+        c.plan, group_prefix_pages=c.plan.group_prefix_pages[:, :1])},
      ValueError, "plan.group_prefix_pages must have shape"),
 ])
 def test_decode_rejects_bad_input(dcase, change, error, words):
