@@ -201,5 +201,6 @@ def extend_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, plan, *,
         plan.page_tables.stride(0) if plan.max_pages else 0, out.stride(0), out.stride(1),
         plan.page_size, m_tiles, scale * LOG2E,
         REP=rep, HEAD_DIM=head_dim, BLOCK_D=max(16, next_pow2(head_dim)), BLOCK_M=block_m,
-        BLOCK_N=BLOCK_N, DOT=dot_mode(q.dtype), num_warps=4, num_stages=2)
+        BLOCK_N=BLOCK_N, DOT=dot_mode(q.dtype), num_warps=4 if head_dim <= 64 else 8,
+        num_stages=2)
     return out

@@ -198,7 +198,8 @@ def launch_prefix_partials(q: Tensor, k_cache: Tensor, v_cache: Tensor, plan, *,
         plan.group_prefix_pages.stride(0) if plan.max_prefix_pages else 0,
         num_branches, num_heads, plan.page_size, chunk_len, m_tiles, scale * LOG2E,
         REP=rep, HEAD_DIM=head_dim, BLOCK_D=max(16, next_pow2(head_dim)), BLOCK_M=block_m,
-        BLOCK_N=PREFIX_BLOCK_N, DOT=dot_mode(q.dtype), num_warps=4, num_stages=2)
+        BLOCK_N=PREFIX_BLOCK_N, DOT=dot_mode(q.dtype),
+        num_warps=4 if head_dim <= 64 else 8, num_stages=2)   # 64 x 128 float32 accumulators
 
 
 def prefix_decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, plan, *, scale: float,
