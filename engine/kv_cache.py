@@ -31,6 +31,10 @@ Reference counts and locks::
                   lock(node) == own pins + sum(lock(child));
                   a node with lock > 0 is never evicted (so a pinned page never is).
 
+Release (:meth:`RadixTree.free_unlocked`): a released handle's node, then each ancestor,
+is freed at once while it is unlocked, has no children and is not *retained* (an
+unpinned handle kept as cache). Retained and other unlocked nodes stay until evicted.
+
 Eviction (when :meth:`PagePool.alloc` finds too few free pages): unlocked leaves are
 removed, lowest value first (``None`` counts as lowest), then least recently used; a
 parent whose last child went becomes a leaf and joins the candidates. When nothing more
