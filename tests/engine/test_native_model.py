@@ -116,3 +116,25 @@ def test_mixed_prefixes_in_one_call_match_transformers():
             assert list(c.token_ids) == exp
     assert out.usage.prefill_tokens == len(p2)
     eng.check_invariants()
+
+
+def test_extend_batch_reuses_partial_matches_and_embeds():
+    """Token-id prefixes that end inside cached nodes split them at page boundaries; the
+    hidden states still equal transformers' and cached tokens are not recomputed twice."""
+    cfg, hf = tiny_hf_model("qwen3", seed=4)
+    eng = _engine(cfg, hf, page_size=4)
+    base = list(range(60, 90))                              # 30 tokens
+    _, h0 = eng.extend(base[:1], base[1:])
+    items = [(base[:13], [7, 8, 9]), (base[:22], [1, 2]), (base + [5], [3])]
+    hidden, handles = eng.extend_batch(items)
+    for (prefix, new), hid in zip(items, hidden):
+        with torch.no_grad():
+            ref = hf(torch.tensor([prefix + new]), output_hidden_states=True).hidden_states[-1]
+        torch.testing.assert_close(hid, ref[0, -len(new):], atol=1e-4, rtol=1e-4)
+    # base[:13] matched up to the page boundary at 12, which split the cached node there
+    assert eng.tree.match(base[:12]).end == 12
+    vecs = eng.embed(handles)
+    assert len(vecs) == 3 and all(abs(sum(x * x for x in v) - 1) < 1e-4 for v in vecs)
+    eng.release(handles + [h0])
+    assert eng.pool.num_used == 0
+    eng.check_invariants()
