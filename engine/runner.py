@@ -64,7 +64,6 @@ class ModelRunner:
 
     def extend(self, items: Sequence[ExtendItem]) -> list[Tensor]:
         """Compute every item's new tokens; return their hidden states ``[len(tokens), hidden]``."""
-        ps = self.page_size
         out: list[list[Tensor]] = [[] for _ in items]
         # Chunk: (item index, offset into its tokens, count)
         chunk: list[tuple[int, int, int]] = []
@@ -81,7 +80,6 @@ class ModelRunner:
             if room == 0 or not pending:
                 self._run_chunk(items, chunk, out)
                 chunk, room = [], self.max_batch_tokens
-        del ps
         return [torch.cat(parts) if len(parts) > 1 else parts[0] for parts in out]
 
     def _run_chunk(self, items: Sequence[ExtendItem], chunk: list[tuple[int, int, int]],

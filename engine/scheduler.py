@@ -211,7 +211,8 @@ class Scheduler:
                 b.finish = FinishReason.EOS
             elif b.tracker.push(t):
                 b.finish = FinishReason.STOP
-            elif len(b.tokens) >= b.params.max_tokens or b.base_len + len(b.tokens) >= self.max_position:
+            elif (len(b.tokens) >= b.params.max_tokens
+                  or b.base_len + len(b.tokens) >= self.max_position):
                 b.finish = FinishReason.MAX_TOKENS
             else:
                 live.append(b)
