@@ -359,10 +359,16 @@ class NativeGenerator(NativeEngine):
 
     @classmethod
     def from_config(cls, config: NativeBackendConfig) -> "NativeGenerator":
-        from ttc.engine.loader import load_model  # noqa: PLC0415  (heavy)
-
         device = resolve_device(config.device)
         dtype = resolve_dtype(config.dtype, device)
+        if config.attention == "triton" and device.type != "cuda":
+            raise ConfigError(f"backend.attention='triton' needs a CUDA device; got device "
+                              f"{str(device)!r} (use attention: auto or torch).")
+        if device.type == "cpu" and dtype is torch.float16:
+            raise ConfigError("backend.dtype='float16' is not supported on CPU; use bfloat16 "
+                              "or float32.")
+        from ttc.engine.loader import load_model  # noqa: PLC0415  (heavy)
+
         loaded = load_model(config.model, dtype=dtype, device=device)
         gen = cls.from_hf(loaded.hf_config, loaded.state_dict, loaded.tokenizer, dtype=dtype,
                           device=device, attention=config.attention, page_size=config.page_size,

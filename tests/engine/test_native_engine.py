@@ -214,3 +214,16 @@ def test_context_limit_ends_branches_then_refuses_to_grow(tiny):
     assert c.finish is FinishReason.MAX_TOKENS and c.num_tokens == 12
     with pytest.raises(ValueError, match="context"):
         eng.expand([ExpandRequest(prefix=c.handle, n=1, params=SamplingParams())])
+
+
+def test_config_errors_name_the_setting():
+    from ttc.engine.native_config import NativeBackendConfig
+    from ttc.registry import BACKENDS, ConfigError
+
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="backend.attention"):
+            BACKENDS.build(NativeBackendConfig(attention="triton", device="cpu"))
+    with pytest.raises(ConfigError, match="backend.dtype"):
+        BACKENDS.build(NativeBackendConfig(dtype="float16", device="cpu"))
+    with pytest.raises(ConfigError, match="page_size"):
+        BACKENDS.make_config({"name": "native", "page_size": 0})
