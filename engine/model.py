@@ -27,7 +27,7 @@ from torch import Tensor
 from ttc.engine.attention import (DecodePlan, ExtendPlan, decode_attention,
                                   extend_attention)
 
-SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral")
+SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -57,6 +57,9 @@ def model_config_from_hf(hf_config: Any) -> ModelConfig:
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise ValueError(f"model_type must be one of {', '.join(SUPPORTED_MODEL_TYPES)} for the "
                          f"native backend; got {model_type!r}.")
+    if getattr(hf_config, "use_sliding_window", False):
+        raise ValueError("sliding-window attention (use_sliding_window=true) is not supported "
+                         "by the native backend; use the hf backend.")
     num_heads = hf_config.num_attention_heads
     head_dim = getattr(hf_config, "head_dim", None) or hf_config.hidden_size // num_heads
     if model_type == "qwen2":
