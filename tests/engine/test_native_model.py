@@ -138,3 +138,17 @@ def test_extend_batch_reuses_partial_matches_and_embeds():
     eng.release(handles + [h0])
     assert eng.pool.num_used == 0
     eng.check_invariants()
+
+
+def test_unsupported_architecture_and_missing_weights_raise_clear_errors():
+    from transformers import GPT2Config
+
+    from ttc.engine.model import from_hf
+
+    with pytest.raises(ValueError, match="model_type must be one of"):
+        from_hf(GPT2Config(), {})
+    cfg, hf = tiny_hf_model("llama")
+    sd = dict(hf.state_dict())
+    del sd["model.layers.1.mlp.down_proj.weight"]
+    with pytest.raises(ValueError, match="down_proj"):
+        from_hf(cfg, sd)
