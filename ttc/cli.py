@@ -271,6 +271,20 @@ def bench(
                            "ratios": report.ratios, "notes": report.notes}, indent=2))
 
 
+@app.command()
+@user_errors
+def grade(
+    gold: str = typer.Argument(..., help="The gold answer (LaTeX or plain)."),
+    pred: str = typer.Argument(..., help="The predicted answer."),
+) -> None:
+    """Say whether PRED is equivalent to GOLD; exit 0 when equivalent, 1 when not."""
+    from ttc.verifiers.answer_check import is_equivalent
+
+    same = is_equivalent(gold, pred)
+    typer.echo("equivalent" if same else "not equivalent")
+    raise typer.Exit(0 if same else 1)
+
+
 def main() -> None:
     app()
 
