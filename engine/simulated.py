@@ -234,6 +234,46 @@ class SimulatedGenerator:
     def kv_bytes(self) -> int:
         return self.resident_tokens() * self.config.kv_bytes_per_token
 
+    def embed(self, handles: Sequence[Handle]) -> list[list[float]]:
+        """A 64-dim unit vector per handle for its last step (``SupportsEmbeddings``).
+
+        It models what a policy model's hidden state holds about a step: what the step
+        established. Two steps mean the same when they are at the same step number and
+        in the same reasoning state (right so far, or wrong since the same first error),
+        or state the same answer; such steps embed almost identically (cosine distance
+        below 0.01), whatever their filler words. A small hashed bag of the step's words
+        (weight 0.1) tells different wordings apart.
+        """
+        out: list[list[float]] = []
+        for h in handles:
+            seq = self._live(h)
+            words = self._words.get(h, ())
+            if seq.ended and words:
+                key: tuple[object, ...] = ("answer", words[-1])
+            elif seq.correct:
+                key = ("step", seq.steps_done, "ok")
+            else:
+                key = ("step", seq.steps_done, "wrong since", self._first_error(h))
+            vec = [0.0] * 64
+            sem = _hash_int("embed", key)
+            for i in range(64):
+                vec[i] = 1.0 if (sem >> i) & 1 else -1.0
+            for w in words:
+                wh = _hash_int("embed-word", w)
+                vec[wh % 64] += 0.1 * 8.0 / max(1, len(words)) ** 0.5
+            norm = math.sqrt(sum(v * v for v in vec))
+            out.append([v / norm for v in vec])
+        return out
+
+    def _first_error(self, handle: int) -> int:
+        """The earliest ancestor of a wrong handle whose step was wrong."""
+        first = handle
+        cur = self._seqs[handle].parent
+        while cur is not None and not self._seqs[cur].correct:
+            first = cur
+            cur = self._seqs[cur].parent
+        return first
+
     # -- introspection for tests and benches -------------------------------------------
     def resident_tokens(self) -> int:
         return sum(s.own_tokens for s in self._seqs.values())
