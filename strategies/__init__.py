@@ -7,6 +7,8 @@ Must NOT know: engine internals, Hydra, file formats.
 from ttc.strategies.base import STRATEGIES, SearchContext, SearchStrategy, StrategyConfig
 
 from ttc.strategies import best_of_n, self_consistency  # noqa: F401  (registers)
+from ttc.strategies import (adaptive_consistency, beam_search, dvts,  # noqa: F401
+                            first_finish, particle_filtering, rpc)
 from ttc.strategies import (adaptive, astar, ets, mcts, rebase,  # noqa: F401
                             threads)
 

@@ -1,0 +1,185 @@
+"""Particle filtering over reasoning steps, with particle Gibbs as an option (ALGORITHMS.md §5).
+
+    P = LM.next_step(root, n=N); r = PRM.score(P)              # one call each
+    while any(p.active for p in P):
+        logw = logit(r)                         # paper: the newest step's score only
+             | logw + logit(r_t) - logit(r_t-1) # ess_threshold set: weights carried over
+        w = softmax(logw / softmax_temperature)
+        if ess_threshold is None or ESS(w) < ess_threshold * N:
+            P = [P[i] for i in resample(w, N)]  # systematic | multinomial; copies share KV
+            logw = 0                            # (carried weights restart uniform)
+        P.active = LM.next_step(P.active)       # ONE expand: each node x its copy count
+        r.active = PRM.score(P.active)          # ONE verifier call
+    return select(P)                            # argmax score (default), or a vote
+
+Finished particles keep their final score and compete in later resamplings (the paper's
+``resample_inactive``). Scores are clipped to [1e-6, 1 - 1e-6] before the logit.
+Particle Gibbs (``gibbs_iterations`` > 1): after each sweep a reference particle is drawn
+with probability ∝ its final weight; the next sweep runs N-1 free particles plus the
+reference, whose step-t score joins every resampling; a resampled copy of the reference
+is its path cut at step t and continues as a free particle.
+
+Every resampling decision is recorded in ``Result.info["pf_trace"]`` (step, weights,
+ESS, resampled). KV: nodes no particle points to any more are released right after
+resampling; expanded nodes are unpinned (their children hold the prefix); finished
+particles' KV is released at once (their text is all that is needed), except in Gibbs
+sweeps, where the reference path stays pinned until the next reference is drawn.
+Must NOT know: engine internals.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from typing import Literal
+
+from pydantic import Field, PositiveInt, field_validator
+
+from ttc.aggregate import Selection
+from ttc.strategies.base import SearchContext, SearchStrategy, StrategyConfig, register
+from ttc.strategies.common import (best_score, ess, first_step_guard, logit,
+                                   mark_step_done, resample, softmax)
+from ttc.tree import Node, NodeStatus
+
+
+class ParticleFilteringConfig(StrategyConfig):
+    name: Literal["particle_filtering"] = "particle_filtering"
+    n: PositiveInt = Field(default=8, description="N: particles")
+    softmax_temperature: float = Field(default=1.0, description="tau in softmax(logit(r)/tau)")
+    resampling: Literal["systematic", "multinomial"] = "systematic"
+    ess_threshold: float | None = Field(
+        default=None, description="None: resample every step (paper); kappa in (0, 1]: "
+                                  "carry weights, resample when ESS < kappa * N")
+    gibbs_iterations: PositiveInt = Field(default=1, description="> 1: particle Gibbs sweeps")
+    selection: Selection = Selection.BEST
+
+    @field_validator("softmax_temperature")
+    @classmethod
+    def _positive_temperature(cls, value: float) -> float:
+        if not value > 0:
+            raise ValueError(f"softmax_temperature must be > 0 (it divides the logits); "
+                             f"got {value!r}")
+        return value
+
+    @field_validator("ess_threshold")
+    @classmethod
+    def _kappa_in_range(cls, value: float | None) -> float | None:
+        if value is not None and not 0.0 < value <= 1.0:
+            raise ValueError(f"ess_threshold must be in (0, 1] or null; got {value!r}")
+        return value
+
+
+def _active(node: Node) -> bool:
+    return node.status is not NodeStatus.TERMINAL
+
+
+@register(ParticleFilteringConfig)
+class ParticleFiltering(SearchStrategy):
+    config: ParticleFilteringConfig
+
+    def search(self, ctx: SearchContext) -> None:
+        cfg = self.config
+        rng = random.Random(ctx.seed("pf-resample"))
+        ctx.info["pf_trace"] = []
+        reference: list[Node] | None = None
+        try:
+            with first_step_guard(ctx, branches=cfg.n):
+                for sweep in range(cfg.gibbs_iterations):
+                    final = self._sweep(ctx, sweep, reference, rng)
+                    for node in final:
+                        if node.status is NodeStatus.TERMINAL:
+                            ctx.offer(node)
+                    if sweep + 1 < cfg.gibbs_iterations:
+                        reference = self._new_reference(ctx, final, reference, rng)
+                    ref_ids = {n.id for n in reference} if reference else set()
+                    ctx.release([n for n in final if n.id not in ref_ids], prune=False)
+        finally:
+            if reference:
+                ctx.generator.release([n.handle for n in reference])
+
+    # -- one particle-filter sweep -------------------------------------------------------
+    def _sweep(self, ctx: SearchContext, sweep: int, reference: list[Node] | None,
+               rng: random.Random) -> list[Node]:
+        cfg = self.config
+        n_free = cfg.n - (1 if reference else 0)
+        (particles,) = ctx.expand([ctx.root], n=n_free,
+                                  params=ctx.step_params(ctx.seed("pf", sweep, 0)))
+        ctx.score(particles)
+        mark_step_done(ctx, particles)
+        keep_pinned = {n.id for n in reference} if reference else set()
+        self._release_finished(ctx, particles, keep_pinned)
+        t = 1
+
+        def pool_of(ps: list[Node]) -> list[Node]:
+            return ps + ([reference[min(t, len(reference)) - 1]] if reference else [])
+
+        prev = [0.0] * cfg.n                     # logit(r_0) = logit(1/2) = 0
+        logw = [0.0] * cfg.n
+        while any(_active(p) for p in pool_of(particles)):
+            pool = pool_of(particles)
+            now = [logit(_r(p)) for p in pool]
+            if cfg.ess_threshold is None:
+                logw = now
+            else:
+                logw = [lw + a - b for lw, a, b in zip(logw, now, prev)]
+            weights = softmax(logw, temperature=cfg.softmax_temperature)
+            size = ess(weights)
+            do = cfg.ess_threshold is None or size < cfg.ess_threshold * cfg.n
+            ctx.info["pf_trace"].append({"sweep": sweep, "step": t, "weights": weights,
+                                         "logw": logw, "ess": size, "resampled": do})
+            if do:
+                idx = resample(weights, n_free, rng, scheme=cfg.resampling)
+                new = [pool[i] for i in idx]
+                kept = {p.id for p in new} | keep_pinned
+                ctx.release([p for p in pool if p.id not in kept])
+                particles = new
+                logw = [0.0] * cfg.n
+            prev = [logit(_r(p)) for p in pool_of(particles)]
+            particles = self._advance(ctx, sweep, t, particles, keep_pinned)
+            t += 1
+            ctx.emit(step=t, live=sum(_active(p) for p in particles),
+                     best_score=best_score(particles), note=f"ESS {size:.1f}")
+        return particles
+
+    def _advance(self, ctx: SearchContext, sweep: int, t: int, particles: list[Node],
+                 keep_pinned: set[int]) -> list[Node]:
+        """One step for every active particle: one expand, copies of a node as its n."""
+        copies = Counter(p.id for p in particles if _active(p))
+        if not copies:
+            return particles
+        parents = [ctx.tree[i] for i in copies]
+        params = [ctx.step_params(ctx.seed("pf", sweep, t, p.id)) for p in parents]
+        groups = ctx.expand(parents, n=[copies[p.id] for p in parents], params=params)
+        ctx.release([p for p in parents if p.id not in keep_pinned], prune=False)
+        children = {p.id: list(g) for p, g in zip(parents, groups)}
+        new_children = [c for g in groups for c in g]
+        ctx.score(new_children)
+        mark_step_done(ctx, new_children)
+        self._release_finished(ctx, new_children, keep_pinned)
+        return [children[p.id].pop(0) if _active(p) else p for p in particles]
+
+    def _release_finished(self, ctx: SearchContext, nodes: list[Node], keep: set[int]) -> None:
+        if self.config.gibbs_iterations > 1:
+            return       # the next reference is drawn from the finished leaves
+
+        ctx.release([n for n in nodes if not _active(n) and n.id not in keep], prune=False)
+
+    # -- particle Gibbs ------------------------------------------------------------------
+    def _new_reference(self, ctx: SearchContext, final: list[Node],
+                       old: list[Node] | None, rng: random.Random) -> list[Node] | None:
+        scored = [p for p in final if p.score is not None]
+        if not scored:
+            return old
+        weights = softmax([logit(_r(p)) for p in scored],
+                          temperature=self.config.softmax_temperature)
+        (leaf,) = rng.choices(scored, weights=weights, k=1)
+        path = ctx.tree.path(leaf)
+        ctx.generator.pin([n.handle for n in path])
+        if old:
+            ctx.generator.release([n.handle for n in old])
+        ctx.info.setdefault("references", []).append(leaf.id)
+        return path
+
+
+def _r(node: Node) -> float:
+    return node.score if node.score is not None else 0.5
