@@ -1,0 +1,91 @@
+"""Prompts as token ids: the system prompt, the chat template, and text joined after a prefix.
+
+Contract: :func:`format_prompt` turns a problem into the token ids every backend starts
+from (the tokenizer's chat template with ``add_generation_prompt=True``; a plain
+"system, blank line, question" layout for tokenizers without one). The default system
+prompt asks for reasoning steps separated by a blank line (``ttc.types.STEP_DELIMITER``,
+``"\\n\\n"``, the stop string of a reasoning step) and the final answer in ``\\boxed{}``.
+:func:`continuation_ids` tokenizes text that is appended to an existing token prefix,
+in the prefix's context, so the ids are what running text would give after the seam
+(tokenizers merge across boundaries and mark leading spaces; compare ids, not strings).
+Must NOT know: models, pages, handles, rewards, strategies.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from ttc.types import Problem
+
+__all__ = ["DEFAULT_SYSTEM_PROMPT", "format_prompt", "prompt_text", "continuation_ids"]
+
+DEFAULT_SYSTEM_PROMPT = (
+    "Solve the problem step by step. Write each step as a short paragraph and separate "
+    "consecutive steps with a blank line. End with the final answer in the form "
+    "\\boxed{answer}."
+)
+
+# Tokens of the prefix re-tokenized with the appended text: enough context for a merge or
+# a leading-space marker at the seam, short enough to keep the cost independent of length.
+_SEAM_WINDOW = 16
+
+
+def _question(problem: Problem | str) -> str:
+    if isinstance(problem, Problem):
+        return problem.question
+    if isinstance(problem, str) and problem.strip():
+        return problem
+    raise ValueError(f"problem must be a ttc.types.Problem or a non-empty string; got {problem!r}.")
+
+
+def prompt_text(tokenizer: Any, problem: Problem | str, *,
+                system_prompt: str | None = DEFAULT_SYSTEM_PROMPT) -> str:
+    """The prompt as text (chat template rendered, generation prompt appended)."""
+    question = _question(problem)
+    if getattr(tokenizer, "chat_template", None):
+        messages = [{"role": "user", "content": question}]
+        if system_prompt:
+            messages.insert(0, {"role": "system", "content": system_prompt})
+        try:
+            return tokenizer.apply_chat_template(messages, tokenize=False,
+                                                 add_generation_prompt=True)
+        except Exception:  # noqa: BLE001  (templates that refuse a system role raise anything)
+            if not system_prompt:
+                raise
+            # A template without a system role: put the system prompt before the question.
+            merged = [{"role": "user", "content": f"{system_prompt}\n\n{question}"}]
+            return tokenizer.apply_chat_template(merged, tokenize=False,
+                                                 add_generation_prompt=True)
+    head = f"{system_prompt}\n\n" if system_prompt else ""
+    return f"{head}Problem: {question}\n\nSolution:\n"
+
+
+def format_prompt(tokenizer: Any, problem: Problem | str, *,
+                  system_prompt: str | None = DEFAULT_SYSTEM_PROMPT) -> list[int]:
+    """The prompt's token ids (what a backend prefills for ``problem``).
+
+    A rendered chat template already holds its special tokens (BOS, role markers), so it
+    is tokenized without adding more; the plain layout gets the tokenizer's usual ones.
+    """
+    text = prompt_text(tokenizer, problem, system_prompt=system_prompt)
+    templated = bool(getattr(tokenizer, "chat_template", None))
+    return list(tokenizer(text, add_special_tokens=not templated)["input_ids"])
+
+
+def continuation_ids(tokenizer: Any, prefix_ids: Sequence[int], text: str) -> list[int]:
+    """Token ids that append ``text`` to a sequence whose ids are ``prefix_ids``.
+
+    The prefix's ids are kept as they are (its KV may be cached). The text is tokenized
+    together with the last few prefix tokens, so a leading space or a word continuing
+    across the seam is tokenized as in running text; if the joint tokenization re-splits
+    those prefix tokens (the seam merges, e.g. ``"\\n"`` + ``"\\n"`` -> ``"\\n\\n"``), the
+    text is tokenized on its own instead, which still decodes to prefix + text.
+    """
+    if not text:
+        return []
+    tail = list(prefix_ids[-_SEAM_WINDOW:])
+    if tail:
+        joint = tokenizer(tokenizer.decode(tail) + text, add_special_tokens=False)["input_ids"]
+        if list(joint[:len(tail)]) == tail and len(joint) > len(tail):
+            return list(joint[len(tail):])
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
