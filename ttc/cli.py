@@ -285,6 +285,61 @@ def grade(
     raise typer.Exit(0 if same else 1)
 
 
+# -- evals (logic in ttc.evals.cli) -------------------------------------------------------
+@app.command("eval")
+@user_errors
+def eval_(
+    overrides: Optional[list[str]] = typer.Argument(
+        None, help="key=value overrides, e.g. dataset=gsm8k strategy=beam budget.tokens=2048 "
+                   "limit=50 output=DIR"),
+) -> None:
+    """Evaluate a strategy on a dataset (resumable; one JSONL record per problem)."""
+    from ttc.evals.cli import run_eval_command
+
+    run_eval_command(list(overrides or []), echo=typer.echo)
+
+
+@app.command()
+@user_errors
+def sweep(
+    overrides: Optional[list[str]] = typer.Argument(
+        None, help="comma lists sweep, e.g. strategy=beam,astar budget=8,32 seed=0,1 output=DIR"),
+) -> None:
+    """Run every combination of the swept overrides into one results folder."""
+    from ttc.evals.cli import run_sweep_command
+
+    run_sweep_command(list(overrides or []), echo=typer.echo)
+
+
+@app.command()
+@user_errors
+def report(
+    results: Path = typer.Argument(..., help="An eval output folder or a sweep folder."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Where to write (default: RESULTS)."),
+) -> None:
+    """Write report.md, report.csv and scaling plots (PNG) for a results folder."""
+    from ttc.evals.report import write_report
+
+    for name, path in write_report(results, out=out).items():
+        typer.echo(f"{name}: {path}")
+
+
+@app.command()
+@user_errors
+def tree(
+    results: Path = typer.Argument(..., help="A results.jsonl written with save_tree=true."),
+    problem: str = typer.Option(..., "--problem", "-p", help="The problem id."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="PNG or SVG file to write."),
+) -> None:
+    """Draw one problem's search tree with its scores."""
+    from ttc.evals.treeview import draw_tree, find_record
+
+    record = find_record(results, problem)
+    path = out or Path(f"tree-{str(problem).replace('/', '_')}.png")
+    draw_tree(record, path)
+    typer.echo(f"tree: {path}")
+
+
 def main() -> None:
     app()
 

@@ -1,0 +1,194 @@
+"""``ttc report DIR``: tables and scaling plots from eval or sweep folders.
+
+Contract: :func:`collect` reads every run under DIR (an eval folder, or a sweep's
+``runs/*``), pools runs that differ only in seed, and summarizes each group with
+:func:`ttc.evals.metrics.summarize`. :func:`figures` draws three matplotlib figures (Agg),
+one subplot per dataset, one line per strategy (points ordered by budget):
+
+    accuracy_vs_tokens           accuracy vs generated tokens per problem (log x)
+    accuracy_vs_verifier_calls   accuracy vs verifier calls per problem (symlog x)
+    kv_peak_vs_accuracy          peak KV bytes (MiB) vs accuracy
+
+:func:`write_report` saves ``report.md``, ``report.csv`` and ``plots/<name>.png``.
+Must NOT know: strategy or engine internals.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from ttc.evals.metrics import summarize
+from ttc.evals.runner import CONFIG, RESULTS, read_results
+from ttc.registry import ConfigError
+
+COLUMNS = ("dataset", "strategy", "budget", "seeds", "problems", "accuracy",
+           "accuracy_ci_low", "accuracy_ci_high", "pass@1", "majority@8",
+           "generated_tokens_per_problem", "verifier_calls_per_problem",
+           "kv_peak_bytes_mean", "wall_seconds_per_problem")
+PLOTS = ("accuracy_vs_tokens", "accuracy_vs_verifier_calls", "kv_peak_vs_accuracy")
+
+
+def run_dirs(root: Path) -> list[Path]:
+    if not root.is_dir():
+        raise ConfigError(f"results folder {str(root)!r} does not exist.")
+    if (root / RESULTS).exists():
+        return [root]
+    dirs = sorted(p.parent for p in root.glob(f"runs/*/{RESULTS}"))
+    if not dirs:
+        dirs = sorted(p.parent for p in root.glob(f"*/{RESULTS}"))
+    if not dirs:
+        raise ConfigError(f"no {RESULTS} under {str(root)!r}; point ttc report at an eval "
+                          f"output folder or a sweep folder.")
+    return dirs
+
+
+def _label(run: dict[str, Any], varying: dict[str, set[str]]) -> str:
+    strat = run["strategy"]
+    extras = [f"{k}={strat[k]}" for k in sorted(varying.get(strat["name"], ()))
+              if k != "name"]
+    text = strat["name"] + (f"({', '.join(extras)})" if extras else "")
+    return text
+
+
+def collect(root: str | Path) -> list[dict[str, Any]]:
+    """One summary row per (dataset, strategy variant, budget), seeds pooled."""
+    import json
+
+    runs = []
+    for d in run_dirs(Path(root)):
+        cfg_path = d / CONFIG
+        if not cfg_path.exists():
+            raise ConfigError(f"{d} has {RESULTS} but no {CONFIG}.")
+        identity = json.loads(cfg_path.read_text(encoding="utf-8"))
+        records = read_results(d / RESULTS)
+        if records:
+            runs.append({"dir": d, "identity": identity, "records": records,
+                         "strategy": identity["run"]["strategy"]})
+    if not runs:
+        raise ConfigError(f"no finished problems under {str(root)!r}.")
+    # Strategy fields that vary between runs of one strategy name become part of the label.
+    values: dict[str, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
+    for r in runs:
+        for k, v in r["strategy"].items():
+            values[r["strategy"]["name"]][k].add(json.dumps(v, sort_keys=True))
+    varying = {name: {k for k, vs in fields.items() if len(vs) > 1}
+               for name, fields in values.items()}
+    groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for r in runs:
+        ident = r["identity"]
+        key_ident = json.loads(json.dumps(ident))
+        key_ident["run"]["generation"].pop("seed", None)
+        key_ident.pop("seed", None)
+        key = (ident["dataset"]["name"], _label(r, varying),
+               ident["run"]["budget"]["max_generated_tokens"],
+               json.dumps(key_ident, sort_keys=True))
+        groups[key].append(r)
+    rows = []
+    for (dataset, label, budget, _), members in sorted(
+            groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2] or 0)):
+        records = [rec for m in members for rec in m["records"]]
+        summary = summarize(records)
+        rows.append({"dataset": dataset, "strategy": label, "budget": budget,
+                     "seeds": ",".join(sorted({str(m["identity"]["seed"]) for m in members})),
+                     **summary})
+    return rows
+
+
+def figures(rows: list[dict[str, Any]]):
+    """The three figures (matplotlib, Agg), keyed by plot name."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    datasets = sorted({r["dataset"] for r in rows})
+    specs = {
+        "accuracy_vs_tokens": ("generated_tokens_per_problem", "generated tokens per problem",
+                               "log"),
+        "accuracy_vs_verifier_calls": ("verifier_calls_per_problem",
+                                       "verifier calls per problem", "symlog"),
+        "kv_peak_vs_accuracy": ("kv_peak_mib", "peak KV cache (MiB, mean over problems)",
+                                "log"),
+    }
+    out = {}
+    for name, (xkey, xlabel, xscale) in specs.items():
+        fig, axes = plt.subplots(1, len(datasets), figsize=(6.4 * len(datasets), 4.6),
+                                 squeeze=False)
+        for ax, dataset in zip(axes[0], datasets):
+            by_strategy: dict[str, list[dict[str, Any]]] = defaultdict(list)
+            for r in rows:
+                if r["dataset"] == dataset:
+                    by_strategy[r["strategy"]].append(r)
+            for label, pts in sorted(by_strategy.items()):
+                pts = sorted(pts, key=lambda r: (r["budget"] or 0))
+                xs = [(r["kv_peak_bytes_mean"] / 2**20 if xkey == "kv_peak_mib" else r[xkey])
+                      for r in pts]
+                ys = [r["accuracy"] for r in pts]
+                (line,) = ax.plot(xs, ys, marker="o", label=label)
+                ax.fill_between(xs, [r["accuracy_ci_low"] for r in pts],
+                                [r["accuracy_ci_high"] for r in pts],
+                                color=line.get_color(), alpha=0.12, linewidth=0)
+            if xscale == "symlog":
+                ax.set_xscale("symlog", linthresh=1.0)
+            elif all(x > 0 for line in ax.get_lines() for x in line.get_xdata()):
+                ax.set_xscale(xscale)
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel("accuracy")
+            ax.set_ylim(-0.02, 1.02)
+            ax.set_title(dataset)
+            ax.grid(True, alpha=0.3, which="both")
+            ax.legend(fontsize=8)
+        fig.tight_layout()
+        out[name] = fig
+    return out
+
+
+def write_report(root: str | Path, *, out: str | Path | None = None) -> dict[str, Path]:
+    """Write report.md, report.csv and plots/*.png; return their paths."""
+    import matplotlib.pyplot as plt
+
+    root = Path(root)
+    rows = collect(root)
+    dest = Path(out) if out is not None else root
+    (dest / "plots").mkdir(parents=True, exist_ok=True)
+    paths: dict[str, Path] = {}
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: _fmt(r.get(k)) for k in COLUMNS})
+    paths["csv"] = dest / "report.csv"
+    paths["csv"].write_text(buf.getvalue(), encoding="utf-8")
+    paths["md"] = dest / "report.md"
+    paths["md"].write_text(markdown_table(rows), encoding="utf-8")
+    for name, fig in figures(rows).items():
+        paths[name] = dest / "plots" / f"{name}.png"
+        fig.savefig(paths[name], dpi=110)
+        plt.close(fig)
+    return paths
+
+
+def _fmt(v: Any) -> Any:
+    return f"{v:.4g}" if isinstance(v, float) else ("" if v is None else v)
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    head = ("| dataset | strategy | budget | seeds | problems | accuracy [95% CI] | "
+            "pass@1 | maj@8 | gen tokens/problem | verifier calls/problem | "
+            "KV peak MiB | s/problem |")
+    lines = [head, "|" + "|".join(["---"] * (head.count("|") - 1)) + "|"]
+    for r in rows:
+        def opt(k: str) -> str:
+            return f"{r[k]:.3f}" if k in r else "–"
+        lines.append(
+            f"| {r['dataset']} | {r['strategy']} | {r['budget'] or '∞'} | {r['seeds']} | "
+            f"{r['problems']} | {r['accuracy']:.3f} [{r['accuracy_ci_low']:.3f}, "
+            f"{r['accuracy_ci_high']:.3f}] | {opt('pass@1')} | {opt('majority@8')} | "
+            f"{r['generated_tokens_per_problem']:,.0f} | "
+            f"{r['verifier_calls_per_problem']:,.1f} | "
+            f"{r['kv_peak_bytes_mean'] / 2**20:,.2f} | {r['wall_seconds_per_problem']:.3f} |")
+    return "\n".join(lines) + "\n"
