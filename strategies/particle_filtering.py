@@ -125,7 +125,8 @@ class ParticleFiltering(SearchStrategy):
             weights = softmax(logw, temperature=cfg.softmax_temperature)
             size = ess(weights)
             do = cfg.ess_threshold is None or size < cfg.ess_threshold * cfg.n
-            ctx.info["pf_trace"].append({"sweep": sweep, "step": t, "weights": weights,
+            ctx.info["pf_trace"].append({"sweep": sweep, "step": t,
+                                         "nodes": [p.id for p in pool], "weights": weights,
                                          "logw": logw, "ess": size, "resampled": do})
             if do:
                 idx = resample(weights, n_free, rng, scheme=cfg.resampling)
