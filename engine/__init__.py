@@ -7,3 +7,4 @@ Must NOT know: rewards, scores, strategies.
 
 from ttc.engine import simulated  # noqa: F401  (registers)
 from ttc.engine import native_config  # noqa: F401  (registers; torch imported when built)
+from ttc.engine import hf  # noqa: F401  (registers; torch imported when built)
