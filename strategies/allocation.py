@@ -1,19 +1,21 @@
 """Difficulty-aware split of a dataset-level token budget over problems (§10.3, §10.4).
 
     probe   : every problem gets ``probe_samples`` scored solutions (best-of-N, one call)
-    q_i     : predicted success rate = mean final PRM score of its probe (no gold answer
-              needed: Snell et al.'s model-predicted difficulty)
-    split   : samples left K = (budget - probe tokens) / mean tokens per sample, given
-              one at a time to the problem of largest marginal gain
-              g_i = q_i (1 - q_i)^{k_i}  (= P(solve with k_i+1) - P(solve with k_i)),
-              so near-certain problems stop early, hopeless ones (q ~ 0) get little and
-              the middle, the hard-but-solvable ones, get the most
-    spend   : each problem draws its extra samples; its probe samples are kept and the
-              answer is a weighted vote over both
+    q_i     : predicted success rate from the PRM (no gold answer needed: Snell et al.'s
+              model-predicted difficulty), :func:`success_estimate`
+    split   : waves of ``wave`` samples go, one at a time, to the problem of largest
+              marginal gain g_i = q_i (1 - q_i)^{k_i} (= P(solved with k_i + 1) -
+              P(solved with k_i) for a perfect checker); a problem whose vote is decided
+              (Beta rule of §2.5) leaves the queue and its share moves to undecided ones
+              (§10.4 with voting). Near-certain problems stop early, hopeless ones
+              (q ~ 0) get little, and hard-but-solvable ones get the most.
+    answer  : weighted vote over all of a problem's samples
 
 The dataset budget is exact: every run's generated-token cap is what is left of the
-dataset budget, so the total never exceeds it. :func:`solve_uniform` is the baseline
-(the same budget split evenly, no probe). Both return a :class:`DatasetRun`.
+dataset budget, so the total never exceeds it. :func:`allocate_samples` is the one-shot
+version of the split (a plan from fixed estimates). :func:`solve_uniform` is the
+baseline (the same number of samples for every problem, no probe). Both solvers return
+a :class:`DatasetRun`.
 Must NOT know: engine internals (pages, KV layout), Hydra, file formats, gold answers.
 """
 
@@ -23,7 +25,7 @@ import heapq
 from dataclasses import dataclass
 from typing import Sequence
 
-from ttc.aggregate import Selection, select
+from ttc.aggregate import Selection, select, vote_totals
 from ttc.config import GenerationConfig
 from ttc.ledger import Budget, ComputeLedger
 from ttc.protocols import Generator, Verifier
@@ -84,66 +86,99 @@ def _best_of_n(problem: Problem, n: int, *, generator: Generator, verifier: Veri
                      budget=Budget(max_generated_tokens=max(1, remaining)))
 
 
+def success_estimate(scores: Sequence[float]) -> float:
+    """Predicted success rate from PRM scores of finished samples (no gold answer).
+
+    The posterior mean of a Beta(1, 1) prior updated with one "success" per sample the
+    PRM scores at 0.5 or above: ``(1 + hits) / (2 + n)``.
+    """
+    hits = sum(1 for s in scores if s >= 0.5)
+    return (1.0 + hits) / (2.0 + len(scores))
+
+
 def solve_allocated(problems: Sequence[Problem], *, generator: Generator,
                     verifier: Verifier, total_tokens: int, probe_samples: int = 2,
+                    wave: int = 2, vote_threshold: float = 0.95,
                     generation: GenerationConfig | None = None) -> DatasetRun:
-    """Probe, estimate difficulty, split ``total_tokens`` by marginal gain, solve."""
+    """Probe every problem, then give waves of samples by marginal gain until the
+    dataset budget ``total_tokens`` is spent.
+
+    A problem whose vote is already decided (:func:`vote_confidence` of its answer
+    counts >= ``vote_threshold``) gets no more samples; its share goes to undecided ones.
+    """
+    from ttc.strategies.adaptive import vote_confidence
+
     if total_tokens <= 0:
         raise ValueError(f"total_tokens must be a positive integer; got {total_tokens!r}.")
-    if probe_samples <= 0:
-        raise ValueError(f"probe_samples must be a positive integer; got {probe_samples!r}.")
+    if probe_samples <= 0 or wave <= 0:
+        raise ValueError(f"probe_samples and wave must be positive integers; got "
+                         f"{probe_samples!r} and {wave!r}.")
     generation = generation or GenerationConfig()
+    parts: list[list[Result]] = [[] for _ in problems]
     spent = 0
-    probes: list[Result | None] = []
-    for p in problems:
-        if spent >= total_tokens:
-            probes.append(None)
-            continue
-        r = _best_of_n(p, probe_samples, generator=generator, verifier=verifier,
-                       remaining=total_tokens - spent, generation=generation)
+
+    def draw(i: int, n: int, round_: int) -> None:
+        nonlocal spent
+        gen = generation.model_copy(update={"seed": generation.seed + round_})
+        r = _best_of_n(problems[i], n, generator=generator, verifier=verifier,
+                       remaining=total_tokens - spent, generation=gen)
         spent += r.ledger.generated_tokens
-        probes.append(r)
-    q = []
-    for r in probes:
-        scores = [c.score for c in (r.candidates if r else ()) if c.score is not None]
-        q.append(min(0.98, max(0.02, sum(scores) / len(scores))) if scores else 0.02)
-    done = [len(r.candidates) if r else 0 for r in probes]
-    per_sample = spent / max(1, sum(done))
-    extra_total = int((total_tokens - spent) // max(1.0, per_sample))
-    k = allocate_samples(q, sum(done) + extra_total, start=done)
-    # the second phase samples with another seed so it extends, not repeats, the probe
-    second = generation.model_copy(update={"seed": generation.seed + 1})
-    results = []
-    for p, r, ki, di in zip(problems, probes, k, done):
-        parts = [r] if r is not None else []
-        if ki > di and spent < total_tokens:
-            extra = _best_of_n(p, ki - di, generator=generator, verifier=verifier,
-                               remaining=total_tokens - spent, generation=second)
-            spent += extra.ledger.generated_tokens
-            parts.append(extra)
-        results.append(_merge(p, parts, "allocated") if parts else
-                       Result(problem_id=p.id, strategy="allocated", answer=None))
-    return DatasetRun(results=tuple(results), samples=tuple(k), success_estimates=tuple(q),
+        parts[i].append(r)
+
+    for i in range(len(problems)):
+        if spent < total_tokens:
+            draw(i, probe_samples, 0)
+    per_sample = spent / max(1, probe_samples * len(problems))
+    rounds = [1] * len(problems)
+
+    def state(i: int) -> tuple[float, int, bool]:
+        cands = [c for r in parts[i] for c in r.candidates]
+        q = success_estimate([c.score for c in cands if c.score is not None])
+        counts = list(vote_totals(cands, weighted=False).values())
+        return q, len(cands), vote_confidence(counts) >= vote_threshold
+
+    heap = []
+    for i in range(len(problems)):
+        q, k, decided = state(i)
+        if not decided:
+            heap.append((-q * (1.0 - q) ** k, i))
+    heapq.heapify(heap)
+    while heap and total_tokens - spent >= wave * per_sample:
+        _, i = heapq.heappop(heap)
+        draw(i, wave, rounds[i])
+        rounds[i] += 1
+        q, k, decided = state(i)
+        if not decided:
+            heapq.heappush(heap, (-q * (1.0 - q) ** k, i))
+    results = [_merge(p, ps, "allocated") if ps else
+               Result(problem_id=p.id, strategy="allocated", answer=None)
+               for p, ps in zip(problems, parts)]
+    samples = tuple(sum(len(r.candidates) for r in ps) for ps in parts)
+    return DatasetRun(results=tuple(results), samples=samples,
+                      success_estimates=tuple(state(i)[0] for i in range(len(problems))),
                       generated_tokens=spent, budget=total_tokens)
 
 
 def solve_uniform(problems: Sequence[Problem], *, generator: Generator, verifier: Verifier,
-                  total_tokens: int, tokens_per_sample: float,
+                  samples: int, total_tokens: int | None = None,
                   generation: GenerationConfig | None = None) -> DatasetRun:
-    """The baseline: the same budget split evenly (``total / (Q * tokens_per_sample)``)."""
-    if total_tokens <= 0:
+    """The baseline: ``samples`` per problem for every problem (no probe), each run
+    capped by what is left of ``total_tokens`` (``None`` = no dataset cap)."""
+    if samples <= 0:
+        raise ValueError(f"samples must be a positive integer; got {samples!r}.")
+    if total_tokens is not None and total_tokens <= 0:
         raise ValueError(f"total_tokens must be a positive integer; got {total_tokens!r}.")
     generation = generation or GenerationConfig()
-    n = max(1, int(total_tokens // (len(problems) * max(1.0, tokens_per_sample))))
+    budget = total_tokens if total_tokens is not None else 2**62
     spent = 0
     results = []
     for p in problems:
-        if spent >= total_tokens:
+        if spent >= budget:
             results.append(Result(problem_id=p.id, strategy="uniform", answer=None))
             continue
-        r = _best_of_n(p, n, generator=generator, verifier=verifier,
-                       remaining=total_tokens - spent, generation=generation)
+        r = _best_of_n(p, samples, generator=generator, verifier=verifier,
+                       remaining=budget - spent, generation=generation)
         spent += r.ledger.generated_tokens
         results.append(r)
-    return DatasetRun(results=tuple(results), samples=tuple([n] * len(problems)),
-                      success_estimates=(), generated_tokens=spent, budget=total_tokens)
+    return DatasetRun(results=tuple(results), samples=tuple([samples] * len(problems)),
+                      success_estimates=(), generated_tokens=spent, budget=budget)

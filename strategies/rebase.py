@@ -12,7 +12,8 @@ KV lifecycle: a node with allocation 0 is released at once (pruned); an expanded
 is released once its children exist (they keep its prefix resident); a finished leaf is
 released after it is offered. ``info["kv_tokens"]`` records, per depth, the distinct
 generated tokens of the kept subtree (the ETS paper's KV metric; the prompt is shared
-by all and not counted) and ``info["kv_token_sum"]`` their sum.
+by all and not counted), ``info["kv_nodes"]`` its distinct nodes, and
+``info["kv_token_sum"]`` the sum over depths.
 
 :func:`balanced_allocation` is shared with ETS (``ttc.strategies.ets``).
 Must NOT know: engine internals (pages, KV layout), Hydra, file formats.
@@ -87,7 +88,9 @@ class RewardBalancedSearch(SearchStrategy):
         frontier: list[Node] = [ctx.root]
         remaining = cfg.width
         kv_tokens: list[int] = []
+        kv_nodes: list[int] = []
         ctx.info["kv_tokens"] = kv_tokens
+        ctx.info["kv_nodes"] = kv_nodes
         for depth in range(cfg.max_depth):
             open_nodes: list[Node] = []
             for node in frontier:
@@ -110,6 +113,7 @@ class RewardBalancedSearch(SearchStrategy):
             keep = [n for n, m in zip(open_nodes, alloc) if m > 0]
             ctx.release([n for n, m in zip(open_nodes, alloc) if m == 0])
             kv_tokens.append(kept_kv_tokens(ctx, keep))
+            kv_nodes.append(len({a.id for n in keep for a in ctx.tree.path(n)}))
             counts = [m for m in alloc if m > 0]
             params = [ctx.step_params(ctx.seed(self.name, n.id)) for n in keep]
             children = ctx.expand(keep, n=counts, params=params)
