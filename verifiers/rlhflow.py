@@ -1,0 +1,95 @@
+"""RLHFlow-style PRM (Llama3.1-8B-PRM-*): chat turns, next-token P('+') vs P('-').
+
+Contract (ALGORITHMS §11.2): user turn 1 = question + " " + step 1, every assistant turn
+is ``+``, each later step is a new user turn. The score of step t is the softmax over the
+logits of ``+`` and ``-`` at the position that predicts assistant turn t (the last token
+of its assistant header). The chat template is rendered once with placeholders and cut
+into pieces: the prompt ends right before step 1's text; step t's body is its text plus
+the template text up to the assistant header (for t > 1 it starts with the previous
+assistant turn ``+`` and its trailer, which is constant, so caching through it is safe:
+§11.7 pitfall 3). Step texts are stripped (the template trims message content).
+Checkpoints: any causal LM with a chat template (Llama 3.1 in the original).
+Must NOT know: strategies, how trajectories were searched.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from ttc.registry import VERIFIERS
+from ttc.types import Frozen, Problem, ScoreOutput
+
+_Q, _S0, _S1 = "\x00Q\x00", "\x00S0\x00", "\x00S1\x00"
+_PLUS = "\x00PLUS\x00"
+
+
+class RLHFlowConfig(Frozen):
+    name: Literal["rlhflow"] = "rlhflow"
+    model: str = "RLHFlow/Llama3.1-8B-PRM-Deepseek-Data"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    device: str = "cpu"
+    incremental: bool = True
+    max_cache_tokens: int = Field(default=65536, gt=0)
+
+
+class RLHFlowFormat:
+    probe_ids: tuple[int, ...] = ()
+
+    def __init__(self, tokenizer: Any, *, good: str = "+", bad: str = "-") -> None:
+        from ttc.verifiers.hf_models import template_pieces
+        from ttc.verifiers.prm_core import single_token_id
+
+        self.tokenizer = tokenizer
+        self.plus_id = single_token_id(tokenizer, good, what="positive label")
+        self.minus_id = single_token_id(tokenizer, bad, what="negative label")
+        # head | Q " " S0 | user->assistant | PLUS | assistant->user | S1 | user->assistant | PLUS | tail
+        pieces = template_pieces(tokenizer, [
+            {"role": "user", "content": f"{_Q} {_S0}"},
+            {"role": "assistant", "content": _PLUS},
+            {"role": "user", "content": _S1},
+            {"role": "assistant", "content": _PLUS}], [_Q, _S0, _PLUS, _S1, _PLUS],
+            add_generation_prompt=False)
+        self.head, between_q_s0, self.to_assistant, self.after_plus, to_assistant2, _ = pieces
+        if between_q_s0 != " " or to_assistant2 != self.to_assistant:
+            raise ValueError("the chat template renders user turns unevenly; cannot split it "
+                             "into cacheable step segments.")
+        self.plus_text = good
+        self._after_plus_ids: list[int] | None = None
+
+    def prompt_ids(self, problem: Problem) -> list[int]:
+        return self.tokenizer.encode(self.head + problem.question.strip(), add_special_tokens=False)
+
+    def step_ids(self, step: str, index: int) -> list[int]:
+        enc = lambda s: self.tokenizer.encode(s, add_special_tokens=False)  # noqa: E731
+        body = enc(" " + step.strip()) if index == 0 else \
+            [self.plus_id] + enc(self.after_plus) + enc(step.strip())
+        return body + enc(self.to_assistant)
+
+
+class RLHFlowPRM:
+    def __init__(self, model: Any, tokenizer: Any, *, incremental: bool = True,
+                 max_cache_tokens: int = 65536) -> None:
+        from ttc.verifiers.prm_core import LogitPairReadout, StepScorer, TorchHost
+
+        self.format = RLHFlowFormat(tokenizer)
+        self.incremental = incremental
+        head = model.get_output_embeddings()
+        readout = LogitPairReadout(head.weight, self.format.plus_id, self.format.minus_id,
+                                   getattr(head, "bias", None))
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.scorer = StepScorer(self.format, TorchHost(model.base_model, pad_id=pad), readout,
+                                 incremental=incremental, max_cache_tokens=max_cache_tokens)
+
+    def score(self, problem: Problem, trajectories) -> ScoreOutput:
+        return self.scorer.score(problem, trajectories)
+
+
+@VERIFIERS.register(RLHFlowConfig)
+def build_rlhflow(config: RLHFlowConfig, **_: object) -> RLHFlowPRM:
+    from ttc.verifiers.hf_models import load_causal_lm
+
+    model, tok = load_causal_lm(config.model, dtype=config.dtype, device=config.device)
+    return RLHFlowPRM(model, tok, incremental=config.incremental,
+                      max_cache_tokens=config.max_cache_tokens)
