@@ -22,7 +22,7 @@ from pydantic import Field, PositiveInt, model_validator
 from ttc.aggregate import Selection
 from ttc.answers import answer_key
 from ttc.strategies.base import SearchContext, SearchStrategy, StrategyConfig, register
-from ttc.strategies.common import first_step_guard, mark_step_done
+from ttc.strategies.common import first_step_guard, mark_step_done, stop_if_cut
 
 
 class AdaptiveConsistencyConfig(StrategyConfig):
@@ -69,6 +69,7 @@ class AdaptiveConsistency(SearchStrategy):
                     if key is not None:
                         counts[key] = counts.get(key, 0) + 1
                 ctx.release(samples, prune=False)
+                stop_if_cut(ctx, samples)
                 top = sorted(counts.values(), reverse=True) + [0, 0]
                 conf = beta_confidence(top[0], top[1])
                 waves.append({"samples": drawn, "leader": top[0], "runner_up": top[1],

@@ -27,7 +27,8 @@ from pydantic import Field, NonNegativeInt, PositiveInt, model_validator
 
 from ttc.aggregate import Selection, StepAggregation
 from ttc.strategies.base import SearchContext, SearchStrategy, StrategyConfig, register
-from ttc.strategies.common import best_score, first_step_guard, mark_step_done, spread
+from ttc.strategies.common import (best_score, first_step_guard, mark_step_done, spread,
+                                   stop_if_cut)
 from ttc.tree import Node, NodeStatus
 
 
@@ -75,6 +76,7 @@ class BeamSearch(SearchStrategy):
                 for c in done:
                     ctx.offer(c, score=ctx.value(c, cfg.aggregation))
                 ctx.release(done, prune=False)
+                stop_if_cut(ctx, children)
                 live = [c for c in children if c.status is not NodeStatus.TERMINAL]
                 if cfg.filter_duplicates:
                     live = _unique_by_text(ctx, live)
@@ -120,6 +122,7 @@ class BeamSearch(SearchStrategy):
             child.score = tip.score
             ctx.generator.pin([child.handle], value=tip.score)
         ctx.release(rollout)
+        stop_if_cut(ctx, rollout)
 
 
 def _unique_by_text(ctx: SearchContext, nodes: list[Node]) -> list[Node]:

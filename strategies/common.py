@@ -25,7 +25,7 @@ from ttc.strategies.base import SearchContext
 from ttc.tree import Node
 
 __all__ = ["ess", "first_step_guard", "logit", "mark_step_done", "multinomial_resample",
-           "resample", "softmax", "spread", "systematic_resample"]
+           "resample", "softmax", "spread", "stop_if_cut", "systematic_resample"]
 
 
 def logit(p: float, *, eps: float = 1e-6) -> float:
@@ -95,6 +95,18 @@ def mark_step_done(ctx: SearchContext, children: Sequence[Node]) -> None:
     """Record a search step (expand + score) that fitted in the budget: no child was cut."""
     if not any(c.extra.get("cut_by_budget") for c in children):
         ctx.info["steps_completed"] = ctx.info.get("steps_completed", 0) + 1
+
+
+def stop_if_cut(ctx: SearchContext, children: Sequence[Node]) -> None:
+    """End the search once an expansion was cut by the generated-token budget.
+
+    A cut call leaves a few tokens of allowance that lockstep decoding cannot share out
+    (fewer than one per branch), so continuing would only issue empty expansions.
+    """
+    if any(c.extra.get("cut_by_budget") for c in children):
+        ctx.ledger.budget_exhausted = True
+        raise BudgetExhausted("generated-token", ctx.ledger.budget.max_generated_tokens or 0,
+                              ctx.ledger.generated_tokens)
 
 
 @contextmanager

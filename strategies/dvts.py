@@ -29,7 +29,7 @@ from pydantic import Field, PositiveInt, model_validator
 
 from ttc.aggregate import Selection, StepAggregation
 from ttc.strategies.base import SearchContext, SearchStrategy, StrategyConfig, register
-from ttc.strategies.common import best_score, first_step_guard, mark_step_done
+from ttc.strategies.common import best_score, first_step_guard, mark_step_done, stop_if_cut
 from ttc.tree import Node, NodeStatus
 
 
@@ -90,6 +90,7 @@ class DVTS(SearchStrategy):
                         ctx.release([c for c in t.cands if c is not t.node])
                         if t.done:
                             self._finish(ctx, t)
+                    stop_if_cut(ctx, children)
                     ctx.emit(step=it + 1, live=sum(not t.done for t in trees),
                              best_score=best_score(children),
                              note=f"{sum(t.done for t in trees)}/{len(trees)} subtrees done")

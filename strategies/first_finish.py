@@ -25,7 +25,7 @@ from pydantic import Field, PositiveInt
 
 from ttc.aggregate import Selection
 from ttc.strategies.base import SearchContext, SearchStrategy, StrategyConfig, register
-from ttc.strategies.common import first_step_guard, mark_step_done
+from ttc.strategies.common import first_step_guard, mark_step_done, stop_if_cut
 from ttc.tree import Node, NodeStatus
 
 
@@ -62,8 +62,10 @@ class FirstFinish(SearchStrategy):
                 ctx.emit(step=step, live=len(live), note=f"{len(finished)} finished")
                 if finished:
                     first = min(finished, key=lambda f: length[f.id])
-                    if all(length[first.id] <= length[s.id] for s in live):
+                    cut = any(c.extra.get("cut_by_budget") for c in children)
+                    if cut or all(length[first.id] <= length[s.id] for s in live):
                         ctx.info["first_finish_tokens"] = length[first.id]
                         ctx.offer(first)
                         break
+                stop_if_cut(ctx, children)
         ctx.release(live + finished)

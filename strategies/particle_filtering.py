@@ -36,9 +36,10 @@ from typing import Literal
 from pydantic import Field, PositiveInt, field_validator
 
 from ttc.aggregate import Selection
+from ttc.ledger import BudgetExhausted
 from ttc.strategies.base import SearchContext, SearchStrategy, StrategyConfig, register
 from ttc.strategies.common import (best_score, ess, first_step_guard, logit,
-                                   mark_step_done, resample, softmax)
+                                   mark_step_done, resample, softmax, stop_if_cut)
 from ttc.tree import Node, NodeStatus
 
 
@@ -93,6 +94,13 @@ class ParticleFiltering(SearchStrategy):
                         reference = self._new_reference(ctx, final, reference, rng)
                     ref_ids = {n.id for n in reference} if reference else set()
                     ctx.release([n for n in final if n.id not in ref_ids], prune=False)
+        except BudgetExhausted:
+            # the run stops mid-sweep: the finished particles of this sweep are offered
+            offered = {c.node_id for c in ctx.candidates}
+            for nid in dict.fromkeys(ctx.info.get("particles", ())):
+                if ctx.tree[nid].status is NodeStatus.TERMINAL and nid not in offered:
+                    ctx.offer(ctx.tree[nid])
+            raise
         finally:
             if reference:
                 ctx.generator.release([n.handle for n in reference])
@@ -106,6 +114,8 @@ class ParticleFiltering(SearchStrategy):
                                   params=ctx.step_params(ctx.seed("pf", sweep, 0)))
         ctx.score(particles)
         mark_step_done(ctx, particles)
+        ctx.info["particles"] = [p.id for p in particles]
+        stop_if_cut(ctx, particles)
         keep_pinned = {n.id for n in reference} if reference else set()
         self._release_finished(ctx, particles, keep_pinned)
         t = 1
@@ -137,6 +147,7 @@ class ParticleFiltering(SearchStrategy):
                 logw = [0.0] * cfg.n
             prev = [logit(_r(p)) for p in pool_of(particles)]
             particles = self._advance(ctx, sweep, t, particles, keep_pinned)
+            ctx.info["particles"] = [p.id for p in particles]
             t += 1
             ctx.emit(step=t, live=sum(_active(p) for p in particles),
                      best_score=best_score(particles), note=f"ESS {size:.1f}")
@@ -157,7 +168,11 @@ class ParticleFiltering(SearchStrategy):
         ctx.score(new_children)
         mark_step_done(ctx, new_children)
         self._release_finished(ctx, new_children, keep_pinned)
-        return [children[p.id].pop(0) if _active(p) else p for p in particles]
+        out = [children[p.id].pop(0) if _active(p) else p for p in particles]
+        if any(c.extra.get("cut_by_budget") for c in new_children):
+            ctx.info["particles"] = [p.id for p in out]
+            stop_if_cut(ctx, new_children)
+        return out
 
     def _release_finished(self, ctx: SearchContext, nodes: list[Node], keep: set[int]) -> None:
         if self.config.gibbs_iterations > 1:

@@ -1,0 +1,65 @@
+"""Every registered strategy respects its budget exactly and frees all KV at the end."""
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from strategy_helpers import Run
+from ttc.config import GenerationConfig
+from ttc.engine.simulated import SimulatedGenerator
+from ttc.ledger import Budget
+from ttc.registry import STRATEGIES
+from ttc.types import Problem
+from ttc.verifiers.simulated import SimulatedPRM
+
+# non-default settings of this package's strategies, run next to every registered default
+VARIANTS = [
+    {"name": "beam", "n": 8, "width": 2, "lookahead": 1},
+    {"name": "beam", "n": 4, "width": 4, "filter_duplicates": True},
+    {"name": "dvts", "n": 8, "width": 2},
+    {"name": "particle_filtering", "n": 6, "ess_threshold": 0.5, "resampling": "multinomial"},
+    {"name": "particle_filtering", "n": 5, "gibbs_iterations": 2},
+    {"name": "adaptive_consistency", "max_n": 12, "batch": 3},
+    {"name": "best_of_n", "n": 6, "weight_temperature": 0.5, "selection": "weighted"},
+]
+CONFIGS = [{"name": n} for n in STRATEGIES.names()] + VARIANTS
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(config=st.sampled_from(CONFIGS),
+       tokens=st.integers(min_value=1, max_value=2500),
+       calls=st.one_of(st.none(), st.integers(min_value=1, max_value=60)),
+       difficulty=st.floats(min_value=0.0, max_value=1.0),
+       seed=st.integers(min_value=0, max_value=10_000))
+def test_budgets_are_never_exceeded(config, tokens, calls, difficulty, seed):
+    strategy = STRATEGIES.build({**config, "keep_tree": False},
+                                generation=GenerationConfig(seed=seed, max_tokens=600))
+    gen = SimulatedGenerator()
+    budget = Budget(max_generated_tokens=tokens, max_verifier_calls=calls)
+    problem = Problem(id=str(seed), question="q", answer="1",
+                      metadata={"difficulty": difficulty, "num_steps": 5})
+    result = strategy.run(problem, generator=gen, verifier=SimulatedPRM(), budget=budget)
+    assert result.ledger.generated_tokens <= tokens
+    if calls is not None:
+        assert result.ledger.verifier_calls <= calls
+    assert gen.live_handles == 0 and gen.resident_tokens() == 0
+
+
+def test_a_budget_too_small_for_one_step_is_flagged(run):
+    r = run({"name": "beam", "n": 8, "width": 4}, budget=Budget(max_generated_tokens=20))
+    assert r.result.budget_exhausted
+    msg = r.result.info["budget_too_small"]
+    assert "generated-token budget (limit 20) cannot cover one search step of 8 branches" in msg
+    assert any(e.note == msg for e in r.events)
+    r = run({"name": "particle_filtering", "n": 8},
+            budget=Budget(max_verifier_calls=3))
+    assert "verifier-call budget (limit 3)" in r.result.info["budget_too_small"]
+    assert r.result.ledger.verifier_calls == 0
+
+
+def test_a_budget_that_covers_steps_is_not_flagged(run):
+    r = run({"name": "dvts", "n": 8, "width": 4}, num_steps=6,
+            budget=Budget(max_generated_tokens=900))
+    assert r.result.budget_exhausted
+    assert "budget_too_small" not in r.result.info
+    assert r.result.info["steps_completed"] >= 1
+    assert r.result.ledger.generated_tokens <= 900
