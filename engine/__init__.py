@@ -8,3 +8,5 @@ Must NOT know: rewards, scores, strategies.
 from ttc.engine import simulated  # noqa: F401  (registers)
 from ttc.engine import native_config  # noqa: F401  (registers; torch imported when built)
 from ttc.engine import hf  # noqa: F401  (registers; torch imported when built)
+from ttc.engine import vllm_backend  # noqa: F401  (registers; vllm imported when built)
+from ttc.engine import http_backend  # noqa: F401  (registers; httpx imported when used)

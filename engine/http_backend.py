@@ -1,0 +1,256 @@
+"""The HTTP backend: the Generator protocol over an OpenAI-compatible ``/v1/completions``.
+
+Contract: ``backend: http`` drives a running server (vLLM's OpenAI server, SGLang,
+``ttc serve``) with async httpx, through
+:class:`~ttc.engine.token_handles.TokenHandleGenerator` (handles keep token ids and
+text; the server's prefix cache shares the KV; lockstep token limits; seeds per
+continuation). One ``expand`` sends its jobs concurrently, at most ``max_concurrency`` in
+flight.
+
+Prompts. With ``tokenizer`` set (a HF folder or hub id; the same tokenizer as the
+served model), ``root`` applies the chat template locally and every request sends the
+prompt as **token ids** (``prompt: [ids]``): the seam between a prefix and its
+continuation is exactly the tokens the model produced, and the server's prefix cache
+matches token for token. Without a tokenizer the prompt is sent as **text** (the question
+itself for the root, then the root text plus the generated text), which any
+OpenAI-compatible server accepts; ``prompt_format`` forces one or the other.
+
+Each request asks for ``n``, ``max_tokens``, ``temperature``, ``top_p``, ``top_k`` (when
+set), ``stop``, ``seed``, ``logprobs: 1`` and the server extensions
+``include_stop_str_in_output`` (vLLM) / ``no_stop_trim`` (SGLang), which keep the stop
+string in the text as the protocol requires, and ``return_tokens_as_token_ids`` (vLLM,
+``ttc serve``), which gives the generated token ids; otherwise they are recovered by
+tokenizing the text locally. A server that trims the stop string anyway gets it put
+back from ``stop_reason``. Finish: ``stop`` with a stop string -> STOP, ``stop`` without
+(EOS) -> EOS, ``length`` -> MAX_TOKENS. ``usage.prompt_tokens_details.cached_tokens``
+(vLLM with ``--enable-prompt-tokens-details``, SGLang) splits prompt tokens into cached
+and prefilled; a server that does not report it has all its prompt tokens counted as
+prefilled.
+
+Failures: connection errors, timeouts, 429 and 5xx are retried ``max_retries`` times with
+exponential backoff (``backoff_s * 2**attempt``); then :class:`ServerUnavailable` (a
+``ConnectionError``) names the URL and the last error. Other 4xx raise ``ValueError``
+with the server's message. Nothing already returned is lost: the caller (an eval run)
+keeps the records it wrote.
+Must NOT know: rewards, strategies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Literal, Sequence
+
+from pydantic import Field, PositiveInt
+
+from ttc.engine.token_handles import Job, JobResult, Sample, TokenHandleGenerator
+from ttc.registry import BACKENDS, ConfigError
+from ttc.types import FinishReason, Frozen, Problem
+
+
+class HTTPBackendConfig(Frozen):
+    """An OpenAI-compatible completions server (vLLM, SGLang, ``ttc serve``)."""
+
+    name: Literal["http"] = "http"
+    base_url: str = "http://127.0.0.1:8000/v1"
+    model: str = "default"                  # the served model name
+    api_key: str | None = None              # sent as "Authorization: Bearer <key>"
+    tokenizer: str | None = None            # HF folder / hub id of the served model
+    prompt_format: Literal["auto", "tokens", "text"] = "auto"   # auto: tokens iff tokenizer
+    system_prompt: str | None = None
+    max_concurrency: PositiveInt = 32       # requests in flight at once
+    timeout_s: float = Field(default=600.0, gt=0)
+    connect_timeout_s: float = Field(default=10.0, gt=0)
+    max_retries: int = Field(default=3, ge=0)
+    backoff_s: float = Field(default=0.5, ge=0)
+    kv_bytes_per_token: int = Field(default=0, ge=0)   # for kv_bytes(); 0 = not reported
+
+
+class ServerUnavailable(ConnectionError):
+    """The server could not be reached (or kept failing) after every retry."""
+
+
+_RETRY_STATUS = {408, 429, 500, 502, 503, 504}
+
+
+class HTTPGenerator(TokenHandleGenerator):
+    """Completions over HTTP behind the Generator protocol. See the module docstring."""
+
+    def __init__(self, config: HTTPBackendConfig, *, tokenizer: Any = None) -> None:
+        super().__init__()
+        if not config.base_url.startswith(("http://", "https://")):
+            raise ConfigError(f"backend.base_url must start with http:// or https://; "
+                              f"got {config.base_url!r}.")
+        self.config = config
+        self.tokenizer = tokenizer
+        self.system_prompt = config.system_prompt
+        self.kv_bytes_per_token = config.kv_bytes_per_token
+        fmt = config.prompt_format
+        if fmt == "tokens" and tokenizer is None:
+            raise ConfigError("backend.prompt_format='tokens' needs backend.tokenizer "
+                              "(the served model's tokenizer folder or hub id).")
+        self._tokens = fmt == "tokens" or (fmt == "auto" and tokenizer is not None)
+        self.url = config.base_url.rstrip("/") + "/completions"
+
+    @classmethod
+    def from_config(cls, config: HTTPBackendConfig) -> "HTTPGenerator":
+        tokenizer = None
+        if config.tokenizer is not None:
+            from transformers import AutoTokenizer  # noqa: PLC0415  (heavy)
+
+            tokenizer = AutoTokenizer.from_pretrained(config.tokenizer)
+        return cls(config, tokenizer=tokenizer)
+
+    # -- TokenHandleGenerator hooks --------------------------------------------------------
+    def _uses_token_prompts(self) -> bool:
+        return self._tokens
+
+    def format_prompt(self, problem: Problem) -> tuple[tuple[int, ...], str]:
+        if self.tokenizer is None:
+            text = problem.question
+            if self.system_prompt:
+                text = f"{self.system_prompt}\n\n{text}"
+            return (), text
+        try:
+            from ttc.engine.prompting import format_prompt  # noqa: PLC0415
+        except ImportError:
+            format_prompt = None
+        if format_prompt is not None:
+            ids = list(format_prompt(self.tokenizer, problem, system_prompt=self.system_prompt))
+        else:
+            ids = list(self.tokenizer(problem.question)["input_ids"])
+        return tuple(ids), self.tokenizer.decode(ids)
+
+    def decode(self, token_ids: Sequence[int]) -> str | None:
+        if self.tokenizer is None or not self._tokens:
+            return None
+        return self.tokenizer.decode(list(token_ids), skip_special_tokens=True)
+
+    def _generate(self, jobs: Sequence[Job]) -> list[JobResult]:
+        return asyncio.run(self._generate_async(jobs))
+
+    # -- HTTP ------------------------------------------------------------------------------
+    def body(self, job: Job) -> dict[str, Any]:
+        """The JSON body of one completions request."""
+        p = job.params
+        body: dict[str, Any] = {
+            "model": self.config.model,
+            "prompt": list(job.prompt_ids) if self._tokens else job.prompt_text,
+            "n": job.n, "max_tokens": job.max_tokens, "temperature": p.temperature,
+            "top_p": p.top_p, "logprobs": 1, "echo": False,
+            "include_stop_str_in_output": True, "no_stop_trim": True,
+            "return_tokens_as_token_ids": True,
+        }
+        if p.top_k > 0:
+            body["top_k"] = p.top_k
+        if p.stop:
+            body["stop"] = list(p.stop)
+        if job.seed is not None:
+            body["seed"] = job.seed
+        return body
+
+    async def _generate_async(self, jobs: Sequence[Job]) -> list[JobResult]:
+        import httpx  # noqa: PLC0415
+
+        headers = {"Content-Type": "application/json"}
+        if self.config.api_key:
+            headers["Authorization"] = f"Bearer {self.config.api_key}"
+        timeout = httpx.Timeout(self.config.timeout_s, connect=self.config.connect_timeout_s)
+        limits = httpx.Limits(max_connections=self.config.max_concurrency)
+        gate = asyncio.Semaphore(self.config.max_concurrency)
+        async with httpx.AsyncClient(timeout=timeout, limits=limits, headers=headers) as client:
+            async def one(job: Job) -> JobResult:
+                async with gate:
+                    data = await self._post(client, self.body(job))
+                return self._parse(job, data)
+
+            return list(await asyncio.gather(*(one(j) for j in jobs)))
+
+    async def _post(self, client: Any, body: dict[str, Any]) -> dict[str, Any]:
+        import httpx  # noqa: PLC0415
+
+        last = ""
+        for attempt in range(self.config.max_retries + 1):
+            if attempt:
+                await asyncio.sleep(self.config.backoff_s * 2 ** (attempt - 1))
+            try:
+                resp = await client.post(self.url, json=body)
+            except httpx.TransportError as err:
+                last = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
+                continue
+            if resp.status_code in _RETRY_STATUS:
+                last = f"HTTP {resp.status_code}: {_error_message(resp)}"
+                continue
+            if resp.status_code >= 400:
+                raise ValueError(f"{self.url} refused the request (HTTP {resp.status_code}): "
+                                 f"{_error_message(resp)}")
+            return resp.json()
+        raise ServerUnavailable(f"could not get a completion from {self.url} after "
+                                f"{self.config.max_retries + 1} attempts; last error: {last}.")
+
+    def _parse(self, job: Job, data: dict[str, Any]) -> JobResult:
+        choices = sorted(data.get("choices", []), key=lambda c: c.get("index", 0))
+        if len(choices) != job.n:
+            raise RuntimeError(f"{self.url} returned {len(choices)} choices; asked for {job.n}.")
+        samples = []
+        for c in choices:
+            text = c.get("text") or ""
+            reason = c.get("finish_reason")
+            stop_reason = c.get("stop_reason", c.get("matched_stop"))
+            if reason == "stop":
+                if isinstance(stop_reason, str):
+                    finish = FinishReason.STOP
+                    if not text.endswith(stop_reason):
+                        text += stop_reason          # a server that trimmed the stop string
+                elif stop_reason is None and any(text.endswith(s) for s in job.params.stop):
+                    finish = FinishReason.STOP
+                else:
+                    finish = FinishReason.EOS
+            elif reason == "length":
+                finish = FinishReason.MAX_TOKENS
+            else:
+                raise RuntimeError(f"{self.url} finished a choice with reason {reason!r} "
+                                   f"(expected 'stop' or 'length').")
+            ids, lps = _tokens_of(c.get("logprobs"))
+            if ids is None:
+                if self.tokenizer is None:
+                    raise RuntimeError(f"{self.url} returned no token ids; set "
+                                       f"backend.tokenizer to the served model's tokenizer.")
+                ids = tuple(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+                lps = lps if len(lps) == len(ids) else ()
+            samples.append(Sample(token_ids=ids, text=text, logprobs=lps, finish=finish))
+        usage = data.get("usage") or {}
+        prompt_tokens = len(job.prompt_ids) if self._tokens else int(usage.get("prompt_tokens") or 0)
+        details = usage.get("prompt_tokens_details") or {}
+        cached = int(details.get("cached_tokens") or 0)
+        return JobResult(samples=tuple(samples), prompt_tokens=prompt_tokens,
+                         cached_tokens=min(cached, prompt_tokens))
+
+
+def _tokens_of(logprobs: Any) -> tuple[tuple[int, ...] | None, tuple[float, ...]]:
+    """Token ids (from ``token_id:N`` tokens) and per-token logprobs of one choice."""
+    if not logprobs:
+        return None, ()
+    tokens = logprobs.get("tokens") or []
+    lps = tuple(float(x) if x is not None else 0.0 for x in logprobs.get("token_logprobs") or [])
+    ids = []
+    for t in tokens:
+        if not (isinstance(t, str) and t.startswith("token_id:")):
+            return None, lps
+        ids.append(int(t[len("token_id:"):]))
+    return tuple(ids), lps
+
+
+def _error_message(resp: Any) -> str:
+    try:
+        data = resp.json()
+    except ValueError:
+        return resp.text[:200] or "(empty body)"
+    err = data.get("error", data) if isinstance(data, dict) else data
+    if isinstance(err, dict):
+        return str(err.get("message", err))[:200]
+    return str(err)[:200]
+
+
+@BACKENDS.register(HTTPBackendConfig)
+def build_http(config: HTTPBackendConfig, **_: object) -> HTTPGenerator:
+    return HTTPGenerator.from_config(config)
