@@ -1,0 +1,181 @@
+"""``ttc serve`` on the simulated backend: models, strategy answers, validation, load."""
+
+from __future__ import annotations
+
+import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+from ttc.config import load_run_config
+from ttc.server import BatchingGenerator, make_server
+from ttc.types import ExpandRequest, Problem, SamplingParams
+
+CONFIG = {"backend": "simulated", "verifier": "simulated", "strategy": "best_of_n"}
+
+
+def _start(**kwargs):
+    server = make_server(load_run_config(CONFIG), port=0, **kwargs)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    return server
+
+
+@pytest.fixture(scope="module")
+def server():
+    s = _start()
+    yield s
+    s.shutdown()
+    s.server_close()
+
+
+def _post(server, path, body, **kw):
+    return httpx.post(server.url + path, json=body, timeout=30, **kw)
+
+
+def test_models_lists_raw_and_strategies(server):
+    data = httpx.get(server.url + "/models", timeout=10).json()
+    ids = {m["id"] for m in data["data"]}
+    assert {"raw", "best_of_n", "beam", "self_consistency"} <= ids
+
+
+def test_chat_completion_runs_the_named_strategy_with_its_width(server):
+    r = _post(server, "/chat/completions", {
+        "model": "best_of_n-6", "messages": [{"role": "user", "content": "What is 6 * 7?"}]})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["object"] == "chat.completion"
+    assert body["ttc"]["strategy"] == "best_of_n"
+    assert len(body["ttc"]["candidate_answers"]) == 6
+    text = body["choices"][0]["message"]["content"]
+    assert "\\boxed{" in text and body["ttc"]["answer"] is not None
+    assert body["usage"]["completion_tokens"] == body["ttc"]["ledger"]["generated_tokens"] > 0
+
+
+def test_max_tokens_is_the_search_budget(server):
+    r = _post(server, "/completions", {"model": "beam-4", "prompt": "Q?", "max_tokens": 150})
+    assert r.status_code == 200, r.text
+    assert r.json()["ttc"]["ledger"]["generated_tokens"] <= 150
+
+
+@pytest.mark.parametrize("path,body,status,param", [
+    ("/chat/completions", {"model": "nope-3", "messages": [{"role": "user", "content": "x"}]},
+     404, "model"),
+    ("/chat/completions", {"model": "beam", "messages": []}, 400, "messages"),
+    ("/chat/completions", {"model": "beam", "messages": [{"role": "bot", "content": "x"}]},
+     400, "messages[0]"),
+    ("/chat/completions", {"model": "beam", "n": 2,
+                           "messages": [{"role": "user", "content": "x"}]}, 400, "n"),
+    ("/completions", {"model": "raw", "prompt": "x", "temperature": -1}, 400, "temperature"),
+    ("/completions", {"model": "raw", "prompt": "x", "stop": [""]}, 400, "stop"),
+    ("/completions", {"model": "raw", "prompt": ""}, 400, "prompt"),
+    ("/completions", {"model": "beam", "prompt": "x", "stream": True}, 400, "stream"),
+])
+def test_bad_requests_get_json_4xx_naming_the_field(server, path, body, status, param):
+    r = _post(server, path, body)
+    assert r.status_code == status
+    err = r.json()["error"]
+    assert err["param"] == param and err["message"]
+
+
+def test_bad_json_wrong_method_unknown_path(server):
+    r = httpx.post(server.url + "/completions", content=b"{not json", timeout=10,
+                   headers={"Content-Type": "application/json"})
+    assert r.status_code == 400 and "JSON" in r.json()["error"]["message"]
+    assert httpx.get(server.url + "/completions", timeout=10).status_code == 405
+    assert httpx.get(server.url + "/nothing", timeout=10).status_code == 404
+
+
+def test_api_key_is_required_when_set():
+    s = _start(api_key="sekret")
+    try:
+        assert httpx.get(s.url + "/models", timeout=10).status_code == 401
+        bad = httpx.get(s.url + "/models", timeout=10, headers={"Authorization": "Bearer x"})
+        assert bad.status_code == 401 and bad.json()["error"]["type"] == "authentication_error"
+        ok = httpx.get(s.url + "/models", timeout=10, headers={"Authorization": "Bearer sekret"})
+        assert ok.status_code == 200
+    finally:
+        s.shutdown()
+        s.server_close()
+
+
+def test_binds_loopback_by_default(server):
+    assert server.server_address[0] == "127.0.0.1"
+
+
+def test_raw_completions_keep_stop_strings_and_continue_handles(server):
+    body = {"model": "raw", "prompt": "Solve 2+2.", "n": 3, "max_tokens": 200, "stop": ["\n\n"],
+            "seed": 1, "logprobs": 1, "include_stop_str_in_output": True,
+            "return_tokens_as_token_ids": True, "temperature": 0.8}
+    first = _post(server, "/completions", body).json()
+    assert len(first["choices"]) == 3
+    for c in first["choices"]:
+        assert c["finish_reason"] == "stop" and c["text"].endswith("\n\n")
+        assert all(t.startswith("token_id:") for t in c["logprobs"]["tokens"])
+    assert first["usage"]["prompt_tokens_details"]["cached_tokens"] == 0
+    again = dict(body, prompt=body["prompt"] + first["choices"][0]["text"], n=1)
+    second = _post(server, "/completions", again).json()
+    assert second["usage"]["prompt_tokens_details"]["cached_tokens"] > 0   # same handle
+
+
+def test_load_many_concurrent_requests_all_answered(server):
+    def one(i):
+        if i % 4 == 0:
+            return _post(server, "/chat/completions", {
+                "model": "best_of_n-2", "messages": [{"role": "user", "content": f"Q{i}?"}]})
+        return _post(server, "/completions", {"model": "raw", "prompt": f"Q{i}?", "n": 2,
+                                              "max_tokens": 30, "seed": i})
+
+    with ThreadPoolExecutor(max_workers=24) as pool:
+        responses = list(pool.map(one, range(48)))
+    assert all(r.status_code == 200 for r in responses)
+    assert all(len(r.json()["choices"]) in (1, 2) for r in responses)
+    assert len({json.dumps(r.json()["choices"]) for r in responses}) == 48
+
+
+class _Gate:
+    """A generator whose first expand waits until told, so later calls must queue."""
+
+    def __init__(self, inner):
+        self.inner, self.calls, self.go = inner, [], threading.Event()
+
+    def expand(self, requests, *, token_limit=None):
+        self.calls.append(len(requests))
+        if len(self.calls) == 1:
+            self.go.wait(10)
+        return self.inner.expand(requests, token_limit=token_limit)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def test_batching_generator_merges_calls_that_arrive_together():
+    from ttc.engine.simulated import SimulatedGenerator
+
+    gate = _Gate(SimulatedGenerator())
+    gen = BatchingGenerator(gate)
+    roots = [gen.root(Problem(question=f"q{i}")) for i in range(6)]
+    params = SamplingParams(max_tokens=40, seed=0)
+    outs = [None] * 6
+
+    def call(i):
+        outs[i] = gen.expand([ExpandRequest(prefix=roots[i], n=2, params=params)])
+
+    threads = [threading.Thread(target=call, args=(0,))]
+    threads[0].start()
+    while not gate.calls:
+        threading.Event().wait(0.005)
+    threads += [threading.Thread(target=call, args=(i,)) for i in range(1, 6)]
+    for t in threads[1:]:
+        t.start()
+    while len(gen._queue) < 5:
+        threading.Event().wait(0.005)
+    gate.go.set()
+    for t in threads:
+        t.join(10)
+    assert gate.calls == [1, 5]                       # the five waiting calls ran as one
+    for i, out in enumerate(outs):
+        assert len(out.continuations) == 1 and len(out.continuations[0]) == 2
+        assert out.usage.generated_tokens == sum(c.num_tokens for c in out.continuations[0])
