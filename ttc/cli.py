@@ -340,6 +340,30 @@ def tree(
     typer.echo(f"tree: {path}")
 
 
+@app.command()
+@user_errors
+def serve(
+    overrides: Optional[list[str]] = typer.Argument(None, help="key=value overrides, e.g. backend=native"),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (default: loopback only)."),
+    port: int = typer.Option(8000, "--port", help="TCP port."),
+    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="TTC_API_KEY",
+                                          help="Require 'Authorization: Bearer KEY'."),
+    verbose: bool = typer.Option(False, "--verbose", help="Log every request."),
+) -> None:
+    """Serve strategies as an OpenAI-compatible API (model = strategy[-N], or raw)."""
+    from ttc.server import make_server
+
+    config = run_config(_merge_overrides([], overrides or []))
+    server = make_server(config, host=host, port=port, api_key=api_key, verbose=verbose)
+    typer.echo(f"ttc serve: {server.url} (backend {config.backend.name}; GET /v1/models)")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
 def main() -> None:
     app()
 
