@@ -3,7 +3,7 @@
 Contract: :func:`collect` reads every run under DIR (an eval folder, or a sweep's
 ``runs/*``), pools runs that differ only in seed, and summarizes each group with
 :func:`ttc.evals.metrics.summarize`. :func:`figures` draws three matplotlib figures (Agg),
-one subplot per dataset, one line per strategy (points ordered by budget):
+one subplot per dataset, one line per strategy (points ordered by generated tokens):
 
     accuracy_vs_tokens           accuracy vs generated tokens per problem (log x)
     accuracy_vs_verifier_calls   accuracy vs verifier calls per problem (symlog x)
@@ -25,10 +25,11 @@ from ttc.evals.metrics import summarize
 from ttc.evals.runner import CONFIG, RESULTS, read_results
 from ttc.registry import ConfigError
 
-COLUMNS = ("dataset", "strategy", "budget", "seeds", "problems", "accuracy",
+COLUMNS = ("dataset", "strategy", "point", "budget", "seeds", "problems", "accuracy",
            "accuracy_ci_low", "accuracy_ci_high", "pass@1", "majority@8",
            "generated_tokens_per_problem", "verifier_calls_per_problem",
            "kv_peak_bytes_mean", "wall_seconds_per_problem")
+_MARKS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h")
 PLOTS = ("accuracy_vs_tokens", "accuracy_vs_verifier_calls", "kv_peak_vs_accuracy")
 
 
@@ -54,10 +55,22 @@ def _label(run: dict[str, Any], varying: dict[str, set[str]]) -> str:
     return text
 
 
-def collect(root: str | Path) -> list[dict[str, Any]]:
-    """One summary row per (dataset, strategy variant, budget), seeds pooled."""
+def collect(root: str | Path, *, points_over: tuple[str, ...] | None = None
+            ) -> list[dict[str, Any]]:
+    """One summary row per (dataset, strategy variant, budget), seeds pooled.
+
+    Strategy fields that vary between runs become part of a line's label, except those
+    in ``points_over`` (default: the sweep folder's ``sweep.json`` "points_over", else
+    none), which vary *along* a line, like the budget does.
+    """
     import json
 
+    if points_over is None:
+        meta = Path(root) / "sweep.json"
+        points_over = ()
+        if meta.exists():
+            points_over = tuple(json.loads(meta.read_text(encoding="utf-8"))
+                                .get("points_over", ()))
     runs = []
     for d in run_dirs(Path(root)):
         cfg_path = d / CONFIG
@@ -75,7 +88,7 @@ def collect(root: str | Path) -> list[dict[str, Any]]:
     for r in runs:
         for k, v in r["strategy"].items():
             values[r["strategy"]["name"]][k].add(json.dumps(v, sort_keys=True))
-    varying = {name: {k for k, vs in fields.items() if len(vs) > 1}
+    varying = {name: {k for k, vs in fields.items() if len(vs) > 1 and k not in points_over}
                for name, fields in values.items()}
     groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for r in runs:
@@ -92,7 +105,9 @@ def collect(root: str | Path) -> list[dict[str, Any]]:
             groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2] or 0)):
         records = [rec for m in members for rec in m["records"]]
         summary = summarize(records)
-        rows.append({"dataset": dataset, "strategy": label, "budget": budget,
+        strat = members[0]["strategy"]
+        point = ",".join(f"{k}={strat[k]}" for k in points_over if k in strat)
+        rows.append({"dataset": dataset, "strategy": label, "point": point, "budget": budget,
                      "seeds": ",".join(sorted({str(m["identity"]["seed"]) for m in members})),
                      **summary})
     return rows
@@ -116,22 +131,27 @@ def figures(rows: list[dict[str, Any]]):
     }
     out = {}
     for name, (xkey, xlabel, xscale) in specs.items():
-        fig, axes = plt.subplots(1, len(datasets), figsize=(6.4 * len(datasets), 4.6),
+        wide = 2.0 if len({r["strategy"] for r in rows}) > 6 else 0.0
+        fig, axes = plt.subplots(1, len(datasets), figsize=(6.4 * len(datasets) + wide, 4.6),
                                  squeeze=False)
         for ax, dataset in zip(axes[0], datasets):
             by_strategy: dict[str, list[dict[str, Any]]] = defaultdict(list)
             for r in rows:
                 if r["dataset"] == dataset:
                     by_strategy[r["strategy"]].append(r)
-            for label, pts in sorted(by_strategy.items()):
-                pts = sorted(pts, key=lambda r: (r["budget"] or 0))
+            colors = plt.get_cmap("tab20").colors
+            bands = len(by_strategy) <= 4      # CI bands only while they stay readable
+            for i, (label, pts) in enumerate(sorted(by_strategy.items())):
+                pts = sorted(pts, key=lambda r: r["generated_tokens_per_problem"])
                 xs = [(r["kv_peak_bytes_mean"] / 2**20 if xkey == "kv_peak_mib" else r[xkey])
                       for r in pts]
                 ys = [r["accuracy"] for r in pts]
-                (line,) = ax.plot(xs, ys, marker="o", label=label)
-                ax.fill_between(xs, [r["accuracy_ci_low"] for r in pts],
-                                [r["accuracy_ci_high"] for r in pts],
-                                color=line.get_color(), alpha=0.12, linewidth=0)
+                (line,) = ax.plot(xs, ys, marker=_MARKS[i % len(_MARKS)], label=label,
+                                  color=colors[(2 * i) % 20 + (i // 10) % 2])
+                if bands:
+                    ax.fill_between(xs, [r["accuracy_ci_low"] for r in pts],
+                                    [r["accuracy_ci_high"] for r in pts],
+                                    color=line.get_color(), alpha=0.12, linewidth=0)
             if xscale == "symlog":
                 ax.set_xscale("symlog", linthresh=1.0)
             elif all(x > 0 for line in ax.get_lines() for x in line.get_xdata()):
@@ -141,7 +161,10 @@ def figures(rows: list[dict[str, Any]]):
             ax.set_ylim(-0.02, 1.02)
             ax.set_title(dataset)
             ax.grid(True, alpha=0.3, which="both")
-            ax.legend(fontsize=8)
+            if len(by_strategy) > 6:
+                ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+            else:
+                ax.legend(fontsize=8)
         fig.tight_layout()
         out[name] = fig
     return out
@@ -184,8 +207,9 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         def opt(k: str) -> str:
             return f"{r[k]:.3f}" if k in r else "–"
+        name = f"{r['strategy']} ({r['point']})" if r.get("point") else r["strategy"]
         lines.append(
-            f"| {r['dataset']} | {r['strategy']} | {r['budget'] or '∞'} | {r['seeds']} | "
+            f"| {r['dataset']} | {name} | {r['budget'] or '∞'} | {r['seeds']} | "
             f"{r['problems']} | {r['accuracy']:.3f} [{r['accuracy_ci_low']:.3f}, "
             f"{r['accuracy_ci_high']:.3f}] | {opt('pass@1')} | {opt('majority@8')} | "
             f"{r['generated_tokens_per_problem']:,.0f} | "

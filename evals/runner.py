@@ -67,7 +67,7 @@ class EvalSettings(Frozen):
 
     dataset: DatasetConfig
     limit: PositiveInt | None = None
-    output: str | None = None            # None: runs/<dataset>/<strategy>-b<tokens>-s<seed>
+    output: str | None = None            # None: results/<dataset>/<strategy>-b<tokens>-s<seed>
     concurrency: PositiveInt = 1
     save_tree: bool = False
     progress: bool = True
@@ -105,7 +105,7 @@ def split_config(data: dict[str, Any]) -> tuple[RunConfig, EvalSettings]:
 
 def default_output(config: RunConfig, settings: EvalSettings) -> Path:
     tokens = config.budget.max_generated_tokens
-    return (Path("runs") / settings.dataset.name /
+    return (Path("results") / settings.dataset.name /
             f"{config.strategy.name}-b{tokens if tokens else 'inf'}-s{config.generation.seed}")
 
 

@@ -61,7 +61,7 @@ def test_report_pools_seeds_and_writes_tables_and_pngs(sweep_dir):
     for name in PLOTS:
         assert paths[name].read_bytes()[:8] == PNG
     csv_lines = paths["csv"].read_text().splitlines()
-    assert csv_lines[0].startswith("dataset,strategy,budget") and len(csv_lines) == 5
+    assert csv_lines[0].startswith("dataset,strategy,point,budget") and len(csv_lines) == 5
     assert "| sim_hard | beam | 1024 |" in paths["md"].read_text()
 
 

@@ -1,0 +1,107 @@
+"""The simulated compute-vs-accuracy sweep of every registered strategy.
+
+    python -m ttc.evals.scaling --out runs/sim_sweep --figure docs/simulated_sweep.png
+
+Contract: for every name in :data:`ttc.registry.STRATEGIES` at run time, runs
+``ttc eval`` on the simulated backend at several *widths* (the strategy's own compute
+knob: ``n`` for best-of-N/beam/DVTS/particles, ``width`` for REBASE/ETS,
+``n_simulations`` for MCTS, ...; see :func:`scale_overrides`) under one generous
+generated-token cap, into a sweep folder with the layout of ``ttc sweep``
+(``runs/<name>/``; ``sweep.json`` says the width fields vary along a line), then
+writes the report and copies the accuracy-vs-generated-tokens figure. A strategy
+registered later with none of the known knobs gets one point at its defaults.
+Must NOT know: strategy internals beyond the name of each one's width field.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from pathlib import Path
+
+from ttc.registry import STRATEGIES
+
+# name -> (width field, extra overrides as a function of the width)
+_KNOWN = {
+    "beam": ("n", lambda w: [f"strategy.width={min(4, w)}"]),
+    "dvts": ("n", lambda w: [f"strategy.width={min(4, w)}"]),
+    "rebase": ("width", lambda w: []),
+    "ets": ("width", lambda w: []),
+    "mcts": ("n_simulations", lambda w: []),
+    "astar": ("max_expansions", lambda w: []),
+    "adaptive": ("max_samples", lambda w: [f"strategy.first_wave={min(4, w)}"]),
+    "adaptive_consistency": ("max_n", lambda w: [f"strategy.batch={min(4, w)}"]),
+    "threads": ("n_threads", lambda w: []),
+}
+_GENERIC = ("n", "width", "n_simulations", "max_samples", "max_n", "n_threads")
+
+
+def scale_overrides(name: str, width: int) -> list[str] | None:
+    """Overrides that set strategy ``name``'s compute knob to ``width`` (None: no knob)."""
+    fields = STRATEGIES.config_class(name).model_fields
+    if name in _KNOWN and _KNOWN[name][0] in fields:
+        knob, extra = _KNOWN[name]
+        value = 2 * width if knob == "max_expansions" else width
+        return [f"strategy.{knob}={value}", *extra(width)]
+    for knob in _GENERIC:
+        if knob in fields:
+            return [f"strategy.{knob}={width}"]
+    return None
+
+
+def run_scaling(out: Path, *, widths: tuple[int, ...] = (4, 8, 16), limit: int = 24,
+                dataset: str = "sim_hard", budget: int = 16384, echo=print) -> Path:
+    """Run the sweep into ``out`` and return the accuracy-vs-tokens PNG."""
+    from ttc.evals.cli import _write_sweep_json, compose_eval
+    from ttc.evals.report import write_report
+    from ttc.evals.runner import prepare_eval, run_eval
+
+    base = [f"dataset={dataset}", f"limit={limit}", f"budget={budget}", "progress=false"]
+    plans, knobs = [], set()
+    for name in STRATEGIES.names():
+        points = [(w, scale_overrides(name, w)) for w in widths]
+        if points[0][1] is None:
+            points = [(0, [])]
+        for width, extra in points:
+            knobs.update(o.split("=")[0].removeprefix("strategy.") for o in extra)
+            combo = base + [f"strategy={name}", *extra]
+            run = f"strategy={name},width={width}" if width else f"strategy={name}"
+            plans.append((run, combo, prepare_eval(compose_eval(combo),
+                                                   output=out / "runs" / run)))
+    out.mkdir(parents=True, exist_ok=True)
+    _write_sweep_json(out, {"strategy": STRATEGIES.names(), "width": [str(w) for w in widths]},
+                      base, [(n, c) for n, c, _ in plans])
+    meta = json.loads((out / "sweep.json").read_text())
+    meta["points_over"] = sorted(knobs)
+    (out / "sweep.json").write_text(json.dumps(meta, indent=1) + "\n")
+    t0 = time.perf_counter()
+    for i, (run, _, plan) in enumerate(plans, start=1):
+        summary = run_eval(plan)
+        echo(f"[{i}/{len(plans)}] {run}: accuracy {summary['accuracy']:.3f}, "
+             f"{summary['generated_tokens_per_problem']:,.0f} tokens/problem "
+             f"({time.perf_counter() - t0:.0f} s)")
+    return write_report(out)["accuracy_vs_tokens"]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("runs/sim_sweep"))
+    parser.add_argument("--figure", type=Path, default=None,
+                        help="copy the accuracy-vs-tokens PNG here")
+    parser.add_argument("--limit", type=int, default=24)
+    parser.add_argument("--widths", default="4,8,16")
+    parser.add_argument("--dataset", default="sim_hard")
+    args = parser.parse_args(argv)
+    widths = tuple(int(w) for w in args.widths.split(","))
+    png = run_scaling(args.out, widths=widths, limit=args.limit, dataset=args.dataset)
+    if args.figure is not None:
+        args.figure.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(png, args.figure)
+        print(f"figure: {args.figure}")
+    print(f"report: {args.out / 'report.md'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,32 @@
+"""The simulated scaling sweep covers every registered strategy."""
+
+from __future__ import annotations
+
+import json
+
+from ttc.evals.report import collect, figures
+from ttc.evals.scaling import run_scaling, scale_overrides
+from ttc.registry import STRATEGIES
+
+
+def test_every_registered_strategy_has_valid_width_overrides():
+    for name in STRATEGIES.names():
+        for width in (4, 32):
+            fields = {"name": name}
+            for item in scale_overrides(name, width) or []:
+                key, _, value = item.partition("=")
+                fields[key.removeprefix("strategy.")] = int(value)
+            config = STRATEGIES.make_config(fields)
+            assert config.name == name
+
+
+def test_scaling_sweep_draws_one_line_per_registered_strategy(tmp_path):
+    png = run_scaling(tmp_path / "s", widths=(4,), limit=1, budget=2048,
+                      echo=lambda _m: None)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    meta = json.loads((tmp_path / "s" / "sweep.json").read_text())
+    assert "n" in meta["points_over"]
+    rows = collect(tmp_path / "s")
+    ax = figures(rows)["accuracy_vs_tokens"].axes[0]
+    labels = sorted(line.get_label() for line in ax.get_lines())
+    assert labels == STRATEGIES.names()
