@@ -44,7 +44,7 @@ import time
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 from pydantic import PositiveInt, ValidationError
 
@@ -56,7 +56,7 @@ from ttc.types import Frozen, Problem, Result
 
 RUN_KEYS = ("backend", "verifier", "strategy", "generation", "budget")
 EVAL_KEYS = ("dataset", "limit", "output", "concurrency", "save_tree", "progress",
-             "fresh_engine")
+             "fresh_engine", "executor")
 RESULTS = "results.jsonl"
 CONFIG = "config.json"
 SUMMARY = "summary.json"
@@ -72,6 +72,7 @@ class EvalSettings(Frozen):
     save_tree: bool = False
     progress: bool = True
     fresh_engine: bool | None = None     # None: a fresh engine per problem when simulated
+    executor: Literal["local", "ray"] = "local"   # ray: `concurrency` Ray workers
 
 
 @dataclass(frozen=True)
@@ -281,9 +282,11 @@ def run_eval(plan: EvalPlan, *, on_record: Callable[[dict[str, Any]], None] | No
     def solve(index: int, problem: Problem) -> None:
         t0 = time.perf_counter()
         result = pipeline().solve(problem)
-        record = make_record(problem, index, result, dataset=settings.dataset.name,
-                             seed=config.generation.seed,
-                             wall=time.perf_counter() - t0, save_tree=settings.save_tree)
+        accept(make_record(problem, index, result, dataset=settings.dataset.name,
+                           seed=config.generation.seed,
+                           wall=time.perf_counter() - t0, save_tree=settings.save_tree))
+
+    def accept(record: dict[str, Any]) -> None:
         appender.append(record)
         with lock:
             records.append(record)
@@ -292,7 +295,12 @@ def run_eval(plan: EvalPlan, *, on_record: Callable[[dict[str, Any]], None] | No
             on_record(record)
 
     try:
-        if settings.concurrency == 1:
+        if settings.executor == "ray":
+            from ttc.evals.ray_executor import run_on_ray
+
+            run_on_ray(config, todo, dataset=settings.dataset.name, save_tree=settings.save_tree,
+                       fresh=fresh, workers=settings.concurrency, accept=accept)
+        elif settings.concurrency == 1:
             for index, problem in todo:
                 solve(index, problem)
         else:
