@@ -110,6 +110,8 @@ def collect(root: str | Path, *, points_over: tuple[str, ...] | None = None
         rows.append({"dataset": dataset, "strategy": label, "point": point, "budget": budget,
                      "seeds": ",".join(sorted({str(m["identity"]["seed"]) for m in members})),
                      **summary})
+    rows.sort(key=lambda r: (r["dataset"], r["strategy"], r["budget"] or 0,
+                             r["generated_tokens_per_problem"]))
     return rows
 
 
