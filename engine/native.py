@@ -374,7 +374,11 @@ class NativeGenerator(NativeEngine):
                           device=device, attention=config.attention, page_size=config.page_size,
                           kv_memory_gb=config.kv_memory_gb,
                           max_batch_tokens=config.max_batch_tokens, seed=config.seed)
-        gen.system_prompt = config.system_prompt
+        from ttc.engine.prompting import DEFAULT_SYSTEM_PROMPT  # noqa: PLC0415
+
+        # None: the default system prompt; "": none (the hf backend's rule).
+        gen.system_prompt = (DEFAULT_SYSTEM_PROMPT if config.system_prompt is None
+                             else config.system_prompt or None)
         return gen
 
     def root(self, problem: Problem) -> Handle:
@@ -383,10 +387,6 @@ class NativeGenerator(NativeEngine):
 
     def format(self, problem: Problem) -> list[int]:
         """The prompt's token ids (the model's chat template when it has one)."""
-        try:
-            from ttc.engine.prompting import format_prompt  # noqa: PLC0415
-        except ImportError:
-            format_prompt = None
-        if format_prompt is not None:
-            return list(format_prompt(self.tokenizer, problem, system_prompt=self.system_prompt))
-        return list(self.tokenizer(problem.question)["input_ids"])
+        from ttc.engine.prompting import format_prompt  # noqa: PLC0415
+
+        return list(format_prompt(self.tokenizer, problem, system_prompt=self.system_prompt))

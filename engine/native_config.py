@@ -26,7 +26,7 @@ class NativeBackendConfig(Frozen):
     page_size: PositiveInt = 16          # tokens per KV page
     kv_memory_gb: float = Field(default=2.0, gt=0)   # KV pool size, preallocated
     attention: Literal["auto", "torch", "triton"] = "auto"
-    system_prompt: str | None = None
+    system_prompt: str | None = None     # None: prompting.DEFAULT_SYSTEM_PROMPT; "": none
     max_batch_tokens: PositiveInt = 2048  # prefill chunk size (tokens per forward)
     seed: int = 0                         # for requests without a seed
 
