@@ -130,10 +130,21 @@ class HFGenerator:
         self.eos_ids = eos_ids(model, tokenizer)
         self.max_position = int(getattr(model.config.get_text_config(), "max_position_embeddings",
                                         None) or 1 << 62)
+        self._check_full_attention()
         self._handles: dict[int, _HandleState] = {}
         self._next_handle = 0
         self._calls = 0
         self._peak = 0
+
+    def _check_full_attention(self) -> None:
+        from transformers import DynamicCache  # noqa: PLC0415
+
+        layers = DynamicCache(config=self.model.config).layers
+        if any(getattr(layer, "is_sliding", False) for layer in layers):
+            raise ValueError(
+                f"model {type(self.model).__name__} uses sliding-window attention, whose cache "
+                f"drops old positions; the hf backend shares prefix KV by position and needs "
+                f"full attention in every layer.")
 
     @classmethod
     def from_config(cls, config: Any) -> "HFGenerator":
@@ -408,7 +419,8 @@ class HFGenerator:
                 b.kv = g.prefix_kv
             if reason is FinishReason.BUDGET:     # its tokens all have KV: keep its logits
                 b.logits = g.logits[i].clone()
-        keep = [i for i in range(len(g.rows)) if i not in set(idx)]
+        gone = set(idx)
+        keep = [i for i in range(len(g.rows)) if i not in gone]
         g.rows = [g.rows[i] for i in keep]
         if g.rows and len(keep) < cache_len_rows(g):
             g.cache.batch_select_indices(torch.tensor(keep, device=self.device))

@@ -219,3 +219,14 @@ def test_engine_import_stays_light():
             "print('ttc.engine.hf_generator' in sys.modules, 'transformers' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_sliding_window_model_is_refused(parts):
+    from transformers import MistralConfig, MistralForCausalLM
+
+    _, tok = parts
+    cfg = MistralConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
+                        num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                        sliding_window=16)
+    with pytest.raises(ValueError, match="sliding-window attention"):
+        HFGenerator(MistralForCausalLM(cfg), tok)
