@@ -1,0 +1,249 @@
+"""Generated tasks with exact step checkers: an exact PRM for research.
+
+Contract. Two task families, each a :class:`~ttc.types.Problem` whose ``metadata`` holds
+the task (so a verifier can check any trajectory without a model):
+
+* Countdown: ``{"task": "countdown", "numbers": [...], "target": T}``. Each step applies
+  one operation to two numbers still available (``"75 - 25 = 50"``); they are replaced
+  by the result. Operations: ``+ - * /`` on positive integers, ``-`` only when positive,
+  ``/`` only when exact. A prefix is *good* while every step is valid and the target is
+  still reachable from the remaining numbers (searched exactly, memoised).
+* Arithmetic chain: ``{"task": "arithmetic_chain", "start": a, "ops": [["+", 5], ...]}``.
+  Step t must apply op t to the previous value (``"12 * 3 = 36"``); a prefix is good while
+  every step does so exactly.
+
+Steps are parsed for their last equation ``a op b = c`` (``×``, ``x``, ``÷`` accepted); a
+step with no equation leaves the state as it was (it is judged by the state), except a
+final-answer step (``\\boxed{}``, "The answer is"), which must state the target / the
+chain's final value once all work is done. The :class:`ProgrammaticVerifier` (name
+``programmatic``) scores step t as 1.0 when the prefix through t is good, else 0.0:
+errors are absorbing, exactly like a perfect PRM trained on first-error labels. It runs no
+model: ``tokens`` is 0 and ``calls`` counts trajectories.
+Generators: :func:`countdown_problem`, :func:`arithmetic_chain_problem` (seeded,
+deterministic) and :func:`reference_steps` (a correct solution), for datasets.
+Must NOT know: models, engines, strategies.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from fractions import Fraction
+from functools import lru_cache
+from typing import Any, Literal, Sequence
+
+from ttc.answers import extract_answer
+from ttc.registry import VERIFIERS
+from ttc.types import Frozen, Problem, ScoreOutput, VerifierUsage
+
+__all__ = ["countdown_problem", "arithmetic_chain_problem", "reference_steps",
+           "check_steps_exact", "ProgrammaticVerifier", "ProgrammaticConfig", "parse_equation"]
+
+_EQ = re.compile(r"(-?\d+)\s*([+\-*/×x÷])\s*(-?\d+)\s*=\s*(-?\d+)")
+_OPS = {"×": "*", "x": "*", "÷": "/"}
+
+
+def parse_equation(step: str) -> tuple[int, str, int, int] | None:
+    """The last ``a op b = c`` in a step, or None."""
+    found = _EQ.findall(step)
+    if not found:
+        return None
+    a, op, b, c = found[-1]
+    return int(a), _OPS.get(op, op), int(b), int(c)
+
+
+def _apply(a: int, op: str, b: int) -> Fraction:
+    if op == "+":
+        return Fraction(a + b)
+    if op == "-":
+        return Fraction(a - b)
+    if op == "*":
+        return Fraction(a * b)
+    return Fraction(a, b) if b else Fraction(-10**18)
+
+
+# -- Countdown -----------------------------------------------------------------------------
+@lru_cache(maxsize=1 << 16)
+def _reachable(numbers: tuple[int, ...], target: int) -> bool:
+    if target in numbers:
+        return True
+    n = len(numbers)
+    for i in range(n):
+        for j in range(n):
+            if i == j:
+                continue
+            a, b = numbers[i], numbers[j]
+            rest = [numbers[k] for k in range(n) if k not in (i, j)]
+            for op in "+-*/":
+                if op in "+*" and i > j:
+                    continue
+                v = _apply(a, op, b)
+                if v.denominator != 1 or v <= 0:
+                    continue
+                if _reachable(tuple(sorted(rest + [int(v)])), target):
+                    return True
+    return False
+
+
+def countdown_problem(seed: int, *, n_numbers: int = 4, max_number: int = 25,
+                      target_range: tuple[int, int] = (10, 200)) -> Problem:
+    """A solvable Countdown instance (deterministic in ``seed``)."""
+    if n_numbers < 2:
+        raise ValueError(f"n_numbers must be at least 2; got {n_numbers!r}.")
+    rng = random.Random(seed)
+    while True:
+        nums = [rng.randint(1, max_number) for _ in range(n_numbers)]
+        target = rng.randint(*target_range)
+        if target not in nums and _reachable(tuple(sorted(nums)), target):
+            break
+    q = (f"Using the numbers {', '.join(map(str, nums))}, each at most once, and the "
+         f"operations +, -, *, / (exact division, positive results), reach {target}. "
+         f"Write one operation per step as 'a op b = c'.")
+    return Problem(id=f"countdown-{seed}", question=q, answer=str(target),
+                   metadata={"task": "countdown", "numbers": nums, "target": target})
+
+
+def _countdown_solution(numbers: tuple[int, ...], target: int) -> list[str] | None:
+    if target in numbers:
+        return []
+    n = len(numbers)
+    for i in range(n):
+        for j in range(n):
+            if i == j:
+                continue
+            a, b = numbers[i], numbers[j]
+            rest = [numbers[k] for k in range(n) if k not in (i, j)]
+            for op in "+-*/":
+                v = _apply(a, op, b)
+                if v.denominator != 1 or v <= 0:
+                    continue
+                new = tuple(sorted(rest + [int(v)]))
+                if _reachable(new, target):
+                    tail = _countdown_solution(new, target)
+                    if tail is not None:
+                        return [f"{a} {op} {b} = {int(v)}"] + tail
+    return None
+
+
+# -- Arithmetic chains ---------------------------------------------------------------------
+def arithmetic_chain_problem(seed: int, *, length: int = 5, max_operand: int = 12) -> Problem:
+    """Start from a number and apply ``length`` operations (integer results only)."""
+    if length < 1:
+        raise ValueError(f"length must be a positive integer; got {length!r}.")
+    rng = random.Random(seed)
+    start = rng.randint(2, 20)
+    value, ops = start, []
+    for _ in range(length):
+        op = rng.choice("+-*/")
+        if op == "/":
+            divisors = [d for d in range(2, max_operand + 1) if value % d == 0]
+            if not divisors:
+                op = "+"
+            else:
+                b = rng.choice(divisors)
+        if op != "/":
+            b = rng.randint(2, max_operand)
+        ops.append([op, b])
+        value = int(_apply(value, op, b))
+    words = {"+": "add", "-": "subtract", "*": "multiply by", "/": "divide by"}
+    q = (f"Start with {start}. Then " + ", then ".join(f"{words[o]} {b}" for o, b in ops)
+         + ". What is the result? Write one operation per step as 'a op b = c'.")
+    return Problem(id=f"chain-{seed}", question=q, answer=str(value),
+                   metadata={"task": "arithmetic_chain", "start": start, "ops": ops})
+
+
+def reference_steps(problem: Problem) -> list[str]:
+    """A correct step-by-step solution (each step ends with the step delimiter)."""
+    meta = _task(problem)
+    if meta["task"] == "countdown":
+        steps = _countdown_solution(tuple(sorted(meta["numbers"])), int(meta["target"])) or []
+    else:
+        value, steps = int(meta["start"]), []
+        for op, b in meta["ops"]:
+            new = int(_apply(value, op, int(b)))
+            steps.append(f"{value} {op} {b} = {new}")
+            value = new
+    return [s + "\n\n" for s in steps] + [f"The answer is \\boxed{{{problem.answer}}}."]
+
+
+# -- checking ------------------------------------------------------------------------------
+def _task(problem: Problem) -> dict[str, Any]:
+    meta = problem.metadata or {}
+    task = meta.get("task")
+    if task not in ("countdown", "arithmetic_chain"):
+        raise ValueError(f"problem {problem.id!r} is not a generated task (metadata.task is "
+                         f"{task!r}; expected 'countdown' or 'arithmetic_chain').")
+    return meta
+
+
+def check_steps_exact(problem: Problem, steps: Sequence[str]) -> list[bool]:
+    """Per step: is the prefix through this step good? (see the module docstring)."""
+    meta = _task(problem)
+    out: list[bool] = []
+    good = True
+    if meta["task"] == "countdown":
+        pool = sorted(int(x) for x in meta["numbers"])
+        target = int(meta["target"])
+        for step in steps:
+            if good:
+                eq = parse_equation(step)
+                final = extract_answer(step)
+                if eq is not None:
+                    a, op, b, c = eq
+                    v = _apply(a, op, b)
+                    rest = list(pool)
+                    ok = v == c and c > 0
+                    for x in (a, b):
+                        if ok and x in rest:
+                            rest.remove(x)
+                        else:
+                            ok = False
+                    pool = sorted(rest + [c]) if ok else pool
+                    good = ok and _reachable(tuple(pool), target)
+                elif final is not None:
+                    good = final.strip() == str(target) and target in pool
+                else:
+                    good = _reachable(tuple(pool), target)
+            out.append(good)
+        return out
+    value = int(meta["start"])
+    ops = [(o, int(b)) for o, b in meta["ops"]]
+    done = 0
+    for step in steps:
+        if good:
+            eq = parse_equation(step)
+            final = extract_answer(step)
+            if eq is not None:
+                a, op, b, c = eq
+                ok = done < len(ops) and (a, op, b) == (value, *ops[done]) \
+                    and _apply(a, op, b) == c
+                if ok:
+                    value, done = c, done + 1
+                good = ok
+            elif final is not None:
+                good = done == len(ops) and final.strip() == str(value)
+        out.append(good)
+    return out
+
+
+class ProgrammaticConfig(Frozen):
+    name: Literal["programmatic"] = "programmatic"
+
+
+class ProgrammaticVerifier:
+    """Exact 0/1 step scores for generated tasks; runs no model."""
+
+    incremental = True
+
+    def score(self, problem: Problem, trajectories: Sequence[Sequence[str]]) -> ScoreOutput:
+        from ttc.verifiers.prm_core import check_steps
+
+        check_steps(trajectories)
+        scores = tuple(tuple(1.0 if ok else 0.0 for ok in check_steps_exact(problem, steps))
+                       for steps in trajectories)
+        return ScoreOutput(scores=scores, usage=VerifierUsage(calls=len(trajectories)))
+
+
+@VERIFIERS.register(ProgrammaticConfig)
+def build_programmatic(config: ProgrammaticConfig, **_: object) -> ProgrammaticVerifier:
+    return ProgrammaticVerifier()
