@@ -177,7 +177,6 @@ class ParticleFiltering(SearchStrategy):
     def _release_finished(self, ctx: SearchContext, nodes: list[Node], keep: set[int]) -> None:
         if self.config.gibbs_iterations > 1:
             return       # the next reference is drawn from the finished leaves
-
         ctx.release([n for n in nodes if not _active(n) and n.id not in keep], prune=False)
 
     # -- particle Gibbs ------------------------------------------------------------------

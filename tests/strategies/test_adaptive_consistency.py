@@ -13,6 +13,11 @@ def test_beta_criterion_matches_its_closed_form():
         assert beta_confidence(v1, 0) == pytest.approx(1 - 0.5 ** (v1 + 1))
     assert beta_confidence(3, 3) == pytest.approx(0.5)
     assert beta_confidence(10, 2) > beta_confidence(6, 2) > beta_confidence(6, 4)
+    from scipy.stats import beta
+
+    for v1 in range(0, 12):
+        for v2 in range(0, v1 + 1):
+            assert beta_confidence(v1, v2) == pytest.approx(beta.cdf(0.5, v2 + 1, v1 + 1))
 
 
 def test_stops_at_the_first_decided_wave(run):
