@@ -24,13 +24,19 @@ Record fields: ``id index gold answer correct strategy dataset seed grader
 candidate_answers candidate_correct candidate_scores ledger budget_exhausted
 wall_seconds`` and ``tree`` (with ``save_tree=true``).
 
-Concurrency (``concurrency=N``): N worker threads, each with its own pipeline (its own
-generator, verifier and strategy), so N problems are in flight at once. The generators
-shipped today are not thread-safe and batch only within one problem's ``expand`` call,
-so workers never share an engine; cross-problem batching inside one engine would need
-per-request token limits and usage in the Generator protocol. With the pure-Python
-simulated backend the GIL limits the gain; with engines that release the GIL (torch,
-HTTP backends) the workers overlap.
+Concurrency (``concurrency=N``): N worker threads, so N problems are in flight at once.
+By default each worker has its own pipeline (its own generator, verifier and strategy):
+the generators are not thread-safe, and records stay a function of (config, problem).
+With ``share_engine=true`` the workers share one generator through
+:class:`ttc.server.BatchingGenerator`, which merges concurrent ``expand`` calls into one
+engine call (cross-problem batching) and one locked verifier. Limits of that mode, by
+design of the Generator protocol: ``token_limit`` is per call, so calls that carry a
+generated-token cap (any ``budget.max_generated_tokens``) run one at a time rather than
+merged; a merged call's prefill/cached tokens are split between problems in proportion
+to the tokens each generated (generated tokens stay exact); records then depend on how
+calls interleaved, so a resumed run is valid but not record-identical. With the
+pure-Python simulated backend the GIL limits any gain; with engines that release the
+GIL (torch, HTTP backends) the workers overlap.
 Must NOT know: strategy internals, engine internals, Hydra.
 """
 
@@ -56,7 +62,7 @@ from ttc.types import Frozen, Problem, Result
 
 RUN_KEYS = ("backend", "verifier", "strategy", "generation", "budget")
 EVAL_KEYS = ("dataset", "limit", "output", "concurrency", "save_tree", "progress",
-             "fresh_engine", "executor")
+             "fresh_engine", "executor", "share_engine")
 RESULTS = "results.jsonl"
 CONFIG = "config.json"
 SUMMARY = "summary.json"
@@ -72,6 +78,7 @@ class EvalSettings(Frozen):
     save_tree: bool = False
     progress: bool = True
     fresh_engine: bool | None = None     # None: a fresh engine per problem when simulated
+    share_engine: bool = False           # concurrency>1: one engine, expand calls merged
     executor: Literal["local", "ray"] = "local"   # ray: `concurrency` Ray workers
 
 
@@ -268,8 +275,15 @@ def run_eval(plan: EvalPlan, *, on_record: Callable[[dict[str, Any]], None] | No
     fresh = (settings.fresh_engine if settings.fresh_engine is not None
              else config.backend.name == "simulated")
     local = threading.local()
+    shared = _shared_engine(config) if settings.share_engine else None
 
     def pipeline() -> Pipeline:
+        if shared is not None:
+            if not hasattr(local, "pipe"):
+                local.pipe = Pipeline(generator=shared[0], verifier=shared[1],
+                                      strategy=config.strategy, budget=config.budget,
+                                      generation=config.generation)
+            return local.pipe
         if fresh or not hasattr(local, "pipe"):
             local.pipe = Pipeline.from_config(config)
         return local.pipe
@@ -320,8 +334,40 @@ def run_eval(plan: EvalPlan, *, on_record: Callable[[dict[str, Any]], None] | No
                "strategy": config.strategy.name,
                "max_generated_tokens": config.budget.max_generated_tokens,
                "seed": config.generation.seed}
+    if shared is not None:
+        summary["shared_engine_expand_calls"] = shared[0].batches
     _write_json(out / SUMMARY, summary)
     return summary
+
+
+class _LockedVerifier:
+    """One verifier shared by worker threads: score calls run one at a time."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self._lock = threading.Lock()
+
+    @property
+    def incremental(self) -> bool:
+        return self.inner.incremental
+
+    def score(self, problem: Problem, trajectories: Any) -> Any:
+        with self._lock:
+            return self.inner.score(problem, trajectories)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def _shared_engine(config: RunConfig) -> tuple[Any, Any]:
+    """One generator behind :class:`ttc.server.BatchingGenerator` (concurrent expand calls
+    without a token limit merge into one engine call) and one locked verifier."""
+    from ttc.registry import BACKENDS, VERIFIERS
+    from ttc.server import BatchingGenerator
+
+    generator = BatchingGenerator(BACKENDS.build(config.backend))
+    verifier = _LockedVerifier(VERIFIERS.build(config.verifier, generator=generator))
+    return generator, verifier
 
 
 class _ProgressBar:
