@@ -1,0 +1,17 @@
+"""Strategies report progress (step, live branches, best score) for the CLI."""
+
+import pytest
+
+NAMES = ["beam", "dvts", "particle_filtering", "first_finish", "adaptive_consistency", "rpc"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_progress_events_count_steps(run, name):
+    r = run({"name": name}, difficulty=0.5, num_steps=5)
+    steps = [e.step for e in r.events]
+    assert steps and steps == sorted(steps) and steps[-1] >= 1
+    assert all(e.live >= 0 for e in r.events)
+    if name in ("beam", "dvts", "particle_filtering"):
+        assert len(r.events) >= 4                 # one per search step
+        assert all(e.best_score is not None for e in r.events)
+        assert max(e.live for e in r.events) >= 1
