@@ -5,4 +5,4 @@ Must NOT know: how branches are stored or batched, or which strategy is calling.
 """
 
 from ttc.verifiers import simulated  # noqa: F401  (registers)
-from ttc.verifiers import judge, math_shepherd, none, programmatic, qwen_prm, rlhflow  # noqa: F401,E401
+from ttc.verifiers import http, judge, math_shepherd, none, programmatic, qwen_prm, rlhflow  # noqa: F401,E401,E501
