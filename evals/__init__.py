@@ -1,4 +1,16 @@
 """Evaluation: datasets, resumable runs, metrics, sweeps and plots.
 
+    datasets.py        DatasetConfig (Hydra group ``dataset``), shipped test sets with
+                       checksums, local files, hub sets, simulated sets
+    grading.py         is_correct(gold, pred): the one place that decides "correct"
+    runner.py          ``ttc eval``: validated plan, crash-safe resumable JSONL records
+    metrics.py         accuracy, pass@k (unbiased), majority@k, compute, bootstrap CIs
+    cli.py             ``ttc eval`` / ``ttc sweep`` logic (overrides, sweep layout)
+    report.py          ``ttc report``: tables and accuracy-vs-compute plots
+    treeview.py        ``ttc tree``: draw a stored search tree with its scores
+    scaling.py         the simulated compute-vs-accuracy sweep of every strategy
+    bench_overhead.py  ``ttc bench overhead``: orchestration time vs generation time
+    ray_executor.py    ``executor=ray``: problems sharded over Ray actors
+
 Must NOT know: strategy internals; it reads Result rows.
 """
