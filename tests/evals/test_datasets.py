@@ -109,3 +109,16 @@ def test_simulated_sets_follow_their_difficulty_range():
                                            difficulty=(0.6, 0.9), seed=3))
     assert len(problems) == 50
     assert all(0.6 <= p.metadata["difficulty"] <= 0.9 for p in problems)
+
+
+def test_every_dataset_yaml_holds_exactly_the_schema_fields():
+    import yaml
+    from ttc.cli import CONF_DIR
+
+    paths = sorted((CONF_DIR / "dataset").glob("*.yaml"))
+    assert {p.stem for p in paths} >= {*EXPECTED, "sim_easy", "sim_mixed", "sim_hard"}
+    for path in paths:
+        data = yaml.safe_load(path.read_text())
+        assert set(data) == set(DatasetConfig.model_fields), path
+        assert data["name"] == path.stem
+        dataset_config(data)
