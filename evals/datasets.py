@@ -12,6 +12,11 @@ line *with file and line number*, checksum mismatch, no problems).
     file          path: a .jsonl / .json / .parquet file    fields mapped by *_field
     hub           path: a `datasets` hub id (+ subset)      needs the hub or its cache
     simulated     engine.simulated.make_problems            n, difficulty, seed
+    countdown     verifiers.programmatic.countdown_problem   n, seed, task_size (numbers)
+    arithmetic_chain  verifiers.programmatic.arithmetic_chain_problem  task_size (ops)
+
+Countdown and arithmetic-chain problems carry their task in ``metadata``, so the
+``programmatic`` verifier checks every step exactly (``verifier=programmatic``).
 
 The shipped files are byte-for-byte copies of public test splits; ``data/manifest.json``
 holds their sha256 and source, ``data/PROVENANCE.md`` the full provenance.
@@ -39,7 +44,8 @@ class DatasetConfig(Frozen):
     """Where an eval's problems come from and how records map onto problems."""
 
     name: str
-    source: Literal["builtin", "file", "hub", "simulated"] = "builtin"
+    source: Literal["builtin", "file", "hub", "simulated", "countdown",
+                    "arithmetic_chain"] = "builtin"
     path: str | None = None                 # file path (source=file) or hub id (source=hub)
     subset: str | None = None               # hub config name
     split: str = "test"
@@ -49,10 +55,11 @@ class DatasetConfig(Frozen):
     metadata_fields: tuple[str, ...] = ()
     answer_format: Literal["plain", "gsm8k"] = "plain"   # gsm8k: the text after '####'
     strip_suffix: str | None = None         # removed from the end of every question
-    # source=simulated
+    # generated sets (source=simulated, countdown, arithmetic_chain)
     n: PositiveInt = 100
-    difficulty: float | tuple[float, float] = (0.0, 1.0)
+    difficulty: float | tuple[float, float] = (0.0, 1.0)   # simulated only
     seed: int = 0
+    task_size: PositiveInt | None = None    # countdown: numbers (4); chain: operations (5)
 
     @model_validator(mode="after")
     def _check(self) -> "DatasetConfig":
@@ -203,6 +210,23 @@ def _plain(answer: Any) -> str:
     return str(answer).strip()
 
 
+def _programmatic(cfg: DatasetConfig) -> list[Problem]:
+    from ttc.verifiers.programmatic import arithmetic_chain_problem, countdown_problem
+
+    problems = []
+    for i in range(cfg.n):
+        seed = cfg.seed * 1_000_003 + i
+        if cfg.source == "countdown":
+            if cfg.task_size is not None and cfg.task_size < 2:
+                raise ConfigError(f"dataset.task_size (numbers per Countdown problem) must be "
+                                  f"at least 2; got {cfg.task_size}.")
+            p = countdown_problem(seed, n_numbers=cfg.task_size or 4)
+        else:
+            p = arithmetic_chain_problem(seed, length=cfg.task_size or 5)
+        problems.append(p.model_copy(update={"id": f"{cfg.name}-{cfg.seed}-{i}"}))
+    return problems
+
+
 def load_problems(cfg: DatasetConfig | dict | str, *, limit: int | None = None) -> list[Problem]:
     """The dataset's problems in file order (the first ``limit`` of them)."""
     cfg = dataset_config(cfg)
@@ -213,6 +237,8 @@ def load_problems(cfg: DatasetConfig | dict | str, *, limit: int | None = None) 
 
         diff = cfg.difficulty if isinstance(cfg.difficulty, float | int) else tuple(cfg.difficulty)
         problems = make_problems(cfg.n, seed=cfg.seed, difficulty=diff, prefix=cfg.name)
+    elif cfg.source in ("countdown", "arithmetic_chain"):
+        problems = _programmatic(cfg)
     else:
         if cfg.source == "builtin":
             path = verify_builtin(cfg.name)

@@ -122,3 +122,21 @@ def test_every_dataset_yaml_holds_exactly_the_schema_fields():
         assert set(data) == set(DatasetConfig.model_fields), path
         assert data["name"] == path.stem
         dataset_config(data)
+
+
+@pytest.mark.parametrize("source,size", [("countdown", 4), ("arithmetic_chain", 3)])
+def test_generated_task_sets_have_exact_step_checks(source, size):
+    from ttc.verifiers.programmatic import check_steps_exact, reference_steps
+
+    problems = load_problems({"name": source, "source": source, "n": 5, "seed": 2,
+                              "task_size": size})
+    assert [p.id for p in problems] == [f"{source}-2-{i}" for i in range(5)]
+    assert len({p.question for p in problems}) == 5
+    for p in problems:
+        assert p.metadata["task"] == source
+        steps = reference_steps(p)
+        assert all(check_steps_exact(p, steps))
+        assert not all(check_steps_exact(p, ["1 + 1 = 3\n\n", *steps]))
+    again = load_problems({"name": source, "source": source, "n": 5, "seed": 2,
+                           "task_size": size})
+    assert again == problems
