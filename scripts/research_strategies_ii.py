@@ -63,7 +63,7 @@ def evaluate(strategy: Any, problems: Sequence[Problem], *, seed: int = 0,
 
 
 def check_astar(*, quick: bool) -> dict[str, Any]:
-    problems = make_problems(40 if quick else 200, seed=11, difficulty=DIFFICULTY)
+    problems = make_problems(40 if quick else 150, seed=11, difficulty=DIFFICULTY)
     bon = {n: evaluate(BestOfN(BestOfNConfig(n=n, keep_tree=False)), problems)
            for n in ((4, 16, 64) if quick else (1, 2, 4, 8, 16, 32, 64))}
     astar_cfgs = {"k=4": AStarConfig(k=4, keep_tree=False)} if quick else {
@@ -85,8 +85,8 @@ def check_astar(*, quick: bool) -> dict[str, Any]:
 def check_ets(*, quick: bool) -> dict[str, Any]:
     """Accuracy vs KV tokens for REBASE and ETS over widths; ETS's points are compared
     with REBASE's curve at the same accuracy (linear interpolation between widths)."""
-    problems = make_problems(30 if quick else 200, seed=12, difficulty=ETS_DIFFICULTY)
-    widths = (8, 16, 32) if quick else (4, 8, 16, 32, 64)
+    problems = make_problems(30 if quick else 120, seed=12, difficulty=ETS_DIFFICULTY)
+    widths = (8, 16, 32) if quick else (4, 8, 16, 32)
     rebase = {w: evaluate(Rebase(RebaseConfig(width=w, keep_tree=False)), problems,
                           auroc=ETS_AUROC) for w in widths}
     lambdas = [(1.0, 1.5)] if quick else [(1.0, 1.5), (2.0, 1.5)]
@@ -123,9 +123,9 @@ def _inverse(curve: list[dict[str, float]], acc: float) -> float | None:
 
 
 def check_allocation(*, quick: bool) -> dict[str, Any]:
-    problems = make_problems(60 if quick else 200, seed=13, difficulty=(0.0, 1.0))
+    problems = make_problems(60 if quick else 150, seed=13, difficulty=(0.0, 1.0))
     q = len(problems)
-    per_problem = (600, 1200) if quick else (400, 600, 900, 1200, 1800, 2400)
+    per_problem = (600, 1200) if quick else (400, 600, 900, 1200, 1800)
 
     def acc(run) -> float:
         return sum(r.answer == p.answer for r, p in zip(run.results, problems)) / q
