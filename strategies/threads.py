@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-from pydantic import Field, PositiveInt
+from pydantic import Field, PositiveInt, model_validator
 
 from ttc.aggregate import Selection, StepAggregation
 from ttc.answers import extract_answer
@@ -50,6 +50,13 @@ class ThreadsConfig(StrategyConfig):
     final_tokens: PositiveInt = 512
     selection: Selection = Selection.WEIGHTED
     aggregation: StepAggregation = StepAggregation.LAST
+
+    @model_validator(mode="after")
+    def _keep_fits(self) -> "ThreadsConfig":
+        if self.keep > self.n_threads:
+            raise ValueError(f"keep ({self.keep}) must not exceed n_threads "
+                             f"({self.n_threads}).")
+        return self
 
 
 def join_prompt(question: str, plan: str, conclusions: list[str]) -> str:

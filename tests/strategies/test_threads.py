@@ -52,3 +52,8 @@ def test_budget_is_exact(limit):
                                        budget=Budget(max_generated_tokens=limit))
     assert res.ledger.generated_tokens <= limit
     assert gen.live_handles == 0
+
+
+def test_keep_larger_than_threads_is_refused():
+    with pytest.raises(ValueError, match="keep"):
+        ThreadsConfig(n_threads=2, keep=3)
