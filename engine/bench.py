@@ -106,4 +106,29 @@ def run(*, quick: bool) -> BenchReport:
     }
     report.notes.append("wall time covers root + one expand (prompt prefill included); "
                         "same SamplingParams (temperature 0.8, seed 0) for both backends.")
+    _add_vllm_column(report, problem=problem, branches=branches, params=params,
+                     bytes_per_token=bytes_per_token, native=nat)
     return report
+
+
+def _add_vllm_column(report: BenchReport, *, problem: Problem, branches: int,
+                     params: SamplingParams, bytes_per_token: int, native: dict) -> None:
+    """vLLM (prefix caching) on the same work, run in its own environment when present."""
+    from ttc.engine.loader import resolve_folder  # noqa: PLC0415
+    from ttc.engine.vllm_bench import measure_vllm  # noqa: PLC0415
+
+    vl, note = measure_vllm(model_dir=str(resolve_folder(None)[0]), question=problem.question,
+                            branches=branches, params=params.model_dump(mode="json"))
+    report.notes.append(note)
+    if vl is None:
+        return
+    tps = vl["generated"] / vl["seconds"]
+    report.metrics.update({
+        "generated_tokens_vllm": vl["generated"], "seconds_vllm": round(vl["seconds"], 3),
+        "tokens_per_s_vllm": round(tps, 2), "prefill_tokens_vllm": vl["prefill_tokens"],
+        "cached_tokens_vllm": vl["cached_tokens"]})
+    report.ratios.update({
+        "tokens_per_s_vllm_over_native": round(tps / report.metrics["tokens_per_s_native"], 3),
+        "tokens_per_s_vllm_over_hf": round(tps / report.metrics["tokens_per_s_hf"], 3)})
+    report.notes.append("vLLM: bf16, enforce_eager, block_size 32, prefix caching, 2 OMP "
+                        "threads; its KV is vLLM's own block pool (not compared).")

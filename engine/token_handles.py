@@ -41,9 +41,14 @@ from ttc.types import (Continuation, ExpandOutput, ExpandRequest, FinishReason,
 
 
 def derive_seed(seed: int, index: int) -> int:
-    """The seed of continuation ``index`` of a request seeded with ``seed`` (63 bits)."""
-    digest = hashlib.blake2b(f"{seed}:{index}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+    """The seed of continuation ``index`` of a request seeded with ``seed``.
+
+    A hash of ``seed`` (62 bits) plus ``index``: the same rule vLLM applies to the
+    children of one ``n``-sample request (``seed + index``), so one request with ``n`` and
+    ``n`` requests with these seeds draw the same samples.
+    """
+    digest = hashlib.blake2b(f"ttc-seed:{seed}".encode(), digest_size=8).digest()
+    return (int.from_bytes(digest, "little") & ((1 << 62) - 1)) + index
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +113,9 @@ class TokenHandleGenerator:
 
     kv_bytes_per_token: int = 0
     system_prompt: str | None = None
+    # True when the engine gives child i of a seeded n-sample job the seed ``seed + i``
+    # (vLLM): seeded samples of one request then travel as one job.
+    seeded_n_as_offsets: bool = False
 
     def __init__(self) -> None:
         self._handles: dict[int, _HandleState] = {}
@@ -239,13 +247,13 @@ class TokenHandleGenerator:
         for b in live:
             left = b.params.max_tokens - len(b.tokens)
             cap = left if share is None else min(left, share)
-            if b.seed is None and not b.tokens:
+            if not b.tokens and (b.seed is None or self.seeded_n_as_offsets):
                 unseeded.setdefault((b.req_index, b.prefix, cap), []).append(b)
                 continue
             jobs.append(self._job(b, cap, 1, b.seed))
             owners.append([b])
         for (_, _, cap), group in unseeded.items():
-            jobs.append(self._job(group[0], cap, len(group), None))
+            jobs.append(self._job(group[0], cap, len(group), group[0].seed))
             owners.append(group)
         return jobs, owners
 

@@ -72,6 +72,8 @@ def resolve_model_dir(spec: str | None) -> str:
 class VLLMGenerator(TokenHandleGenerator):
     """``vllm.LLM`` behind the Generator protocol. See the module docstring."""
 
+    seeded_n_as_offsets = True
+
     def __init__(self, llm: Any, *, system_prompt: str | None = None) -> None:
         super().__init__()
         self.llm = llm
@@ -119,29 +121,36 @@ class VLLMGenerator(TokenHandleGenerator):
         from vllm import SamplingParams as VSamplingParams  # noqa: PLC0415
         from vllm.inputs import TokensPrompt  # noqa: PLC0415
 
-        prompts, params = [], []
-        for job in jobs:
+        # One vLLM request per sample: each RequestOutput then reports its own cached
+        # prompt tokens (a parent of n children reports only one child's), and child i of
+        # a seeded job gets seed + i, as vLLM itself does for n > 1.
+        prompts, params, owner = [], [], []
+        for j, job in enumerate(jobs):
             p = job.params
-            prompts.append(TokensPrompt(prompt_token_ids=list(job.prompt_ids)))
-            params.append(VSamplingParams(
-                n=job.n, temperature=p.temperature, top_p=p.top_p,
-                top_k=p.top_k, max_tokens=job.max_tokens,
-                stop=list(p.stop), include_stop_str_in_output=True, seed=job.seed,
-                logprobs=0 if p.logprobs else None, detokenize=True))
+            for i in range(job.n):
+                prompts.append(TokensPrompt(prompt_token_ids=list(job.prompt_ids)))
+                params.append(VSamplingParams(
+                    n=1, temperature=p.temperature, top_p=p.top_p, top_k=p.top_k,
+                    max_tokens=job.max_tokens, stop=list(p.stop),
+                    include_stop_str_in_output=True,
+                    seed=None if job.seed is None else job.seed + i,
+                    logprobs=0 if p.logprobs else None, detokenize=True))
+                owner.append(j)
         outputs = self.llm.generate(prompts, params, use_tqdm=False)
-        results = []
-        for job, out in zip(jobs, outputs):
-            samples = []
-            for o in out.outputs:
-                lps: tuple[float, ...] = ()
-                if o.logprobs is not None:
-                    lps = tuple(float(step[t].logprob) for step, t in zip(o.logprobs, o.token_ids))
-                samples.append(Sample(token_ids=tuple(o.token_ids), text=o.text, logprobs=lps,
-                                      finish=_finish_of(o)))
-            cached = int(getattr(out, "num_cached_tokens", 0) or 0)
-            results.append(JobResult(samples=tuple(samples), prompt_tokens=len(job.prompt_ids),
-                                     cached_tokens=cached))
-        return results
+        samples: list[list[Sample]] = [[] for _ in jobs]
+        cached = [0] * len(jobs)
+        prompt_tokens = [0] * len(jobs)
+        for j, out in zip(owner, outputs):
+            o = out.outputs[0]
+            lps: tuple[float, ...] = ()
+            if o.logprobs is not None:
+                lps = tuple(float(step[t].logprob) for step, t in zip(o.logprobs, o.token_ids))
+            samples[j].append(Sample(token_ids=tuple(o.token_ids), text=o.text, logprobs=lps,
+                                     finish=_finish_of(o)))
+            cached[j] += int(getattr(out, "num_cached_tokens", 0) or 0)
+            prompt_tokens[j] += len(jobs[j].prompt_ids)
+        return [JobResult(samples=tuple(s), prompt_tokens=pt, cached_tokens=c)
+                for s, pt, c in zip(samples, prompt_tokens, cached)]
 
 
 @BACKENDS.register(VLLMBackendConfig)

