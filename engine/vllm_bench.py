@@ -34,7 +34,7 @@ def vllm_python() -> str | None:
         return explicit
     local = Path(".venv-vllm/bin/python")
     if local.exists():
-        return str(local.resolve())
+        return str(local.absolute())   # not resolve(): the venv is in the link path
     try:
         import vllm  # noqa: F401, PLC0415
     except ImportError:
