@@ -23,7 +23,7 @@ from __future__ import annotations
 import argparse
 import math
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 from ttc.engine.simulated import SimulatedBackendConfig, SimulatedGenerator, make_problems
 from ttc.strategies.allocation import solve_allocated, solve_uniform

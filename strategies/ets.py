@@ -36,8 +36,7 @@ import numpy as np
 from pydantic import Field, PositiveInt
 
 from ttc.aggregate import Selection, StepAggregation
-from ttc.strategies.base import SearchContext, register
-from ttc.strategies.base import StrategyConfig
+from ttc.strategies.base import SearchContext, StrategyConfig, register
 from ttc.strategies.rebase import RewardBalancedSearch, balanced_allocation
 from ttc.tree import Node
 
