@@ -56,7 +56,7 @@ class HTTPBackendConfig(Frozen):
     api_key: str | None = None              # sent as "Authorization: Bearer <key>"
     tokenizer: str | None = None            # HF folder / hub id of the served model
     prompt_format: Literal["auto", "tokens", "text"] = "auto"   # auto: tokens iff tokenizer
-    system_prompt: str | None = None
+    system_prompt: str | None = None        # with a tokenizer, None: the default; "": none
     max_concurrency: PositiveInt = 32       # requests in flight at once
     timeout_s: float = Field(default=600.0, gt=0)
     connect_timeout_s: float = Field(default=10.0, gt=0)
@@ -82,7 +82,7 @@ class HTTPGenerator(TokenHandleGenerator):
                               f"got {config.base_url!r}.")
         self.config = config
         self.tokenizer = tokenizer
-        self.system_prompt = config.system_prompt
+        self.system_prompt = config.system_prompt or None
         self.kv_bytes_per_token = config.kv_bytes_per_token
         fmt = config.prompt_format
         if fmt == "tokens" and tokenizer is None:
@@ -98,7 +98,12 @@ class HTTPGenerator(TokenHandleGenerator):
             from transformers import AutoTokenizer  # noqa: PLC0415  (heavy)
 
             tokenizer = AutoTokenizer.from_pretrained(config.tokenizer)
-        return cls(config, tokenizer=tokenizer)
+        gen = cls(config, tokenizer=tokenizer)
+        if tokenizer is not None and config.system_prompt is None:
+            from ttc.engine.prompting import DEFAULT_SYSTEM_PROMPT  # noqa: PLC0415
+
+            gen.system_prompt = DEFAULT_SYSTEM_PROMPT
+        return gen
 
     # -- TokenHandleGenerator hooks --------------------------------------------------------
     def _uses_token_prompts(self) -> bool:

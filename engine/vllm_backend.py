@@ -47,7 +47,7 @@ class VLLMBackendConfig(Frozen):
     block_size: PositiveInt = 32      # tokens per KV block (32 on CPU)
     enforce_eager: bool = True        # skip graph capture / torch.compile start-up
     max_model_len: PositiveInt | None = None
-    system_prompt: str | None = None
+    system_prompt: str | None = None  # None: prompting.DEFAULT_SYSTEM_PROMPT; "": none
     seed: int = 0
     tensor_parallel_size: PositiveInt = 1
 
@@ -102,7 +102,11 @@ class VLLMGenerator(TokenHandleGenerator):
             tensor_parallel_size=config.tensor_parallel_size)
         if config.max_model_len is not None:
             kwargs["max_model_len"] = config.max_model_len
-        return cls(LLM(**kwargs), system_prompt=config.system_prompt)
+        from ttc.engine.prompting import DEFAULT_SYSTEM_PROMPT  # noqa: PLC0415
+
+        system = (DEFAULT_SYSTEM_PROMPT if config.system_prompt is None
+                  else config.system_prompt or None)
+        return cls(LLM(**kwargs), system_prompt=system)
 
     # -- TokenHandleGenerator hooks --------------------------------------------------------
     def format_prompt(self, problem: Problem) -> tuple[tuple[int, ...], str]:
