@@ -179,3 +179,31 @@ def test_batching_generator_merges_calls_that_arrive_together():
     for i, out in enumerate(outs):
         assert len(out.continuations) == 1 and len(out.continuations[0]) == 2
         assert out.usage.generated_tokens == sum(c.num_tokens for c in out.continuations[0])
+
+
+def test_ttc_serve_command_starts_and_answers():
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "ttc.cli", "serve", "--port", "0",
+                             "strategy=beam"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("ttc serve: http://127.0.0.1:"), line + proc.stderr.read()
+        url = line.split()[2]
+        r = httpx.post(url + "/chat/completions", timeout=30, json={
+            "model": "beam", "messages": [{"role": "user", "content": "1+1?"}]})
+        assert r.status_code == 200 and r.json()["ttc"]["strategy"] == "beam"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_serve_command_rejects_bad_overrides():
+    from typer.testing import CliRunner
+
+    from ttc.cli import app
+
+    result = CliRunner().invoke(app, ["serve", "strategy=nope"])
+    assert result.exit_code == 2 and "unknown strategy 'nope'" in result.output
