@@ -370,6 +370,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._dispatch("POST")
 
     def _dispatch(self, method: str) -> None:
+        self._raw = self._read_raw()      # always consumed, so keep-alive stays in sync
         try:
             self._check_key()
             path = self.path.split("?", 1)[0].rstrip("/")
@@ -399,13 +400,22 @@ class _Handler(BaseHTTPRequestHandler):
             raise RequestError(401, "missing or wrong API key; send 'Authorization: Bearer "
                                "<key>'.", kind="authentication_error")
 
+    def _read_raw(self) -> bytes | None:
+        length = self.headers.get("Content-Length")
+        if length is None or not length.isdigit():
+            return None
+        if int(length) > MAX_BODY_BYTES:
+            self.close_connection = True
+            return None
+        return self.rfile.read(int(length))
+
     def _body(self) -> dict[str, Any]:
         length = self.headers.get("Content-Length")
         if length is None or not length.isdigit():
             raise RequestError(400, "the request needs a JSON body with a Content-Length.")
         if int(length) > MAX_BODY_BYTES:
             raise RequestError(400, f"the body has {length} bytes; at most {MAX_BODY_BYTES}.")
-        raw = self.rfile.read(int(length))
+        raw = self._raw or b""
         try:
             body = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as err:

@@ -96,6 +96,12 @@ def test_api_key_is_required_when_set():
         assert bad.status_code == 401 and bad.json()["error"]["type"] == "authentication_error"
         ok = httpx.get(s.url + "/models", timeout=10, headers={"Authorization": "Bearer sekret"})
         assert ok.status_code == 200
+        with httpx.Client(timeout=10) as client:     # one keep-alive connection
+            body = {"model": "raw", "prompt": "Q", "max_tokens": 5}
+            denied = client.post(s.url + "/completions", json=body)
+            fine = client.post(s.url + "/completions", json=body,
+                               headers={"Authorization": "Bearer sekret"})
+            assert denied.status_code == 401 and fine.status_code == 200
     finally:
         s.shutdown()
         s.server_close()
