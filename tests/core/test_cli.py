@@ -8,11 +8,12 @@ from typer.testing import CliRunner
 from ttc.cli import app
 
 runner = CliRunner()
+SIM = ["--backend", "simulated", "--verifier", "simulated"]
 
 
 def test_solve_prints_answer_and_ledger(tmp_path):
     tree = tmp_path / "tree.json"
-    result = runner.invoke(app, ["solve", "What is 2+2?", "--backend", "simulated",
+    result = runner.invoke(app, ["solve", "What is 2+2?", "--backend", "simulated", "--verifier", "simulated",
                                  "--strategy", "best_of_n", "--budget", "4096",
                                  "--tree", str(tree)])
     assert result.exit_code == 0, result.output
@@ -23,8 +24,8 @@ def test_solve_prints_answer_and_ledger(tmp_path):
 
 
 def test_flag_and_override_spellings_mean_the_same():
-    a = runner.invoke(app, ["solve", "Q", "--strategy", "self_consistency", "--json", "-q"])
-    b = runner.invoke(app, ["solve", "Q", "strategy=self_consistency", "--json", "-q"])
+    a = runner.invoke(app, ["solve", "Q", "--strategy", "self_consistency", "--json", "-q", *SIM])
+    b = runner.invoke(app, ["solve", "Q", "strategy=self_consistency", "--json", "-q", "backend=simulated", "verifier=simulated"])
     assert a.exit_code == b.exit_code == 0
     ra, rb = json.loads(a.output), json.loads(b.output)
     assert ra["strategy"] == rb["strategy"] == "self_consistency"
@@ -32,13 +33,13 @@ def test_flag_and_override_spellings_mean_the_same():
 
 
 def test_overrides_reach_the_strategy():
-    out = runner.invoke(app, ["solve", "Q", "strategy.n=3", "--json"])
+    out = runner.invoke(app, ["solve", "Q", "strategy.n=3", "--json", *SIM])
     assert out.exit_code == 0
     assert len(json.loads(out.output)["candidates"]) == 3
 
 
 def test_budget_caps_generated_tokens():
-    out = runner.invoke(app, ["solve", "Q", "--budget", "100", "--json"])
+    out = runner.invoke(app, ["solve", "Q", "--budget", "100", "--json", *SIM])
     assert out.exit_code == 0
     record = json.loads(out.output)
     assert record["ledger"]["generated_tokens"] <= 100

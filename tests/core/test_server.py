@@ -192,7 +192,7 @@ def test_ttc_serve_command_starts_and_answers():
     import sys
 
     proc = subprocess.Popen([sys.executable, "-m", "ttc.cli", "serve", "--port", "0",
-                             "strategy=beam"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             "strategy=beam", "backend=simulated", "verifier=simulated"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     try:
         line = proc.stdout.readline()
