@@ -60,7 +60,11 @@ def _timed_run(gen: Any, problem: Problem, *, branches: int, new_tokens: int,
             "prefill_tokens": out.usage.prefill_tokens}
 
 
-def run(*, quick: bool) -> BenchReport:
+ENGINE_BACKENDS = ("native", "hf", "vllm")
+
+
+def run(*, quick: bool, backends: tuple[str, ...] = ENGINE_BACKENDS) -> BenchReport:
+    """Native vs HF (vs vLLM when its environment exists) on the same work, in one run."""
     import torch  # noqa: PLC0415
 
     from ttc.engine.hf import HFBackendConfig  # noqa: PLC0415
@@ -68,51 +72,59 @@ def run(*, quick: bool) -> BenchReport:
     from ttc.engine.native_config import NativeBackendConfig  # noqa: PLC0415
     from ttc.registry import BACKENDS  # noqa: PLC0415
 
+    unknown = [b for b in backends if b not in ENGINE_BACKENDS]
+    if unknown or not backends:
+        raise ValueError(f"--backends must be a comma list of {', '.join(ENGINE_BACKENDS)}; "
+                         f"got {','.join(backends)!r}.")
     prompt_tokens, branches, new_tokens = (256, 4, 16) if quick else (1024, 16, 64)
     params = SamplingParams(temperature=0.8, top_p=1.0, max_tokens=new_tokens, seed=0)
-    native_cfg = NativeBackendConfig(dtype="bfloat16", device="cpu", kv_memory_gb=1.0)
-    native: NativeGenerator = BACKENDS.build(native_cfg)
+    warm = Problem(question="Warm up.")
+    warm_params = params.model_copy(update={"max_tokens": 2})
+    # The native engine also fixes the prompt (its tokenizer) and the KV bytes per token.
+    native: NativeGenerator = BACKENDS.build(
+        NativeBackendConfig(dtype="bfloat16", device="cpu", kv_memory_gb=1.0))
     problem = _problem_with_prompt_tokens(native.format, prompt_tokens)
     p = len(native.format(problem))
-    warm = Problem(question="Warm up.")
-    _timed_run(native, warm, branches=2, new_tokens=2,
-               params=params.model_copy(update={"max_tokens": 2}))
-    nat = _timed_run(native, problem, branches=branches, new_tokens=new_tokens, params=params)
     bytes_per_token = native.model.kv_bytes_per_token()
-    del native
-
-    hf = BACKENDS.build(HFBackendConfig(dtype="bfloat16", device="cpu"))
-    _timed_run(hf, warm, branches=2, new_tokens=2,
-               params=params.model_copy(update={"max_tokens": 2}))
-    ref = _timed_run(hf, problem, branches=branches, new_tokens=new_tokens, params=params)
-
-    bound = (p + nat["generated"]) * bytes_per_token
-    tps_native = nat["generated"] / nat["seconds"]
-    tps_hf = ref["generated"] / ref["seconds"]
     report = BenchReport(name="engine")
-    report.metrics = {
-        "prompt_tokens": p, "branches": branches, "max_new_tokens": new_tokens,
-        "dtype": "bfloat16", "torch_threads": torch.get_num_threads(),
-        "generated_tokens_native": nat["generated"], "generated_tokens_hf": ref["generated"],
-        "seconds_native": round(nat["seconds"], 3), "seconds_hf": round(ref["seconds"], 3),
-        "tokens_per_s_native": round(tps_native, 2), "tokens_per_s_hf": round(tps_hf, 2),
-        "kv_bytes_native": int(nat["peak_kv_bytes"]), "kv_bytes_hf": int(ref["peak_kv_bytes"]),
-        "kv_bytes_bound": int(bound), "kv_bytes_per_token": bytes_per_token,
-    }
-    report.ratios = {
-        "tokens_per_s_native_over_hf": round(tps_native / tps_hf, 3),
-        "kv_native_over_bound": round(nat["peak_kv_bytes"] / bound, 4),
-        "kv_hf_over_native": round(ref["peak_kv_bytes"] / max(nat["peak_kv_bytes"], 1), 3),
-    }
+    report.metrics = {"prompt_tokens": p, "branches": branches, "max_new_tokens": new_tokens,
+                      "dtype": "bfloat16", "torch_threads": torch.get_num_threads(),
+                      "kv_bytes_per_token": bytes_per_token}
+    runs: dict[str, dict] = {}
+    if "native" in backends:
+        _timed_run(native, warm, branches=2, new_tokens=2, params=warm_params)
+        runs["native"] = _timed_run(native, problem, branches=branches,
+                                    new_tokens=new_tokens, params=params)
+    del native
+    if "hf" in backends:
+        hf = BACKENDS.build(HFBackendConfig(dtype="bfloat16", device="cpu"))
+        _timed_run(hf, warm, branches=2, new_tokens=2, params=warm_params)
+        runs["hf"] = _timed_run(hf, problem, branches=branches, new_tokens=new_tokens,
+                                params=params)
+        del hf
+    for name, r in runs.items():
+        report.metrics.update({
+            f"generated_tokens_{name}": r["generated"], f"seconds_{name}": round(r["seconds"], 3),
+            f"tokens_per_s_{name}": round(r["generated"] / r["seconds"], 2),
+            f"kv_bytes_{name}": int(r["peak_kv_bytes"])})
+    if "native" in runs:
+        bound = (p + runs["native"]["generated"]) * bytes_per_token
+        report.metrics["kv_bytes_bound"] = int(bound)
+        report.ratios["kv_native_over_bound"] = round(runs["native"]["peak_kv_bytes"] / bound, 4)
+    if "native" in runs and "hf" in runs:
+        report.ratios["tokens_per_s_native_over_hf"] = round(
+            report.metrics["tokens_per_s_native"] / report.metrics["tokens_per_s_hf"], 3)
+        report.ratios["kv_hf_over_native"] = round(
+            runs["hf"]["peak_kv_bytes"] / max(runs["native"]["peak_kv_bytes"], 1), 3)
     report.notes.append("wall time covers root + one expand (prompt prefill included); "
-                        "same SamplingParams (temperature 0.8, seed 0) for both backends.")
-    _add_vllm_column(report, problem=problem, branches=branches, params=params,
-                     bytes_per_token=bytes_per_token, native=nat)
+                        "same SamplingParams (temperature 0.8, seed 0) for every backend.")
+    if "vllm" in backends:
+        _add_vllm_column(report, problem=problem, branches=branches, params=params)
     return report
 
 
 def _add_vllm_column(report: BenchReport, *, problem: Problem, branches: int,
-                     params: SamplingParams, bytes_per_token: int, native: dict) -> None:
+                     params: SamplingParams) -> None:
     """vLLM (prefix caching) on the same work, run in its own environment when present."""
     from ttc.engine.loader import resolve_folder  # noqa: PLC0415
     from ttc.engine.vllm_bench import measure_vllm  # noqa: PLC0415
@@ -127,8 +139,9 @@ def _add_vllm_column(report: BenchReport, *, problem: Problem, branches: int,
         "generated_tokens_vllm": vl["generated"], "seconds_vllm": round(vl["seconds"], 3),
         "tokens_per_s_vllm": round(tps, 2), "prefill_tokens_vllm": vl["prefill_tokens"],
         "cached_tokens_vllm": vl["cached_tokens"]})
-    report.ratios.update({
-        "tokens_per_s_vllm_over_native": round(tps / report.metrics["tokens_per_s_native"], 3),
-        "tokens_per_s_vllm_over_hf": round(tps / report.metrics["tokens_per_s_hf"], 3)})
+    for other in ("native", "hf"):
+        if f"tokens_per_s_{other}" in report.metrics:
+            report.ratios[f"tokens_per_s_vllm_over_{other}"] = round(
+                tps / report.metrics[f"tokens_per_s_{other}"], 3)
     report.notes.append("vLLM: bf16, enforce_eager, block_size 32, prefix caching, 2 OMP "
                         "threads; its KV is vLLM's own block pool (not compared).")

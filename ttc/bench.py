@@ -11,6 +11,7 @@ Must NOT know: what any benchmark measures.
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
 import os
 import platform
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ttc.registry import UnknownName
+from ttc.registry import ConfigError, UnknownName
 
 # name -> "module:function"; each entry's module docstring says what it measures.
 BENCHMARKS: dict[str, str] = {
@@ -58,7 +59,10 @@ def describe_machine() -> dict[str, Any]:
     return info
 
 
-def run_benchmark(name: str, *, quick: bool, json_path: str | Path | None = None) -> BenchReport:
+def run_benchmark(name: str, *, quick: bool, json_path: str | Path | None = None,
+                  options: dict[str, Any] | None = None) -> BenchReport:
+    """Run benchmark ``name``; ``options`` are extra keyword arguments of its ``run``
+    (``ttc bench engine --backends native,hf`` passes ``backends``)."""
     if name not in BENCHMARKS:
         raise UnknownName(f"unknown benchmark {name!r}; available: {', '.join(sorted(BENCHMARKS))}.")
     module_name, func_name = BENCHMARKS[name].split(":")
@@ -69,7 +73,13 @@ def run_benchmark(name: str, *, quick: bool, json_path: str | Path | None = None
             raise UnknownName(f"benchmark {name!r} is not available in this installation "
                               f"({module_name} is missing).") from err
         raise
-    report: BenchReport = getattr(module, func_name)(quick=quick)
+    func = getattr(module, func_name)
+    options = options or {}
+    accepted = inspect.signature(func).parameters
+    for key in options:
+        if key not in accepted:
+            raise ConfigError(f"benchmark {name!r} takes no --{key} option.")
+    report: BenchReport = func(quick=quick, **options)
     report.machine = {**describe_machine(), **report.machine}
     if json_path is not None:
         path = Path(json_path)

@@ -262,11 +262,16 @@ def bench(
     name: str = typer.Argument(..., help="Benchmark name: overhead, engine, attention, prm."),
     quick: bool = typer.Option(False, "--quick", help="A short run."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the report as JSON."),
+    backends: Optional[str] = typer.Option(None, "--backends",
+                                           help="engine: comma list of native,hf,vllm."),
 ) -> None:
     """Run a named benchmark; prints its metrics and side-by-side ratios."""
     from ttc.bench import run_benchmark
 
-    report = run_benchmark(name, quick=quick, json_path=json_path)
+    options = {}
+    if backends is not None:
+        options["backends"] = tuple(b.strip() for b in backends.split(",") if b.strip())
+    report = run_benchmark(name, quick=quick, json_path=json_path, options=options)
     typer.echo(json.dumps({"name": report.name, "metrics": report.metrics,
                            "ratios": report.ratios, "notes": report.notes}, indent=2))
 

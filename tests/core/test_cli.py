@@ -56,6 +56,8 @@ def test_budget_caps_generated_tokens():
     (["solve", "Q", "strategy.n=0"], "strategy.n"),
     (["solve", "Q", "notanoverride"], "must look like key=value"),
     (["bench", "nope"], "unknown benchmark 'nope'"),
+    (["bench", "overhead", "--backends", "native"], "takes no --backends option"),
+    (["bench", "engine", "--backends", "native,tgi"], "--backends must be a comma list"),
 ])
 def test_user_errors_are_one_line_and_exit_2(args, message):
     result = runner.invoke(app, args)
