@@ -115,15 +115,7 @@ class HTTPGenerator(TokenHandleGenerator):
             if self.system_prompt:
                 text = f"{self.system_prompt}\n\n{text}"
             return (), text
-        try:
-            from ttc.engine.prompting import format_prompt  # noqa: PLC0415
-        except ImportError:
-            format_prompt = None
-        if format_prompt is not None:
-            ids = list(format_prompt(self.tokenizer, problem, system_prompt=self.system_prompt))
-        else:
-            ids = list(self.tokenizer(problem.question)["input_ids"])
-        return tuple(ids), self.tokenizer.decode(ids)
+        return self.chat_prompt(self.tokenizer, problem)
 
     def decode(self, token_ids: Sequence[int]) -> str | None:
         if self.tokenizer is None or not self._tokens:

@@ -135,6 +135,13 @@ class TokenHandleGenerator:
         """Text of token ids when a tokenizer is at hand, else None (engine text is used)."""
         return None
 
+    def chat_prompt(self, tokenizer, problem: Problem) -> tuple[tuple[int, ...], str]:
+        """The problem through ``tokenizer``'s chat template with this backend's system prompt."""
+        from ttc.engine.prompting import format_prompt  # noqa: PLC0415  (transformers)
+
+        ids = tuple(format_prompt(tokenizer, problem, system_prompt=self.system_prompt))
+        return ids, tokenizer.decode(list(ids))
+
     # -- Generator protocol ---------------------------------------------------------------
     def root(self, problem: Problem) -> Handle:
         ids, text = self.format_prompt(problem)

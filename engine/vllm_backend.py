@@ -110,15 +110,7 @@ class VLLMGenerator(TokenHandleGenerator):
 
     # -- TokenHandleGenerator hooks --------------------------------------------------------
     def format_prompt(self, problem: Problem) -> tuple[tuple[int, ...], str]:
-        try:
-            from ttc.engine.prompting import format_prompt  # noqa: PLC0415
-        except ImportError:
-            format_prompt = None
-        if format_prompt is not None:
-            ids = list(format_prompt(self.tokenizer, problem, system_prompt=self.system_prompt))
-        else:
-            ids = list(self.tokenizer(problem.question)["input_ids"])
-        return tuple(ids), self.tokenizer.decode(ids)
+        return self.chat_prompt(self.tokenizer, problem)
 
     def decode(self, token_ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(token_ids), skip_special_tokens=True)
