@@ -217,15 +217,10 @@ def merge_states(o1: Tensor, lse1: Tensor, o2: Tensor, lse2: Tensor) -> tuple[Te
     (o, lse) : ``o`` is ``[num_rows, num_heads, head_dim]`` in float32 and ``lse`` the
     merged natural-log LSE, float32. Example: merging with ``lse2 = -inf`` returns ``o1``.
     """
-    m = torch.maximum(lse1, lse2)
-    m = m.masked_fill(m == float("-inf"), 0.0)       # both empty: avoid inf - inf
-    a1 = torch.exp(lse1 - m)
-    a2 = torch.exp(lse2 - m)
-    denom = a1 + a2
-    w1 = (a1 / denom).nan_to_num_(0.0).unsqueeze(-1)   # 0/0 (both empty) -> 0
-    w2 = (a2 / denom).nan_to_num_(0.0).unsqueeze(-1)
-    o = o1.float() * w1 + o2.float() * w2
-    lse = m + torch.log(denom)
+    lse = torch.logaddexp(lse1, lse2)
+    # Weight of part 1; both parts empty (lse = -inf) gives nan, read as 0 (o = o2 = 0).
+    w1 = torch.exp(lse1 - lse).nan_to_num_(0.0).unsqueeze(-1)
+    o = torch.lerp(o2.float(), o1.float(), w1)        # o2 + w1 * (o1 - o2)
     return o, lse
 
 

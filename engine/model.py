@@ -12,12 +12,19 @@ tokens' keys and values into the cache and returns final-norm hidden states;
 Covered: RMSNorm, SwiGLU MLP, GQA, RoPE (default, linear, dynamic-free scalings that
 transformers computes once: llama3, yarn, longrope via ``ROPE_INIT_FUNCTIONS``), tied
 embeddings, Qwen2 q/k/v biases (and Llama ``attention_bias``), Qwen3 ``q_norm``/``k_norm``.
+
+Linear layers on CPU in bfloat16 use oneDNN with the weights reordered once into its
+blocked layout (:func:`pack_linear`): decode streams every weight once per step, and the
+plain layout costs a reorder inside each call (measured ~25% slower for the 16-row
+decode of SmolLM2-135M on AVX-512/AMX; results are bit-identical). Elsewhere (CUDA,
+float32, float16, a torch without oneDNN) weights stay plain tensors and ``F.linear``
+runs them.
 Must NOT know: radix trees, handles, sampling, text, rewards, strategies.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Mapping
 
 import torch
@@ -99,6 +106,25 @@ def rope_inv_freq(hf_config: Any, head_dim: int) -> tuple[Tensor, float]:
     return inv.float(), float(attention_scaling)
 
 
+def pack_linear(weight: Tensor) -> Tensor:
+    """``weight`` reordered for oneDNN's CPU matmul when that pays, else ``weight`` itself.
+
+    The packed tensor is opaque (an MKL-DNN tensor): only :func:`linear` reads it.
+    """
+    if (weight.device.type != "cpu" or weight.dtype != torch.bfloat16
+            or not torch.backends.mkldnn.is_available()
+            or not hasattr(torch.ops.mkldnn, "_reorder_linear_weight")):
+        return weight
+    return torch.ops.mkldnn._reorder_linear_weight(weight.contiguous())
+
+
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """``x @ weight.T + bias`` for a plain weight or one from :func:`pack_linear`."""
+    if weight.is_mkldnn:
+        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+    return F.linear(x, weight, bias)
+
+
 def _rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
     # Normalise in float32 as transformers does, then scale in the weight's dtype.
     return weight * F.rms_norm(x.float(), (x.shape[-1],), eps=eps).to(weight.dtype)
@@ -109,7 +135,7 @@ def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     half = x.shape[-1] // 2
     x1, x2 = x[..., :half], x[..., half:]
     rotated = torch.cat((-x2, x1), dim=-1)
-    return x * cos + rotated * sin
+    return torch.addcmul(x * cos, rotated, sin)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -136,9 +162,10 @@ class NativeModel:
                  attention: str = "auto") -> None:
         self.config = config
         self.embed = embed
-        self.layers = layers
+        self.layers = [_packed(w) for w in layers]
         self.norm = norm
-        self.lm_head = lm_head
+        # NOTE: a tied head is packed into its own copy; the embedding table stays plain.
+        self.lm_head = pack_linear(lm_head)
         self.inv_freq = inv_freq.to(embed.device)
         self.rope_scale = rope_scale
         self.attention = attention
@@ -193,15 +220,16 @@ class NativeModel:
         is_decode = isinstance(plan, DecodePlan)
         for i, w in enumerate(self.layers):
             h = _rms_norm(x, w.input_norm, c.rms_norm_eps)
-            qkv = F.linear(h, w.qkv, w.qkv_bias)                       # [n, q + 2 kv]
-            q = qkv[:, :q_size].view(n, c.num_heads, c.head_dim)
-            k = qkv[:, q_size:q_size + kv_size].view(n, c.num_kv_heads, c.head_dim)
+            qkv = linear(h, w.qkv, w.qkv_bias)                        # [n, q + 2 kv]
             v = qkv[:, q_size + kv_size:].view(n, c.num_kv_heads, c.head_dim)
-            if w.q_norm is not None:
-                q = _rms_norm(q, w.q_norm, c.rms_norm_eps)
-                k = _rms_norm(k, w.k_norm, c.rms_norm_eps)
-            q = _rotate(q, cos, sin)
-            k = _rotate(k, cos, sin)
+            if w.q_norm is None:    # queries and keys rotate together: half the small ops
+                qk = _rotate(qkv[:, :q_size + kv_size].view(n, -1, c.head_dim), cos, sin)
+                q, k = qk[:, :c.num_heads], qk[:, c.num_heads:]
+            else:
+                q = qkv[:, :q_size].view(n, c.num_heads, c.head_dim)
+                k = qkv[:, q_size:q_size + kv_size].view(n, c.num_kv_heads, c.head_dim)
+                q = _rotate(_rms_norm(q, w.q_norm, c.rms_norm_eps), cos, sin)
+                k = _rotate(_rms_norm(k, w.k_norm, c.rms_norm_eps), cos, sin)
             k_cache, v_cache = kv[i, 0], kv[i, 1]
             # NOTE: keys/values are written before attention reads them (extend reads
             # the new tokens' own KV from the cache; decode reads the suffix pages).
@@ -213,17 +241,22 @@ class NativeModel:
             else:
                 a = extend_attention(q, k_cache, v_cache, plan, scale=self.scale,
                                      impl=self.attention)
-            x = x + F.linear(a.reshape(n, q_size), w.o, w.o_bias)
+            x = x + linear(a.reshape(n, q_size), w.o, w.o_bias)
             h = _rms_norm(x, w.post_norm, c.rms_norm_eps)
-            gu = F.linear(h, w.gate_up, w.gate_up_bias)
+            gu = linear(h, w.gate_up, w.gate_up_bias)
             g, u = gu.chunk(2, dim=-1)
-            x = x + F.linear(F.silu(g) * u, w.down, w.down_bias)
+            x = x + linear(F.silu(g) * u, w.down, w.down_bias)
         return _rms_norm(x, self.norm, c.rms_norm_eps)
 
     @torch.inference_mode()
     def logits(self, hidden: Tensor) -> Tensor:
         """``[num_rows, hidden]`` final-norm hidden states -> ``[num_rows, vocab]`` float32 logits."""
-        return F.linear(hidden.to(self.dtype), self.lm_head).float()
+        return linear(hidden.to(self.dtype), self.lm_head, None).float()
+
+
+def _packed(w: LayerWeights) -> LayerWeights:
+    return replace(w, qkv=pack_linear(w.qkv), o=pack_linear(w.o),
+                   gate_up=pack_linear(w.gate_up), down=pack_linear(w.down))
 
 
 def from_hf(hf_config: Any, state_dict: Mapping[str, Tensor], *, dtype: torch.dtype | None = None,

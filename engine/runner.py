@@ -49,9 +49,10 @@ class ModelRunner:
         self.model = model
         self.page_size = page_size
         self.max_batch_tokens = max_batch_tokens
-        # torch.empty: pages are written before they are read, and untouched memory
-        # stays uncommitted on CPU.
-        self.kv = torch.empty(c.num_layers, 2, num_pages, page_size, c.num_kv_heads, c.head_dim,
+        # NOTE: zeros, not empty: attention reads the unwritten tail of a partly filled
+        # page (and padding page 0) under a -inf mask, and never-written memory may hold
+        # NaN or inf, which a mask cannot cancel (0 * NaN = NaN in the value product).
+        self.kv = torch.zeros(c.num_layers, 2, num_pages, page_size, c.num_kv_heads, c.head_dim,
                               dtype=model.dtype, device=model.device)
 
     @property

@@ -152,3 +152,43 @@ def test_unsupported_architecture_and_missing_weights_raise_clear_errors():
     del sd["model.layers.1.mlp.down_proj.weight"]
     with pytest.raises(ValueError, match="down_proj"):
         from_hf(cfg, sd)
+
+
+def test_packed_bf16_linear_equals_plain_linear():
+    from ttc.engine.model import linear, pack_linear
+
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randn(96, 40, generator=gen).to(torch.bfloat16)
+    bias = torch.randn(96, generator=gen).to(torch.bfloat16)
+    packed = pack_linear(w)
+    if torch.backends.mkldnn.is_available():
+        assert packed.is_mkldnn        # the CPU bf16 path really uses the packed layout
+    for rows in (1, 16, 100):
+        x = torch.randn(rows, 40, generator=gen).to(torch.bfloat16)
+        torch.testing.assert_close(linear(x, packed, bias),
+                                   torch.nn.functional.linear(x, w, bias), atol=2e-2, rtol=1e-2)
+    # float32 weights stay plain tensors
+    w32 = w.float()
+    assert pack_linear(w32) is w32
+
+
+def test_engine_never_reads_uninitialised_memory(monkeypatch):
+    """Attention reads the unwritten tail of partly filled pages under a -inf mask, and a
+    mask cannot cancel NaN (0 * NaN = NaN): no buffer the engine reads may come from
+    ``torch.empty`` unwritten. Model dirty memory by making every ``torch.empty`` NaN."""
+    cfg, hf = tiny_hf_model("qwen2", seed=9)
+    prompt = list(b"First prompt, eleven")
+    with torch.no_grad():
+        ref = hf.generate(torch.tensor([prompt]), max_new_tokens=7, do_sample=False,
+                          eos_token_id=None, pad_token_id=0)[0, len(prompt):].tolist()
+    real_empty = torch.empty
+
+    def dirty_empty(*args, **kwargs):
+        t = real_empty(*args, **kwargs)
+        return t.fill_(float("nan")) if t.is_floating_point() else t
+
+    monkeypatch.setattr(torch, "empty", dirty_empty)
+    eng = _engine(cfg, hf, page_size=4)
+    out = eng.expand([ExpandRequest(prefix=eng.handle_for_tokens(prompt), n=2,
+                                    params=SamplingParams(temperature=0, max_tokens=7))])
+    assert [list(c.token_ids) for c in out.continuations[0]] == [ref, ref]
