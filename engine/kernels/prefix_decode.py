@@ -27,7 +27,8 @@ from torch import Tensor
 
 from ttc.engine.kernels._common import (LOG2E, cdiv, check_index, check_page_size,
                                         check_q_and_cache, check_scale, next_pow2)
-from ttc.engine.kernels._tl import dot_mode, mma
+from ttc.engine.kernels._paged import attend_pages
+from ttc.engine.kernels._tl import dot_mode
 from ttc.engine.kernels.launch import PREFIX_BLOCK_N, prefix_tile_rows, split_prefix
 from ttc.engine.kernels.merge import launch_reduce_splits
 
@@ -115,27 +116,9 @@ def _prefix_decode_kernel(
         l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
         acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
         page_row = prefix_pages_ptr + g * stride_pages
-        for n0 in range(start, end, BLOCK_N):
-            t = n0 + tl.arange(0, BLOCK_N)
-            t_ok = t < end
-            page = tl.load(page_row + t // page_size, mask=t_ok, other=0).to(tl.int64)
-            slot = t % page_size
-            # kt: [BLOCK_D, BLOCK_N] (keys transposed), v: [BLOCK_N, BLOCK_D]
-            kt = tl.load(k_ptr + page[None, :] * stride_kp + slot[None, :] * stride_ks
-                         + kvh * stride_kh + d[:, None],
-                         mask=t_ok[None, :] & d_ok[:, None], other=0.0)
-            s = mma(q, kt, DOT)
-            s = tl.where(t_ok[None, :], s * scale_log2, float("-inf"))   # [BLOCK_M, BLOCK_N]
-            m_new = tl.maximum(m_i, tl.max(s, axis=1))
-            alpha = tl.exp2(m_i - m_new)
-            p = tl.exp2(s - m_new[:, None])
-            l_i = l_i * alpha + tl.sum(p, axis=1)
-            v = tl.load(v_ptr + page[:, None] * stride_vp + slot[:, None] * stride_vs
-                        + kvh * stride_vh + d[None, :],
-                        mask=t_ok[:, None] & d_ok[None, :], other=0.0)
-            pv = mma(p.to(v.dtype), v, DOT)
-            acc = acc * alpha[:, None] + pv
-            m_i = m_new
+        m_i, l_i, acc = attend_pages(q, m_i, l_i, acc, page_row, start, end, k_ptr, v_ptr,
+                                     stride_kp, stride_ks, stride_kh, stride_vp, stride_vs,
+                                     stride_vh, kvh, d, d_ok, page_size, scale_log2, BLOCK_N, DOT)
         has = l_i > 0
         o = acc / tl.where(has, l_i, 1.0)[:, None]
         lse = tl.where(has, (m_i + tl.log2(tl.where(has, l_i, 1.0))) / _LOG2E, float("-inf"))
