@@ -464,3 +464,14 @@ class StepScorer:
 
     def clear(self) -> None:
         self.trie.clear()
+
+
+def logit_pair_scorer(model: Any, tokenizer: Any, fmt: StepFormat, *, plus_id: int,
+                      minus_id: int, incremental: bool, max_cache_tokens: int) -> StepScorer:
+    """A :class:`StepScorer` for a causal-LM PRM read as P(plus) against P(minus) from its
+    own LM head at each step's last token (Math-Shepherd, RLHFlow), hosted by torch."""
+    head = model.get_output_embeddings()
+    readout = LogitPairReadout(head.weight, plus_id, minus_id, getattr(head, "bias", None))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    return StepScorer(fmt, TorchHost(model.base_model, pad_id=pad), readout,
+                      incremental=incremental, max_cache_tokens=max_cache_tokens)

@@ -71,16 +71,14 @@ class RLHFlowFormat:
 class RLHFlowPRM:
     def __init__(self, model: Any, tokenizer: Any, *, incremental: bool = True,
                  max_cache_tokens: int = 65536) -> None:
-        from ttc.verifiers.prm_core import LogitPairReadout, StepScorer, TorchHost
+        from ttc.verifiers.prm_core import logit_pair_scorer
 
         self.format = RLHFlowFormat(tokenizer)
         self.incremental = incremental
-        head = model.get_output_embeddings()
-        readout = LogitPairReadout(head.weight, self.format.plus_id, self.format.minus_id,
-                                   getattr(head, "bias", None))
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        self.scorer = StepScorer(self.format, TorchHost(model.base_model, pad_id=pad), readout,
-                                 incremental=incremental, max_cache_tokens=max_cache_tokens)
+        self.scorer = logit_pair_scorer(model, tokenizer, self.format,
+                                        plus_id=self.format.plus_id,
+                                        minus_id=self.format.minus_id, incremental=incremental,
+                                        max_cache_tokens=max_cache_tokens)
 
     def score(self, problem: Problem, trajectories) -> ScoreOutput:
         return self.scorer.score(problem, trajectories)
