@@ -156,7 +156,9 @@ class SearchContext:
         if cont.ended or answer is not None or child.depth >= self.generation.max_steps \
                 or path_tokens >= self.generation.max_tokens:
             child.status = NodeStatus.TERMINAL
-            child.answer = answer if answer is not None else extract_answer(whole)
+            child.answer = answer if answer is not None else extract_answer(
+                whole, fallback_last_number=(cont.finish is FinishReason.EOS
+                                   and self.generation.last_number_answer))
         elif cont.finish is FinishReason.BUDGET:
             child.extra["cut_by_budget"] = True
         return child

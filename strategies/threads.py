@@ -146,7 +146,8 @@ class Threads(SearchStrategy):
         if answer.text.strip():
             ctx.score([answer])
             if answer.answer is None:
-                answer.answer = extract_answer(answer.text)
+                answer.answer = extract_answer(
+                    answer.text, fallback_last_number=ctx.generation.last_number_answer)
             ctx.offer(answer, score=ctx.value(answer, cfg.aggregation))
             ctx.info["joined_answer"] = answer.answer
         ctx.release(final, prune=False)

@@ -32,6 +32,9 @@ class GenerationConfig(Frozen):
     max_tokens: PositiveInt = 1024         # tokens in one whole solution at most
     max_steps: PositiveInt = 40            # steps in one solution at most
     seed: int = 0
+    # A solution the model ended (EOS) without \boxed{}, "####" or "The answer is"
+    # answers with its last number, as graders read it (``ttc.verifiers.grade``).
+    last_number_answer: bool = True
 
     @field_validator("step_delimiter")
     @classmethod
