@@ -30,9 +30,10 @@ the generators are not thread-safe, and records stay a function of (config, prob
 With ``share_engine=true`` the workers share one generator through
 :class:`ttc.server.BatchingGenerator`, which merges concurrent ``expand`` calls into one
 engine call (cross-problem batching) and one locked verifier. Limits of that mode, by
-design of the Generator protocol: ``token_limit`` is per call, so calls that carry a
-generated-token cap (any ``budget.max_generated_tokens``) run one at a time rather than
-merged; a merged call's prefill/cached tokens are split between problems in proportion
+design of the Generator protocol: ``token_limit`` is per call, so a call whose
+generated-token cap could bind (its problem's remaining ``budget.max_generated_tokens``
+is below what its requests can generate, i.e. near the end of a budget) runs alone;
+every other call merges; a merged call's prefill/cached tokens are split between problems in proportion
 to the tokens each generated (generated tokens stay exact); records then depend on how
 calls interleaved, so a resumed run is valid but not record-identical. With the
 pure-Python simulated backend the GIL limits any gain; with engines that release the
@@ -361,7 +362,7 @@ class _LockedVerifier:
 
 def _shared_engine(config: RunConfig) -> tuple[Any, Any]:
     """One generator behind :class:`ttc.server.BatchingGenerator` (concurrent expand calls
-    without a token limit merge into one engine call) and one locked verifier."""
+    whose token limit cannot bind merge into one engine call) and one locked verifier."""
     from ttc.registry import BACKENDS, VERIFIERS
     from ttc.server import BatchingGenerator
 

@@ -80,6 +80,11 @@ class BatchingGenerator:
     ``window_s`` for others, takes every pending call, runs one ``expand`` over all their
     requests and splits the continuations back (usage is split in proportion to the
     tokens each call generated; each call's ``generated_tokens`` is exact).
+
+    A call's ``token_limit`` is its own cap, so a call whose cap could bind runs alone.
+    A cap cannot bind when the call's requests cannot generate that many tokens at all
+    (the sum of ``n * max_tokens``): such a call merges like an uncapped one. Budgeted
+    searches are in that case until their last steps.
     """
 
     def __init__(self, inner: Any, *, window_s: float = 0.002) -> None:
@@ -118,6 +123,8 @@ class BatchingGenerator:
 
     def expand(self, requests: Sequence[ExpandRequest], *,
                token_limit: int | None = None) -> ExpandOutput:
+        if token_limit is not None and token_limit >= _most_new_tokens(requests):
+            token_limit = None        # the cap cannot bind: merging keeps it exact
         if token_limit is not None:
             with self._lock:
                 self.batches += 1
@@ -162,6 +169,11 @@ class BatchingGenerator:
                 cached_tokens=round(out.usage.cached_tokens * share),
                 generated_tokens=gen, peak_kv_bytes=out.usage.peak_kv_bytes))
             p.done.set()
+
+
+def _most_new_tokens(requests: Sequence[ExpandRequest]) -> int:
+    """The most tokens ``requests`` can generate: every continuation runs to max_tokens."""
+    return sum(r.n * r.params.max_tokens for r in requests)
 
 
 # -- the service ------------------------------------------------------------------------

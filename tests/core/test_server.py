@@ -187,6 +187,39 @@ def test_batching_generator_merges_calls_that_arrive_together():
         assert out.usage.generated_tokens == sum(c.num_tokens for c in out.continuations[0])
 
 
+def test_batching_generator_merges_capped_calls_only_when_the_cap_cannot_bind():
+    from ttc.engine.simulated import SimulatedGenerator
+
+    gate = _Gate(SimulatedGenerator())
+    gen = BatchingGenerator(gate)
+    roots = [gen.root(Problem(question=f"q{i}")) for i in range(4)]
+    params = SamplingParams(max_tokens=40, seed=0)     # a call of n=2 makes <= 80 tokens
+    limits = [None, 10_000, 80, 79]                    # 79 could bind: that call runs alone
+    outs = [None] * 4
+
+    def call(i):
+        outs[i] = gen.expand([ExpandRequest(prefix=roots[i], n=2, params=params)],
+                             token_limit=limits[i])
+
+    threads = [threading.Thread(target=call, args=(0,))]
+    threads[0].start()
+    while not gate.calls:
+        threading.Event().wait(0.005)
+    threads += [threading.Thread(target=call, args=(i,)) for i in (1, 2)]
+    for t in threads[1:]:
+        t.start()
+    while len(gen._queue) < 2:
+        threading.Event().wait(0.005)
+    gate.go.set()
+    for t in threads:
+        t.join(10)
+    call(3)
+    assert gate.calls == [1, 2, 1]        # the two capped calls that cannot bind merged
+    for out in outs:
+        assert out.usage.generated_tokens == sum(c.num_tokens for c in out.continuations[0])
+        assert out.usage.generated_tokens <= 80
+
+
 def test_ttc_serve_command_starts_and_answers():
     import subprocess
     import sys
