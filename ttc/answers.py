@@ -63,7 +63,12 @@ def extract_answer(text: str, *, fallback_last_number: bool = False) -> str | No
     if said:
         value = said[-1].strip().strip("$ ").rstrip(".")
         inner = last_boxed(value)
-        return inner if inner is not None else value
+        if inner is not None:
+            return inner
+        # "The answer is 4 * 3 = 12": a worked equation ending in a number answers that
+        # number; an equation such as "y = 2x + 3" stays whole.
+        result = value.rsplit("=", 1)[-1].strip()
+        return result if "=" in value and _NUMBER.fullmatch(result) else value
     if fallback_last_number:
         numbers = _NUMBER.findall(text)
         if numbers:

@@ -11,6 +11,9 @@ from ttc.types import Candidate
     ("Natalia sold 72 clips.\n#### 72", "72"),
     ("The answer is 18.", "18"),
     ("The final answer is $\\boxed{7}$.", "7"),
+    ("The answer is 4 * 3 = 12.", "12"),
+    ("So the answer is: y = 2x + 3", "y = 2x + 3"),
+    ("The final answer is x = -1.5", "-1.5"),
     ("no answer here", None),
     ("\\boxed{unclosed", None),
 ])
