@@ -13,6 +13,8 @@ Must NOT know: radix trees, handles, sampling, text, rewards, strategies.
 
 from __future__ import annotations
 
+import math
+import mmap
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -42,6 +44,17 @@ class DecodeGroup:
     suffix_lens: Sequence[int]              # tokens in those pages incl. the one fed now
 
 
+def zeroed_pool(shape: tuple[int, ...], *, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """A zero tensor for the KV pool. On CPU it lives in anonymous ``mmap`` memory, which
+    reads as zero and is committed page by page on first write, so a large pool costs
+    memory only as it fills (``torch.zeros`` would write, and commit, all of it)."""
+    if torch.device(device).type != "cpu":
+        return torch.zeros(shape, dtype=dtype, device=device)
+    count = math.prod(shape)
+    buffer = mmap.mmap(-1, count * dtype.itemsize)   # the tensor keeps it alive
+    return torch.frombuffer(buffer, dtype=dtype, count=count).view(shape)
+
+
 class ModelRunner:
     def __init__(self, model: NativeModel, *, num_pages: int, page_size: int,
                  max_batch_tokens: int) -> None:
@@ -52,8 +65,8 @@ class ModelRunner:
         # NOTE: zeros, not empty: attention reads the unwritten tail of a partly filled
         # page (and padding page 0) under a -inf mask, and never-written memory may hold
         # NaN or inf, which a mask cannot cancel (0 * NaN = NaN in the value product).
-        self.kv = torch.zeros(c.num_layers, 2, num_pages, page_size, c.num_kv_heads, c.head_dim,
-                              dtype=model.dtype, device=model.device)
+        self.kv = zeroed_pool((c.num_layers, 2, num_pages, page_size, c.num_kv_heads,
+                               c.head_dim), dtype=model.dtype, device=model.device)
 
     @property
     def bytes_per_page(self) -> int:

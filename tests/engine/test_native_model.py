@@ -192,3 +192,15 @@ def test_engine_never_reads_uninitialised_memory(monkeypatch):
     out = eng.expand([ExpandRequest(prefix=eng.handle_for_tokens(prompt), n=2,
                                     params=SamplingParams(temperature=0, max_tokens=7))])
     assert [list(c.token_ids) for c in out.continuations[0]] == [ref, ref]
+
+
+def test_zeroed_pool_reads_zero_and_keeps_writes():
+    from ttc.engine.runner import zeroed_pool
+
+    pool = zeroed_pool((2, 3, 5, 4), dtype=torch.bfloat16, device=torch.device("cpu"))
+    assert pool.shape == (2, 3, 5, 4) and pool.dtype == torch.bfloat16
+    assert pool.is_contiguous() and torch.count_nonzero(pool) == 0
+    pool[1, 2].fill_(1.5)
+    pool.view(-1, 4).index_copy_(0, torch.tensor([0]), torch.full((1, 4), 2.0, dtype=torch.bfloat16))
+    assert pool[1, 2].eq(1.5).all() and pool[0, 0, 0].eq(2.0).all()
+    assert torch.count_nonzero(pool) == 5 * 4 + 4
