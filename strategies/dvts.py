@@ -16,7 +16,8 @@ Each subtree is expanded from its own node with its own seeds, so subtrees share
 node below the root. KV: the M-1 losers of every subtree are released right after
 scoring and the old node is unpinned once expanded; a subtree's final candidates are
 released after they are offered. A finished subtree's width is left unused, as in the
-reference code.
+reference code, unless ``reassign_width``: then the N children of a step are spread
+over the live subtrees (ALGORITHMS.md §4 pitfalls; ETS tracks width per subtree).
 Must NOT know: engine internals.
 """
 
@@ -40,6 +41,8 @@ class DVTSConfig(StrategyConfig):
     num_iterations: PositiveInt = Field(default=40, description="max depth in steps")
     aggregation: StepAggregation = StepAggregation.LAST
     selection: Selection = Selection.WEIGHTED
+    reassign_width: bool = Field(default=False, description="spread a finished subtree's "
+                                 "width over the live ones (the reference leaves it unused)")
 
     @model_validator(mode="after")
     def _n_multiple_of_width(self) -> "DVTSConfig":
@@ -75,7 +78,9 @@ class DVTS(SearchStrategy):
                     params = [ctx.solution_params(ctx.seed("dvts", it, t.index)) if last
                               else ctx.step_params(ctx.seed("dvts", it, t.index))
                               for t in live]
-                    groups = ctx.expand([t.node for t in live], n=cfg.width, params=params)
+                    widths = (spread(cfg.n, len(live)) if cfg.reassign_width
+                              else [cfg.width] * len(live))
+                    groups = ctx.expand([t.node for t in live], n=widths, params=params)
                     ctx.release([t.node for t in live if t.node is not ctx.root], prune=False)
                     for t, cands in zip(live, groups):
                         t.cands = cands
@@ -106,3 +111,9 @@ class DVTS(SearchStrategy):
                 ctx.offer(c, score=ctx.value(c, self.config.aggregation))
         ctx.release([tree.node], prune=False)
         tree.done = True
+
+
+def spread(total: int, parts: int) -> list[int]:
+    """``total`` split into ``parts`` near-equal counts, larger ones first."""
+    base, extra = divmod(total, parts)
+    return [base + (i < extra) for i in range(parts)]

@@ -59,3 +59,73 @@ def test_each_subtree_offers_its_last_candidates(run):
 def test_n_not_a_multiple_of_width_is_refused():
     with pytest.raises(ValidationError, match=r"must be a multiple of width \(M=4\)"):
         DVTSConfig(n=10, width=4)
+
+
+class _FirstSubtreeEndsEarly:
+    """Step 1: the first request's children end with an answer, the others take a step;
+    later steps all end. Records the number of children asked of each request."""
+
+    def __init__(self):
+        from ttc.types import FinishReason
+
+        self.finish = FinishReason
+        self.asked: list[list[int]] = []
+        self.handles = 0
+
+    def root(self, problem):
+        return 0
+
+    def expand(self, requests, *, token_limit=None):
+        from ttc.types import Continuation, ExpandOutput, GenerationUsage
+
+        first = not self.asked
+        self.asked.append([r.n for r in requests])
+        out = []
+        for j, r in enumerate(requests):
+            ends = not first or j == 0
+            text, finish = (("\\boxed{4}", self.finish.EOS) if ends
+                            else ("Add the two numbers.\n\n", self.finish.STOP))
+            conts = []
+            for _ in range(r.n):
+                self.handles += 1
+                conts.append(Continuation(handle=self.handles, token_ids=(1, 2, 3), text=text,
+                                          logprobs=(-0.1,) * 3, finish=finish))
+            out.append(tuple(conts))
+        generated = sum(3 * r.n for r in requests)
+        return ExpandOutput(continuations=tuple(out),
+                            usage=GenerationUsage(generated_tokens=generated))
+
+    def pin(self, handles, *, value=None):
+        pass
+
+    def release(self, handles):
+        pass
+
+    def kv_bytes(self):
+        return 0
+
+
+class _Constant:
+    incremental = False
+
+    def score(self, problem, trajectories):
+        from ttc.types import ScoreOutput, VerifierUsage
+
+        return ScoreOutput(scores=tuple((0.5,) * len(t) for t in trajectories),
+                           usage=VerifierUsage(calls=len(trajectories)))
+
+
+@pytest.mark.parametrize("reassign, second_step", [(False, [4]), (True, [8])])
+def test_a_finished_subtrees_width_goes_to_the_live_ones_only_when_asked(reassign, second_step):
+    from ttc.registry import STRATEGIES
+    from ttc.types import Problem
+
+    gen = _FirstSubtreeEndsEarly()
+    strategy = STRATEGIES.build({"name": "dvts", "n": 8, "width": 4,
+                                 "reassign_width": reassign})
+    result = strategy.run(Problem(question="What is 2 + 2?"), generator=gen,
+                          verifier=_Constant(), budget=None)
+    assert gen.asked == [[4, 4], second_step]
+    # subtree 0 offers its 4 finished children, subtree 1 all it sampled at the end
+    assert len(result.candidates) == 4 + second_step[0]
+    assert result.answer == "4"
