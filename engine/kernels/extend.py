@@ -26,7 +26,8 @@ from torch import Tensor
 
 from ttc.engine.kernels._common import (LOG2E, cdiv, check_index, check_page_size,
                                         check_q_and_cache, check_scale, next_pow2)
-from ttc.engine.kernels._tl import dot_mode, mma
+from ttc.engine.kernels._paged import attend_pages
+from ttc.engine.kernels._tl import dot_mode
 
 _LOG2E = tl.constexpr(LOG2E)
 BLOCK_N = 64
@@ -108,27 +109,10 @@ def _extend_kernel(
         l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
         acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
         page_row = page_tables_ptr + seq.to(tl.int64) * stride_pages
-        for n0 in range(0, kv_end, BLOCK_N):
-            t = n0 + tl.arange(0, BLOCK_N)
-            t_ok = t < kv_end
-            page = tl.load(page_row + t // page_size, mask=t_ok, other=0).to(tl.int64)
-            slot = t % page_size
-            kt = tl.load(k_ptr + page[None, :] * stride_kp + slot[None, :] * stride_ks
-                         + kvh * stride_kh + d[:, None],
-                         mask=t_ok[None, :] & d_ok[:, None], other=0.0)   # [BLOCK_D, BLOCK_N]
-            s = mma(q, kt, DOT)
-            visible = t_ok[None, :] & (t[None, :] <= qpos[:, None])       # [BLOCK_M, BLOCK_N]
-            s = tl.where(visible, s * scale_log2, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, axis=1))
-            alpha = tl.exp2(m_i - m_new)
-            p = tl.exp2(s - m_new[:, None])
-            l_i = l_i * alpha + tl.sum(p, axis=1)
-            v = tl.load(v_ptr + page[:, None] * stride_vp + slot[:, None] * stride_vs
-                        + kvh * stride_vh + d[None, :],
-                        mask=t_ok[:, None] & d_ok[None, :], other=0.0)    # [BLOCK_N, BLOCK_D]
-            pv = mma(p.to(v.dtype), v, DOT)
-            acc = acc * alpha[:, None] + pv
-            m_i = m_new
+        m_i, l_i, acc = attend_pages(q, m_i, l_i, acc, page_row, 0, kv_end, k_ptr, v_ptr,
+                                     stride_kp, stride_ks, stride_kh, stride_vp, stride_vs,
+                                     stride_vh, kvh, d, d_ok, page_size, scale_log2, qpos,
+                                     BLOCK_N, DOT, True)
         o = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
         tl.store(out_ptr + (q0 + token)[:, None].to(tl.int64) * stride_ot
                  + head[:, None] * stride_oh + d[None, :], o.to(out_ptr.dtype.element_ty),

@@ -118,7 +118,8 @@ def _prefix_decode_kernel(
         page_row = prefix_pages_ptr + g * stride_pages
         m_i, l_i, acc = attend_pages(q, m_i, l_i, acc, page_row, start, end, k_ptr, v_ptr,
                                      stride_kp, stride_ks, stride_kh, stride_vp, stride_vs,
-                                     stride_vh, kvh, d, d_ok, page_size, scale_log2, BLOCK_N, DOT)
+                                     stride_vh, kvh, d, d_ok, page_size, scale_log2, 0, BLOCK_N,
+                                     DOT, False)
         has = l_i > 0
         o = acc / tl.where(has, l_i, 1.0)[:, None]
         lse = tl.where(has, (m_i + tl.log2(tl.where(has, l_i, 1.0))) / _LOG2E, float("-inf"))

@@ -113,7 +113,8 @@ def _suffix_decode_kernel(
     page_row = suffix_pages_ptr + b.to(tl.int64) * stride_pages
     m_i, l_i, acc = attend_pages(q, m_i, l_i, acc, page_row, start, end, k_ptr, v_ptr,
                                  stride_kp, stride_ks, stride_kh, stride_vp, stride_vs,
-                                 stride_vh, kvh, d, d_ok, page_size, scale_log2, BLOCK_N, DOT)
+                                 stride_vh, kvh, d, d_ok, page_size, scale_log2, 0, BLOCK_N,
+                                 DOT, False)
     if FINAL:
         # Merge the prefix partial states (o normalised, lse) into (m_i, l_i, acc): a state
         # with lse L is l = 1, m = L in this running form.
