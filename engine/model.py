@@ -16,7 +16,8 @@ embeddings, Qwen2 q/k/v biases (and Llama ``attention_bias``), Qwen3 ``q_norm``/
 Linear layers on CPU in bfloat16 use oneDNN with the weights reordered once into its
 blocked layout (:func:`pack_linear`): decode streams every weight once per step, and the
 plain layout costs a reorder inside each call (measured ~25% slower for the 16-row
-decode of SmolLM2-135M on AVX-512/AMX; results are bit-identical). Elsewhere (CUDA,
+decode of SmolLM2-135M on AVX-512/AMX). Outputs agree with ``F.linear`` to bf16 rounding,
+not always bit for bit (the accumulation order may differ). Elsewhere (CUDA,
 float32, float16, a torch without oneDNN) weights stay plain tensors and ``F.linear``
 runs them.
 Must NOT know: radix trees, handles, sampling, text, rewards, strategies.

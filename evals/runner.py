@@ -32,12 +32,12 @@ With ``share_engine=true`` the workers share one generator through
 engine call (cross-problem batching) and one locked verifier. Limits of that mode, by
 design of the Generator protocol: ``token_limit`` is per call, so a call whose
 generated-token cap could bind (its problem's remaining ``budget.max_generated_tokens``
-is below what its requests can generate, i.e. near the end of a budget) runs alone;
-every other call merges; a merged call's prefill/cached tokens are split between problems in proportion
-to the tokens each generated (generated tokens stay exact); records then depend on how
-calls interleaved, so a resumed run is valid but not record-identical. With the
-pure-Python simulated backend the GIL limits any gain; with engines that release the
-GIL (torch, HTTP backends) the workers overlap.
+is below what its requests can generate, i.e. near the end of a budget) runs alone and
+every other call merges; a merged call's prefill/cached tokens are split between problems
+in proportion to the tokens each generated (generated tokens stay exact); records then
+depend on how calls interleaved, so a resumed run is valid but not record-identical.
+With the pure-Python simulated backend the GIL limits any gain; with engines that release
+the GIL (torch, HTTP backends) the workers overlap.
 Must NOT know: strategy internals, engine internals, Hydra.
 """
 

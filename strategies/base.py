@@ -158,7 +158,7 @@ class SearchContext:
             child.status = NodeStatus.TERMINAL
             child.answer = answer if answer is not None else extract_answer(
                 whole, fallback_last_number=(cont.finish is FinishReason.EOS
-                                   and self.generation.last_number_answer))
+                                             and self.generation.last_number_answer))
         elif cont.finish is FinishReason.BUDGET:
             child.extra["cut_by_budget"] = True
         return child

@@ -1,11 +1,12 @@
-"""The online-softmax loop over one paged key range, shared by the two decode kernels.
+"""The online-softmax loop over one paged key range, shared by the decode and extend kernels.
 
 Contract: :func:`attend_pages` folds keys ``start .. end-1`` of one paged sequence (page
 ids at ``page_row``, ``page_size`` tokens a page, one KV head ``kvh``) into a running
 attention state ``(m, l, acc)`` of a query tile ``q [M, BLOCK_D]`` (with ``CAUSAL``, row
-``i`` sees only keys at positions ``<= qpos[i]``), base-2 as the kernels keep it: ``m`` the running max of ``score * scale * log2(e)``, ``l`` the sum of
-``exp2(score - m)``, ``acc`` the unnormalised output. Keys are read ``BLOCK_N`` at a time,
-once per tile, whatever ``M`` is: the prefix kernel passes a group's whole query tile
+``i`` sees only keys at positions ``<= qpos[i]``; ``qpos`` is unused otherwise), base-2 as
+the kernels keep it: ``m`` the running max of ``score * scale * log2(e)``, ``l`` the sum
+of ``exp2(score - m)``, ``acc`` the unnormalised output. Keys are read ``BLOCK_N`` at a
+time, once per tile, whatever ``M`` is: the prefix kernel passes a group's whole query tile
 (the matrix-matrix product), the suffix kernel one branch's query heads, the extend
 kernel a tile of new tokens against their cached prefix and each other.
 Must NOT know: plans, groups, branches, models.

@@ -157,6 +157,22 @@ class _Gate:
         return getattr(self.inner, name)
 
 
+def _run_behind_gate(gen, gate, calls):
+    """Run ``calls[0]`` until the gate holds it in the engine, queue the others behind it,
+    then open the gate and wait for all."""
+    threads = [threading.Thread(target=c) for c in calls]
+    threads[0].start()
+    while not gate.calls:
+        threading.Event().wait(0.005)
+    for t in threads[1:]:
+        t.start()
+    while len(gen._queue) < len(calls) - 1:
+        threading.Event().wait(0.005)
+    gate.go.set()
+    for t in threads:
+        t.join(10)
+
+
 def test_batching_generator_merges_calls_that_arrive_together():
     from ttc.engine.simulated import SimulatedGenerator
 
@@ -169,18 +185,7 @@ def test_batching_generator_merges_calls_that_arrive_together():
     def call(i):
         outs[i] = gen.expand([ExpandRequest(prefix=roots[i], n=2, params=params)])
 
-    threads = [threading.Thread(target=call, args=(0,))]
-    threads[0].start()
-    while not gate.calls:
-        threading.Event().wait(0.005)
-    threads += [threading.Thread(target=call, args=(i,)) for i in range(1, 6)]
-    for t in threads[1:]:
-        t.start()
-    while len(gen._queue) < 5:
-        threading.Event().wait(0.005)
-    gate.go.set()
-    for t in threads:
-        t.join(10)
+    _run_behind_gate(gen, gate, [lambda i=i: call(i) for i in range(6)])
     assert gate.calls == [1, 5]                       # the five waiting calls ran as one
     for i, out in enumerate(outs):
         assert len(out.continuations) == 1 and len(out.continuations[0]) == 2
@@ -201,18 +206,7 @@ def test_batching_generator_merges_capped_calls_only_when_the_cap_cannot_bind():
         outs[i] = gen.expand([ExpandRequest(prefix=roots[i], n=2, params=params)],
                              token_limit=limits[i])
 
-    threads = [threading.Thread(target=call, args=(0,))]
-    threads[0].start()
-    while not gate.calls:
-        threading.Event().wait(0.005)
-    threads += [threading.Thread(target=call, args=(i,)) for i in (1, 2)]
-    for t in threads[1:]:
-        t.start()
-    while len(gen._queue) < 2:
-        threading.Event().wait(0.005)
-    gate.go.set()
-    for t in threads:
-        t.join(10)
+    _run_behind_gate(gen, gate, [lambda i=i: call(i) for i in range(3)])
     call(3)
     assert gate.calls == [1, 2, 1]        # the two capped calls that cannot bind merged
     for out in outs:

@@ -201,6 +201,7 @@ def test_zeroed_pool_reads_zero_and_keeps_writes():
     assert pool.shape == (2, 3, 5, 4) and pool.dtype == torch.bfloat16
     assert pool.is_contiguous() and torch.count_nonzero(pool) == 0
     pool[1, 2].fill_(1.5)
-    pool.view(-1, 4).index_copy_(0, torch.tensor([0]), torch.full((1, 4), 2.0, dtype=torch.bfloat16))
+    pool.view(-1, 4).index_copy_(0, torch.tensor([0]),
+                                 torch.full((1, 4), 2.0, dtype=torch.bfloat16))
     assert pool[1, 2].eq(1.5).all() and pool[0, 0, 0].eq(2.0).all()
     assert torch.count_nonzero(pool) == 5 * 4 + 4

@@ -3,7 +3,7 @@
 import pytest
 from pydantic import ValidationError
 
-from strategy_helpers import PROMPT_TOKENS
+from strategy_helpers import PROMPT_TOKENS, ScriptedGenerator
 from ttc.strategies.dvts import DVTSConfig
 
 
@@ -61,48 +61,14 @@ def test_n_not_a_multiple_of_width_is_refused():
         DVTSConfig(n=10, width=4)
 
 
-class _FirstSubtreeEndsEarly:
-    """Step 1: the first request's children end with an answer, the others take a step;
-    later steps all end. Records the number of children asked of each request."""
+def _first_subtree_ends_early(call, request, sample):
+    """Step 1: the first subtree's children end with an answer, the other's take a step;
+    later steps all end."""
+    from ttc.types import FinishReason
 
-    def __init__(self):
-        from ttc.types import FinishReason
-
-        self.finish = FinishReason
-        self.asked: list[list[int]] = []
-        self.handles = 0
-
-    def root(self, problem):
-        return 0
-
-    def expand(self, requests, *, token_limit=None):
-        from ttc.types import Continuation, ExpandOutput, GenerationUsage
-
-        first = not self.asked
-        self.asked.append([r.n for r in requests])
-        out = []
-        for j, r in enumerate(requests):
-            ends = not first or j == 0
-            text, finish = (("\\boxed{4}", self.finish.EOS) if ends
-                            else ("Add the two numbers.\n\n", self.finish.STOP))
-            conts = []
-            for _ in range(r.n):
-                self.handles += 1
-                conts.append(Continuation(handle=self.handles, token_ids=(1, 2, 3), text=text,
-                                          logprobs=(-0.1,) * 3, finish=finish))
-            out.append(tuple(conts))
-        generated = sum(3 * r.n for r in requests)
-        return ExpandOutput(continuations=tuple(out),
-                            usage=GenerationUsage(generated_tokens=generated))
-
-    def pin(self, handles, *, value=None):
-        pass
-
-    def release(self, handles):
-        pass
-
-    def kv_bytes(self):
-        return 0
+    if call == 0 and request > 0:
+        return "Add the two numbers.\n\n", FinishReason.STOP
+    return "\\boxed{4}", FinishReason.EOS
 
 
 class _Constant:
@@ -120,7 +86,7 @@ def test_a_finished_subtrees_width_goes_to_the_live_ones_only_when_asked(reassig
     from ttc.registry import STRATEGIES
     from ttc.types import Problem
 
-    gen = _FirstSubtreeEndsEarly()
+    gen = ScriptedGenerator(_first_subtree_ends_early)
     strategy = STRATEGIES.build({"name": "dvts", "n": 8, "width": 4,
                                  "reassign_width": reassign})
     result = strategy.run(Problem(question="What is 2 + 2?"), generator=gen,
