@@ -67,9 +67,9 @@ def run(*, quick: bool, backends: tuple[str, ...] = ENGINE_BACKENDS) -> BenchRep
     """Native vs HF (vs vLLM when its environment exists) on the same work, in one run."""
     import torch  # noqa: PLC0415
 
-    from ttc.engine.hf import HFBackendConfig  # noqa: PLC0415
-    from ttc.engine.native import NativeGenerator  # noqa: PLC0415
-    from ttc.engine.native_config import NativeBackendConfig  # noqa: PLC0415
+    from ttc.engine.backends.hf import HFBackendConfig  # noqa: PLC0415
+    from ttc.engine.native.engine import NativeGenerator  # noqa: PLC0415
+    from ttc.engine.native.config import NativeBackendConfig  # noqa: PLC0415
     from ttc.registry import BACKENDS  # noqa: PLC0415
 
     unknown = [b for b in backends if b not in ENGINE_BACKENDS]

@@ -64,7 +64,7 @@ def measure_vllm(*, model_dir: str, question: str, branches: int, params: dict[s
 
 
 def _main() -> None:
-    from ttc.engine.vllm_backend import VLLMBackendConfig, VLLMGenerator  # noqa: PLC0415
+    from ttc.engine.backends.vllm import VLLMBackendConfig, VLLMGenerator  # noqa: PLC0415
     from ttc.types import ExpandRequest, Problem, SamplingParams  # noqa: PLC0415
 
     job = json.loads(sys.stdin.read())

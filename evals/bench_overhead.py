@@ -31,7 +31,7 @@ CANDIDATES = ("best_of_n", "beam", "astar", "dvts")
 
 
 def run(*, quick: bool) -> BenchReport:
-    from ttc.engine.simulated import SimulatedBackendConfig, SimulatedGenerator, make_problems
+    from ttc.engine.backends.simulated import SimulatedBackendConfig, SimulatedGenerator, make_problems
     from ttc.verifiers.simulated import SimulatedPRMConfig, build_simulated_prm
 
     problems = make_problems(8 if quick else 40, seed=11, difficulty=(0.2, 0.8))

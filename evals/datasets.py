@@ -233,7 +233,7 @@ def load_problems(cfg: DatasetConfig | dict | str, *, limit: int | None = None) 
     if limit is not None and limit <= 0:
         raise ConfigError(f"limit must be a positive number of problems; got {limit!r}.")
     if cfg.source == "simulated":
-        from ttc.engine.simulated import make_problems
+        from ttc.engine.backends.simulated import make_problems
 
         diff = cfg.difficulty if isinstance(cfg.difficulty, float | int) else tuple(cfg.difficulty)
         problems = make_problems(cfg.n, seed=cfg.seed, difficulty=diff, prefix=cfg.name)

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from ttc.engine.simulated import SimulatedBackendConfig, SimulatedGenerator, make_problems
+from ttc.engine.backends.simulated import SimulatedBackendConfig, SimulatedGenerator, make_problems
 from ttc.registry import STRATEGIES
 from ttc.verifiers.simulated import SimulatedPRM, SimulatedPRMConfig
 

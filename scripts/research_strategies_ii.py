@@ -25,7 +25,7 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
-from ttc.engine.simulated import SimulatedBackendConfig, SimulatedGenerator, make_problems
+from ttc.engine.backends.simulated import SimulatedBackendConfig, SimulatedGenerator, make_problems
 from ttc.strategies.allocation import solve_allocated, solve_uniform
 from ttc.strategies.astar import AStarConfig, AStarDecoding
 from ttc.strategies.best_of_n import BestOfN, BestOfNConfig

@@ -25,7 +25,7 @@ from ttc.registry import ConfigError, UnknownName
 BENCHMARKS: dict[str, str] = {
     "overhead": "ttc.evals.bench_overhead:run",
     "engine": "ttc.engine.bench:run",
-    "attention": "ttc.engine.kernels.bench:run",
+    "attention": "ttc.engine.native.kernels.bench:run",
     "prm": "ttc.verifiers.bench:run",
 }
 

@@ -25,7 +25,7 @@ from typing import Literal, Sequence
 
 from pydantic import Field
 
-from ttc.engine.simulated import tag_is_correct
+from ttc.engine.backends.simulated import tag_is_correct
 from ttc.registry import VERIFIERS
 from ttc.types import Frozen, Problem, ScoreOutput, VerifierUsage
 

@@ -174,7 +174,7 @@ def _run_behind_gate(gen, gate, calls):
 
 
 def test_batching_generator_merges_calls_that_arrive_together():
-    from ttc.engine.simulated import SimulatedGenerator
+    from ttc.engine.backends.simulated import SimulatedGenerator
 
     gate = _Gate(SimulatedGenerator())
     gen = BatchingGenerator(gate)
@@ -193,7 +193,7 @@ def test_batching_generator_merges_calls_that_arrive_together():
 
 
 def test_batching_generator_merges_capped_calls_only_when_the_cap_cannot_bind():
-    from ttc.engine.simulated import SimulatedGenerator
+    from ttc.engine.backends.simulated import SimulatedGenerator
 
     gate = _Gate(SimulatedGenerator())
     gen = BatchingGenerator(gate)

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from ttc.engine.simulated import SimulatedBackendConfig, SimulatedGenerator, make_problems
+from ttc.engine.backends.simulated import SimulatedBackendConfig, SimulatedGenerator, make_problems
 from ttc.ledger import Budget
 from ttc.strategies.best_of_n import BestOfN, BestOfNConfig
 from ttc.strategies.self_consistency import SelfConsistency, SelfConsistencyConfig

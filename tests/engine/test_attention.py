@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ttc.engine.attention import (decode_attention, extend_attention, merge_states,
+from ttc.engine.native.attention import (decode_attention, extend_attention, merge_states,
                                   plan_decode, plan_extend)
 
 
@@ -138,7 +138,7 @@ def test_bad_inputs_raise_clear_errors():
 
 
 def test_fused_cpu_path_equals_reference_ops():
-    from ttc.engine.attention import _attend, _attend_reference
+    from ttc.engine.native.attention import _attend, _attend_reference
 
     g = torch.Generator().manual_seed(2)
     q = torch.randn(3, 2, 5, 32, generator=g)

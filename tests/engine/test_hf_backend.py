@@ -11,8 +11,8 @@ import torch
 import yaml
 
 from hf_helpers import save_tiny, tiny_llama, tiny_tokenizer
-from ttc.engine.hf import HFBackendConfig
-from ttc.engine.hf_generator import HFGenerator
+from ttc.engine.backends.hf import HFBackendConfig
+from ttc.engine.backends.hf_generator import HFGenerator
 from ttc.registry import BACKENDS
 from ttc.types import ExpandRequest, FinishReason, Problem, SamplingParams
 
@@ -215,8 +215,8 @@ def test_registry_yaml_and_factory(tmp_path):
 
 
 def test_engine_import_stays_light():
-    code = ("import sys, ttc.engine, ttc.engine.hf; "
-            "print('ttc.engine.hf_generator' in sys.modules, 'transformers' in sys.modules)")
+    code = ("import sys, ttc.engine, ttc.engine.backends.hf; "
+            "print('ttc.engine.backends.hf_generator' in sys.modules, 'transformers' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
 

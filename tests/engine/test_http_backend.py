@@ -9,7 +9,7 @@ import time
 import pytest
 
 from ttc.config import load_run_config
-from ttc.engine.http_backend import HTTPBackendConfig, HTTPGenerator, ServerUnavailable
+from ttc.engine.backends.http import HTTPBackendConfig, HTTPGenerator, ServerUnavailable
 from ttc.registry import ConfigError
 from ttc.server import make_server
 from ttc.types import ExpandRequest, FinishReason, Problem, SamplingParams
@@ -47,7 +47,7 @@ def test_steps_come_back_with_stop_strings_token_ids_and_logprobs(gen):
 
 
 def test_each_seeded_continuation_gets_its_own_derived_seed(gen):
-    from ttc.engine.token_handles import derive_seed
+    from ttc.engine.backends.token_handles import derive_seed
 
     seen = []
     real = gen._generate

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ttc.engine.kv_cache import KVCacheFull, PagePool, RadixTree
+from ttc.engine.native.kv_cache import KVCacheFull, PagePool, RadixTree
 
 PS = 4
 

@@ -166,7 +166,7 @@ def test_embedded_spec_uses_gguf_cache(tmp_path, cache, monkeypatch):
 
 @pytest.mark.slow
 def test_embedded_smollm2_greedy():
-    from ttc.engine.hf_generator import HFGenerator
+    from ttc.engine.backends.hf_generator import HFGenerator
     from ttc.types import ExpandRequest, Problem, SamplingParams
 
     loaded = load_model(None, dtype=torch.float32)

@@ -6,9 +6,9 @@ import pytest
 import torch
 from native_helpers import ByteTokenizer, tiny_hf_model
 
-from ttc.engine.kv_cache import KVCacheFull
-from ttc.engine.native import NativeEngine, NativeGenerator
-from ttc.engine.scheduler import StopTracker
+from ttc.engine.native.kv_cache import KVCacheFull
+from ttc.engine.native.engine import NativeEngine, NativeGenerator
+from ttc.engine.native.scheduler import StopTracker
 from ttc.protocols import Generator
 from ttc.types import ExpandRequest, FinishReason, SamplingParams
 
@@ -217,7 +217,7 @@ def test_context_limit_ends_branches_then_refuses_to_grow(tiny):
 
 
 def test_config_errors_name_the_setting():
-    from ttc.engine.native_config import NativeBackendConfig
+    from ttc.engine.native.config import NativeBackendConfig
     from ttc.registry import BACKENDS, ConfigError
 
     if not torch.cuda.is_available():

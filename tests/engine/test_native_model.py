@@ -6,7 +6,7 @@ import pytest
 import torch
 from native_helpers import ByteTokenizer, tiny_hf_model
 
-from ttc.engine.native import NativeEngine
+from ttc.engine.native.engine import NativeEngine
 from ttc.types import ExpandRequest, SamplingParams
 
 KINDS = ["llama", "qwen2", "qwen3"]
@@ -143,7 +143,7 @@ def test_extend_batch_reuses_partial_matches_and_embeds():
 def test_unsupported_architecture_and_missing_weights_raise_clear_errors():
     from transformers import GPT2Config
 
-    from ttc.engine.model import from_hf
+    from ttc.engine.native.model import from_hf
 
     with pytest.raises(ValueError, match="model_type must be one of"):
         from_hf(GPT2Config(), {})
@@ -155,7 +155,7 @@ def test_unsupported_architecture_and_missing_weights_raise_clear_errors():
 
 
 def test_packed_bf16_linear_equals_plain_linear():
-    from ttc.engine.model import linear, pack_linear
+    from ttc.engine.native.model import linear, pack_linear
 
     gen = torch.Generator().manual_seed(0)
     w = torch.randn(96, 40, generator=gen).to(torch.bfloat16)
@@ -195,7 +195,7 @@ def test_engine_never_reads_uninitialised_memory(monkeypatch):
 
 
 def test_zeroed_pool_reads_zero_and_keeps_writes():
-    from ttc.engine.runner import zeroed_pool
+    from ttc.engine.native.runner import zeroed_pool
 
     pool = zeroed_pool((2, 3, 5, 4), dtype=torch.bfloat16, device=torch.device("cpu"))
     assert pool.shape == (2, 3, 5, 4) and pool.dtype == torch.bfloat16

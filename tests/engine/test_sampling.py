@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ttc.engine.sampling import RowParams, sample, seeded_generator, truncate
+from ttc.engine.native.sampling import RowParams, sample, seeded_generator, truncate
 
 
 def test_sampling_follows_the_softmax_of_scaled_logits():

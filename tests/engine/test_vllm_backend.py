@@ -39,7 +39,7 @@ def model_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def gen(model_dir):
-    from ttc.engine.vllm_backend import VLLMBackendConfig, VLLMGenerator
+    from ttc.engine.backends.vllm import VLLMBackendConfig, VLLMGenerator
 
     g = VLLMGenerator.from_config(VLLMBackendConfig(model=str(model_dir), dtype="float32",
                                                     gpu_memory_utilization=0.2))
@@ -49,8 +49,8 @@ def gen(model_dir):
 
 @pytest.fixture(scope="module")
 def native(model_dir):
-    from ttc.engine.native import NativeGenerator
-    from ttc.engine.native_config import NativeBackendConfig
+    from ttc.engine.native.engine import NativeGenerator
+    from ttc.engine.native.config import NativeBackendConfig
 
     return NativeGenerator.from_config(NativeBackendConfig(model=str(model_dir), dtype="float32",
                                                            device="cpu", kv_memory_gb=0.1))
@@ -178,7 +178,7 @@ def _free_port() -> int:
 def test_http_backend_against_vllm_openai_server(model_dir, gen):
     import httpx
 
-    from ttc.engine.http_backend import HTTPBackendConfig, HTTPGenerator
+    from ttc.engine.backends.http import HTTPBackendConfig, HTTPGenerator
 
     port = _free_port()
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),

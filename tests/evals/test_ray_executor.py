@@ -64,7 +64,7 @@ def test_ray_run_resumes_only_missing_problems(tmp_path):
 
 def test_unreachable_server_keeps_written_records_and_resumes(tmp_path):
     from ttc.config import load_run_config
-    from ttc.engine.http_backend import ServerUnavailable
+    from ttc.engine.backends.http import ServerUnavailable
     from ttc.server import make_server
 
     cfg = load_run_config({"backend": "simulated", "verifier": "simulated", "strategy": "beam"})

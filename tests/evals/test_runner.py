@@ -201,7 +201,7 @@ def test_output_below_a_file_is_not_writable(tmp_path):
 
 def test_shared_engine_runs_every_problem_through_one_batching_engine(tmp_path, monkeypatch):
     import ttc.evals.runner as runner
-    from ttc.engine.simulated import SimulatedGenerator
+    from ttc.engine.backends.simulated import SimulatedGenerator
 
     class SlowGenerator(SimulatedGenerator):
         """Each engine call takes 20 ms, so the other workers' calls queue up meanwhile."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ttc.config import GenerationConfig
-from ttc.engine.simulated import SimulatedBackendConfig, SimulatedGenerator
+from ttc.engine.backends.simulated import SimulatedBackendConfig, SimulatedGenerator
 from ttc.ledger import Budget
 from ttc.registry import STRATEGIES
 from ttc.types import Continuation, ExpandOutput, GenerationUsage, Problem, ProgressEvent

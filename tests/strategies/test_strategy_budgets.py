@@ -5,7 +5,7 @@ from hypothesis import strategies as st
 
 from strategy_helpers import Run
 from ttc.config import GenerationConfig
-from ttc.engine.simulated import SimulatedGenerator
+from ttc.engine.backends.simulated import SimulatedGenerator
 from ttc.ledger import Budget
 from ttc.registry import STRATEGIES
 from ttc.types import Problem

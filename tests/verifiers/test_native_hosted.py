@@ -17,7 +17,7 @@ TRAJ = [["6*7 = 42.\n\n", "The answer is 42."], ["6*7 = 42.\n\n"], ["6*7 = 48.\n
 
 
 def _engine(model, tok):
-    from ttc.engine.native import NativeEngine
+    from ttc.engine.native.engine import NativeEngine
 
     return NativeEngine.from_hf(model.config, model.state_dict(), tok, dtype=torch.float32,
                                 device="cpu", attention="torch", kv_memory_gb=0.05)

@@ -1,7 +1,7 @@
 """Kernel tests run on CUDA when there is one, else on the Triton CPU interpreter.
 
 ``TRITON_INTERPRET`` is read when ``@triton.jit`` decorates a kernel, so it is set here,
-before any test module imports ``ttc.engine.kernels``.
+before any test module imports ``ttc.engine.native.kernels``.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import torch
 HAS_CUDA = torch.cuda.is_available()
 if not HAS_CUDA:
     interpreting = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-    if "ttc.engine.kernels" in sys.modules and not interpreting:
-        raise RuntimeError("ttc.engine.kernels was imported before tests/engine/kernels/conftest.py "
+    if "ttc.engine.native.kernels" in sys.modules and not interpreting:
+        raise RuntimeError("ttc.engine.native.kernels was imported before tests/engine/kernels/conftest.py "
                            "could set TRITON_INTERPRET=1; run these tests in their own process.")
     os.environ["TRITON_INTERPRET"] = "1"
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from ttc.engine.attention import plan_decode, plan_extend
+from ttc.engine.native.attention import plan_decode, plan_extend
 
 TOLERANCE = {torch.float32: 2e-4, torch.float16: 4e-3, torch.bfloat16: 3e-2}
 

@@ -7,8 +7,8 @@ import torch
 from typer.testing import CliRunner
 
 from ttc.cli import app
-from ttc.engine.attention import decode_attention
-from ttc.engine.kernels import bench
+from ttc.engine.native.attention import decode_attention
+from ttc.engine.native.kernels import bench
 from ttc.registry import ConfigError
 
 

@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 from kernel_cases import assert_close, decode_case
 
-import ttc.engine.kernels as K
-from ttc.engine.attention import decode_attention as engine_decode
-from ttc.engine.attention import merge_states as engine_merge
-from ttc.engine.attention import plan_decode
+import ttc.engine.native.kernels as K
+from ttc.engine.native.attention import decode_attention as engine_decode
+from ttc.engine.native.attention import merge_states as engine_merge
+from ttc.engine.native.attention import plan_decode
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 DTYPE_IDS = ["fp32", "fp16", "bf16"]

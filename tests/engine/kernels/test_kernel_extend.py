@@ -7,9 +7,9 @@ import torch
 import torch.nn.functional as F
 from kernel_cases import assert_close, extend_case
 
-import ttc.engine.kernels as K
-from ttc.engine.attention import extend_attention as engine_extend
-from ttc.engine.attention import plan_extend
+import ttc.engine.native.kernels as K
+from ttc.engine.native.attention import extend_attention as engine_extend
+from ttc.engine.native.attention import plan_extend
 
 # (prefix_len, new_len) per sequence; page_size 4.
 SHAPES = {

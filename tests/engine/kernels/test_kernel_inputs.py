@@ -8,7 +8,7 @@ import pytest
 import torch
 from kernel_cases import decode_case, extend_case
 
-import ttc.engine.kernels as K
+import ttc.engine.native.kernels as K
 
 
 @pytest.fixture

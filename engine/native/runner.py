@@ -4,7 +4,7 @@ Contract: :class:`ModelRunner` turns page tables into attention plans and runs t
 model. :meth:`ModelRunner.extend` computes new tokens of many sequences (prefill, in
 chunks of at most ``max_batch_tokens``), :meth:`ModelRunner.decode` one token for each
 of many branches grouped by shared prefix pages. Pages are chosen by the caller
-(:mod:`ttc.engine.kv_cache` counts them, :mod:`ttc.engine.scheduler` decides).
+(:mod:`ttc.engine.native.kv_cache` counts them, :mod:`ttc.engine.native.scheduler` decides).
 
 KV tensor: ``[num_layers, 2, num_pages, page_size, num_kv_heads, head_dim]``; layer
 ``i``'s ``k_cache`` is ``kv[i, 0]``, its ``v_cache`` ``kv[i, 1]``.
@@ -21,8 +21,8 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from ttc.engine.attention import plan_decode, plan_extend
-from ttc.engine.model import NativeModel
+from ttc.engine.native.attention import plan_decode, plan_extend
+from ttc.engine.native.model import NativeModel
 
 
 @dataclass(frozen=True, kw_only=True)

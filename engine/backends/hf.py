@@ -1,8 +1,8 @@
 """The transformers baseline backend's settings and registry entry (light: no torch at import).
 
 Contract: :class:`HFBackendConfig` is the ``backend: hf`` schema; the registered factory
-imports :mod:`ttc.engine.hf_generator` (torch, transformers) only when a backend is built,
-and ``from ttc.engine.hf import HFGenerator`` imports it on first use, so
+imports :mod:`ttc.engine.backends.hf_generator` (torch, transformers) only when a backend is built,
+and ``from ttc.engine.backends.hf import HFGenerator`` imports it on first use, so
 ``import ttc.engine`` stays fast. The HF backend is the correctness and speed baseline
 of the native engine: same loader, same prompt, same sampling.
 Must NOT know: rewards, strategies.
@@ -31,14 +31,14 @@ class HFBackendConfig(Frozen):
 
 @BACKENDS.register(HFBackendConfig)
 def build_hf(config: HFBackendConfig, **kwargs: Any):
-    from ttc.engine.hf_generator import HFGenerator  # noqa: PLC0415  (heavy: torch)
+    from ttc.engine.backends.hf_generator import HFGenerator  # noqa: PLC0415  (heavy: torch)
 
     return HFGenerator.from_config(config)
 
 
 def __getattr__(name: str) -> Any:
     if name == "HFGenerator":
-        from ttc.engine.hf_generator import HFGenerator  # noqa: PLC0415  (heavy: torch)
+        from ttc.engine.backends.hf_generator import HFGenerator  # noqa: PLC0415  (heavy: torch)
 
         return HFGenerator
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

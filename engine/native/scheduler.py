@@ -15,8 +15,8 @@ A branch's last sampled token has no KV yet; the step after it stops the branch 
 once more ("flushed") so its KV and final hidden state exist: every finished branch is
 then inserted into the radix tree as a computed node that the next call reuses.
 
-Per step (nano-vllm split: this module decides, :mod:`ttc.engine.kv_cache` counts,
-:mod:`ttc.engine.runner` computes)::
+Per step (nano-vllm split: this module decides, :mod:`ttc.engine.native.kv_cache` counts,
+:mod:`ttc.engine.native.runner` computes)::
 
     rows = live branches + branches flushed this step, grouped by top-level prefix node
     a row needs a new page when its fed token starts one (pool.alloc may evict)
@@ -33,9 +33,9 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-from ttc.engine.kv_cache import Node, PagePool, RadixTree
-from ttc.engine.runner import DecodeGroup, ModelRunner
-from ttc.engine.sampling import RowParams, sample, seeded_generator
+from ttc.engine.native.kv_cache import Node, PagePool, RadixTree
+from ttc.engine.native.runner import DecodeGroup, ModelRunner
+from ttc.engine.native.sampling import RowParams, sample, seeded_generator
 from ttc.types import FinishReason, SamplingParams
 
 

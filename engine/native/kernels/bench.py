@@ -5,7 +5,7 @@ branches sharing a ``P``-token prefix, each with its own ``S``-token suffix, hea
 Llama-3.2-1B (32 query heads, 8 KV heads, head dim 64), bfloat16, pages of 16 tokens.
 Contenders, all in the same run on the same cache:
 
-* ``shared``: ``ttc.engine.kernels.decode_attention`` (prefix read once per group);
+* ``shared``: ``ttc.engine.native.kernels.decode_attention`` (prefix read once per group);
 * ``per_branch``: the same Triton suffix kernel with every branch reading the whole prefix
   through its own page table (paged decode as vLLM / FlashDecoding do it);
 * ``sdpa``: ``torch.nn.functional.scaled_dot_product_attention`` on a dense per-branch
@@ -62,7 +62,7 @@ def build_case(branches: int, prefix: int, suffix: int, *, device: str, dtype=No
     """A cache with the prefix in pages ``0..`` and each branch's suffix after it."""
     import torch
 
-    from ttc.engine.attention import plan_decode
+    from ttc.engine.native.attention import plan_decode
 
     dtype = dtype or torch.bfloat16
     gen = torch.Generator(device="cpu").manual_seed(seed)
@@ -182,7 +182,7 @@ def _point(branches: int, prefix: int, suffix: int, *, reps: int, notes: list[st
     import torch
     import torch.nn.functional as F
 
-    from ttc.engine import kernels as K
+    from ttc.engine.native import kernels as K
 
     case = build_case(branches, prefix, suffix, device="cuda")
     scale = HEAD_DIM ** -0.5

@@ -1,6 +1,6 @@
 """Prefix-shared decode attention on the GPU: the Triton ``decode_attention``.
 
-Contract: same inputs, output and meaning as ``ttc.engine.attention.decode_attention``
+Contract: same inputs, output and meaning as ``ttc.engine.native.attention.decode_attention``
 (which calls this on CUDA): one query per branch, each branch seeing its group's shared
 prefix and then its own suffix. Per layer it launches
 
@@ -11,7 +11,7 @@ prefix and then its own suffix. Per layer it launches
     3. ``_reduce_splits_kernel``  only when the suffix needed several splits
 
 The plan (page tables, grouping) comes from ``plan_decode`` once per step; the chunking
-from :func:`~ttc.engine.kernels.launch.plan_decode_launch` (cheap; pass ``launch=`` to
+from :func:`~ttc.engine.native.kernels.launch.plan_decode_launch` (cheap; pass ``launch=`` to
 build it once per step too). Nothing is cached between calls.
 Must NOT know: models, tokens, radix trees, rewards, strategies.
 """
@@ -21,11 +21,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ttc.engine.kernels._common import cdiv, check_q_and_cache, check_scale
-from ttc.engine.kernels.launch import DecodeLaunch, plan_decode_launch
-from ttc.engine.kernels.merge import launch_reduce_splits
-from ttc.engine.kernels.prefix_decode import check_decode_plan, launch_prefix_partials
-from ttc.engine.kernels.suffix_decode import launch_suffix
+from ttc.engine.native.kernels._common import cdiv, check_q_and_cache, check_scale
+from ttc.engine.native.kernels.launch import DecodeLaunch, plan_decode_launch
+from ttc.engine.native.kernels.merge import launch_reduce_splits
+from ttc.engine.native.kernels.prefix_decode import check_decode_plan, launch_prefix_partials
+from ttc.engine.native.kernels.suffix_decode import launch_suffix
 
 # -- reference ----------------------------------------------------------------------------
 
@@ -77,7 +77,7 @@ def decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, plan, *, scale
         ``[num_pages, page_size, num_kv_heads, head_dim]``, dtype and device of ``q``,
         contiguous last dimension.
     plan : DecodePlan
-        From ``ttc.engine.attention.plan_decode(..., device=q.device)``; valid until a page
+        From ``ttc.engine.native.attention.plan_decode(..., device=q.device)``; valid until a page
         table changes; shared by every layer of the step.
     scale : float
         Score scale, usually ``head_dim ** -0.5``.

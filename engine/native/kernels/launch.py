@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ttc.engine.kernels._common import cdiv, next_pow2, num_sms
+from ttc.engine.native.kernels._common import cdiv, next_pow2, num_sms
 
 PREFIX_BLOCK_N = 64      # keys per inner step of the prefix kernel
 SUFFIX_BLOCK_N = 64      # keys per inner step of the suffix kernel
@@ -99,7 +99,7 @@ def split_suffix(plan, *, num_kv_heads: int, device: torch.device,
 def plan_decode_launch(plan, *, num_heads: int, num_kv_heads: int,
                        device: torch.device | str, prefix_chunk: int | None = None,
                        suffix_chunk: int | None = None) -> DecodeLaunch:
-    """Chunking for :func:`~ttc.engine.kernels.decode_attention`; build once per decode step.
+    """Chunking for :func:`~ttc.engine.native.kernels.decode_attention`; build once per decode step.
 
     ``prefix_chunk`` / ``suffix_chunk`` force tokens per split-K program (default: fill the
     device).

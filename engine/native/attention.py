@@ -22,7 +22,7 @@ reads. Two kinds of step:
 Log-sum-exp values (``lse``) are natural-log, float32, shape ``[num_branches, num_heads]``;
 an empty key set has ``lse = -inf`` and output 0, and merges as the identity.
 
-``impl="auto"`` uses the Triton functions of the same names in ``ttc.engine.kernels``
+``impl="auto"`` uses the Triton functions of the same names in ``ttc.engine.native.kernels``
 when CUDA is available and that module imports, otherwise the torch code here (the CPU
 path); ``"torch"`` and ``"triton"`` force one.
 Must NOT know: models, tokens, radix trees, rewards, strategies.
@@ -380,7 +380,7 @@ def _kernels():
     if not torch.cuda.is_available():
         return None
     try:
-        from ttc.engine import kernels  # noqa: PLC0415  (optional, imported on demand)
+        from ttc.engine.native import kernels  # noqa: PLC0415  (optional, imported on demand)
     except ImportError:
         return None
     return kernels
@@ -405,7 +405,7 @@ def _pick(impl: str, name: str):
     kernels = _kernels()
     fn = getattr(kernels, name, None) if kernels is not None else None
     if impl == "triton" and fn is None:
-        raise ValueError(f"attention='triton' needs CUDA and ttc.engine.kernels.{name}; "
+        raise ValueError(f"attention='triton' needs CUDA and ttc.engine.native.kernels.{name}; "
                          "use attention='torch' or 'auto' on this machine.")
     return fn
 

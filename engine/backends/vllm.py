@@ -1,7 +1,7 @@
 """The vLLM backend: the Generator protocol on ``vllm.LLM`` with automatic prefix caching.
 
 Contract: ``backend: vllm`` builds one offline ``vllm.LLM`` (``enable_prefix_caching=True``)
-and drives it through :class:`~ttc.engine.token_handles.TokenHandleGenerator`: every
+and drives it through :class:`~ttc.engine.backends.token_handles.TokenHandleGenerator`: every
 handle keeps its token ids, every job sends the full token ids of its prefix
 (``TokensPrompt``), and vLLM's prefix cache serves the shared part, so a step-level
 expansion re-prefills only the tokens added since the last step (the last partial block,
@@ -31,7 +31,7 @@ from typing import Any, Literal, Sequence
 
 from pydantic import Field, PositiveInt
 
-from ttc.engine.token_handles import (Job, JobResult, Sample, TokenHandleGenerator,
+from ttc.engine.backends.token_handles import (Job, JobResult, Sample, TokenHandleGenerator,
                                       kv_bytes_per_token)
 from ttc.registry import BACKENDS, ConfigError
 from ttc.types import FinishReason, Frozen, Problem

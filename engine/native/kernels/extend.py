@@ -1,6 +1,6 @@
 """Paged extend (prefill) attention: new tokens of many sequences, causal, one launch.
 
-Contract: same inputs, output and meaning as ``ttc.engine.attention.extend_attention``.
+Contract: same inputs, output and meaning as ``ttc.engine.native.attention.extend_attention``.
 Sequence ``s`` has ``prefix_lens[s]`` cached tokens and ``new_lens[s]`` new tokens (rows
 ``q_starts[s]:q_starts[s+1]`` of ``q``; their keys and values are already in the pages at
 positions ``prefix_lens[s]..``). New token ``i`` at position ``p = prefix_lens[s] + i``
@@ -24,10 +24,10 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ttc.engine.kernels._common import (LOG2E, cdiv, check_index, check_page_size,
+from ttc.engine.native.kernels._common import (LOG2E, cdiv, check_index, check_page_size,
                                         check_q_and_cache, check_scale, next_pow2)
-from ttc.engine.kernels._paged import attend_pages
-from ttc.engine.kernels._tl import dot_mode
+from ttc.engine.native.kernels._paged import attend_pages
+from ttc.engine.native.kernels._tl import dot_mode
 
 _LOG2E = tl.constexpr(LOG2E)
 BLOCK_N = 64
@@ -125,7 +125,7 @@ def _extend_kernel(
 def check_extend_plan(q: Tensor, k_cache: Tensor, plan) -> None:
     for name in ("num_seqs", "num_new_tokens", "page_size", "max_pages", "q_starts_list"):
         if not hasattr(plan, name):
-            raise TypeError(f"plan must be an ExtendPlan (from ttc.engine.attention.plan_extend); "
+            raise TypeError(f"plan must be an ExtendPlan (from ttc.engine.native.attention.plan_extend); "
                             f"{type(plan).__name__} has no field {name!r}.")
     if q.shape[0] != plan.num_new_tokens:
         raise ValueError(f"plan was built for {plan.num_new_tokens} new tokens; q has "
@@ -154,7 +154,7 @@ def extend_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, plan, *,
         ``[num_pages, page_size, num_kv_heads, head_dim]``, dtype and device of ``q``; the
         new tokens' keys and values are already written at their positions.
     plan : ExtendPlan
-        From ``ttc.engine.attention.plan_extend(..., device=q.device)``.
+        From ``ttc.engine.native.attention.plan_extend(..., device=q.device)``.
     scale : float
         Score scale.
 

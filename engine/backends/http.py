@@ -2,7 +2,7 @@
 
 Contract: ``backend: http`` drives a running server (vLLM's OpenAI server, SGLang,
 ``ttc serve``) with async httpx, through
-:class:`~ttc.engine.token_handles.TokenHandleGenerator` (handles keep token ids and
+:class:`~ttc.engine.backends.token_handles.TokenHandleGenerator` (handles keep token ids and
 text; the server's prefix cache shares the KV; lockstep token limits; seeds per
 continuation). One ``expand`` sends its jobs concurrently, at most ``max_concurrency`` in
 flight.
@@ -42,7 +42,7 @@ from typing import Any, Literal, Sequence
 
 from pydantic import Field, PositiveInt
 
-from ttc.engine.token_handles import Job, JobResult, Sample, TokenHandleGenerator
+from ttc.engine.backends.token_handles import Job, JobResult, Sample, TokenHandleGenerator
 from ttc.registry import BACKENDS, ConfigError
 from ttc.types import FinishReason, Frozen, Problem
 

@@ -25,13 +25,13 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ttc.engine.kernels._common import (LOG2E, cdiv, check_q_and_cache, check_scale,
+from ttc.engine.native.kernels._common import (LOG2E, cdiv, check_q_and_cache, check_scale,
                                         next_pow2)
-from ttc.engine.kernels._paged import attend_pages
-from ttc.engine.kernels._tl import dot_mode
-from ttc.engine.kernels.launch import SUFFIX_BLOCK_N, split_suffix
-from ttc.engine.kernels.merge import launch_reduce_splits
-from ttc.engine.kernels.prefix_decode import check_decode_plan
+from ttc.engine.native.kernels._paged import attend_pages
+from ttc.engine.native.kernels._tl import dot_mode
+from ttc.engine.native.kernels.launch import SUFFIX_BLOCK_N, split_suffix
+from ttc.engine.native.kernels.merge import launch_reduce_splits
+from ttc.engine.native.kernels.prefix_decode import check_decode_plan
 
 _LOG2E = tl.constexpr(LOG2E)
 
@@ -201,7 +201,7 @@ def suffix_decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, plan, *
     k_cache, v_cache : Tensor
         ``[num_pages, page_size, num_kv_heads, head_dim]``, dtype and device of ``q``.
     plan : DecodePlan
-        From ``ttc.engine.attention.plan_decode`` on ``q``'s device (its prefixes are
+        From ``ttc.engine.native.attention.plan_decode`` on ``q``'s device (its prefixes are
         ignored here).
     scale : float
         Score scale.

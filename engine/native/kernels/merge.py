@@ -3,7 +3,7 @@
 Contract: a partial state over a key set is ``(o, lse)``: ``o`` normalised over that set and
 ``lse`` the natural-log sum of ``exp(score)`` over it, float32; an empty set has
 ``lse = -inf`` (its ``o`` is ignored) and merges as the identity. Two functions:
-``merge_states`` merges two states (matches ``ttc.engine.attention.merge_states``), and
+``merge_states`` merges two states (matches ``ttc.engine.native.attention.merge_states``), and
 ``reduce_splits`` merges the ``num_splits`` partial states a split-K kernel wrote into a
 workspace. Both have a torch reference beside them.
 Must NOT know: pages, plans, models, what the keys were.
@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ttc.engine.kernels._common import LOG2E, check_kernel_device, next_pow2
+from ttc.engine.native.kernels._common import LOG2E, check_kernel_device, next_pow2
 
 _LOG2E = tl.constexpr(LOG2E)   # kernels work in base 2; the public LSE is natural-log
 

@@ -19,7 +19,7 @@ next-token logits, so expanding it prefills nothing. Nothing is evicted: ``relea
 drops a handle, and segments no live handle reaches are freed (Python references);
 ``kv_bytes`` counts each resident segment once.
 
-Sampling matches the native engine (:mod:`ttc.engine.sampling`): per-branch generators
+Sampling matches the native engine (:mod:`ttc.engine.native.sampling`): per-branch generators
 from ``(seed, index)``, greedy at temperature 0, logprobs of the raw logits. Stop strings:
 the text is cut right after the first stop string (tokens are kept as generated).
 Usage: ``prefill_tokens`` = prefix tokens run through the model in this call,
@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from ttc.engine.prompting import DEFAULT_SYSTEM_PROMPT, format_prompt
-from ttc.engine.sampling import RowParams, sample, seeded_generator
+from ttc.engine.native.sampling import RowParams, sample, seeded_generator
 from ttc.types import (Continuation, ExpandOutput, ExpandRequest, FinishReason,
                        GenerationUsage, Handle, Problem, SamplingParams)
 

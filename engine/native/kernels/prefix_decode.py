@@ -1,6 +1,6 @@
 """Shared-prefix decode attention: every query of a group against its group's prefix, once.
 
-Contract: for a :class:`~ttc.engine.attention.DecodePlan`, group ``g`` owns branches
+Contract: for a :class:`~ttc.engine.native.attention.DecodePlan`, group ``g`` owns branches
 ``group_starts[g]:group_starts[g+1]`` and one prefix of ``group_prefix_lens[g]`` tokens
 in pages ``group_prefix_pages[g]``. For each KV head ``h`` the group's queries form one
 tile of ``rows = group_size * heads_per_kv`` (GQA: the query heads ``h*rep .. h*rep+rep-1``
@@ -25,12 +25,12 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ttc.engine.kernels._common import (LOG2E, cdiv, check_index, check_page_size,
+from ttc.engine.native.kernels._common import (LOG2E, cdiv, check_index, check_page_size,
                                         check_q_and_cache, check_scale, next_pow2)
-from ttc.engine.kernels._paged import attend_pages
-from ttc.engine.kernels._tl import dot_mode
-from ttc.engine.kernels.launch import PREFIX_BLOCK_N, prefix_tile_rows, split_prefix
-from ttc.engine.kernels.merge import launch_reduce_splits
+from ttc.engine.native.kernels._paged import attend_pages
+from ttc.engine.native.kernels._tl import dot_mode
+from ttc.engine.native.kernels.launch import PREFIX_BLOCK_N, prefix_tile_rows, split_prefix
+from ttc.engine.native.kernels.merge import launch_reduce_splits
 
 _LOG2E = tl.constexpr(LOG2E)
 
@@ -137,7 +137,7 @@ def check_decode_plan(q: Tensor, k_cache: Tensor, plan) -> None:
     for name in ("num_branches", "num_groups", "page_size", "max_prefix_pages",
                  "max_suffix_pages", "group_starts_list", "group_prefix_lens_list"):
         if not hasattr(plan, name):
-            raise TypeError(f"plan must be a DecodePlan (from ttc.engine.attention.plan_decode); "
+            raise TypeError(f"plan must be a DecodePlan (from ttc.engine.native.attention.plan_decode); "
                             f"{type(plan).__name__} has no field {name!r}.")
     if q.shape[0] != plan.num_branches:
         raise ValueError(f"plan was built for {plan.num_branches} branches; q has {q.shape[0]}.")
@@ -198,7 +198,7 @@ def prefix_decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, plan, *
     k_cache, v_cache : Tensor
         ``[num_pages, page_size, num_kv_heads, head_dim]``, dtype and device of ``q``.
     plan : DecodePlan
-        From ``ttc.engine.attention.plan_decode`` on ``q``'s device.
+        From ``ttc.engine.native.attention.plan_decode`` on ``q``'s device.
     scale : float
         Score scale, usually ``head_dim ** -0.5``.
     chunk_len : int, optional

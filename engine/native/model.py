@@ -4,8 +4,8 @@ Contract: :func:`from_hf` turns a transformers config plus an HF-named state dic
 :class:`NativeModel` (weights fused: q/k/v into one matrix, gate/up into one). The model
 computes; it does not decide: :meth:`NativeModel.forward` takes token ids, their
 positions, the flat KV slot of each token (``page * page_size + offset``) and an
-attention plan (:class:`~ttc.engine.attention.ExtendPlan` for prefill,
-:class:`~ttc.engine.attention.DecodePlan` for one decode token per branch), writes the
+attention plan (:class:`~ttc.engine.native.attention.ExtendPlan` for prefill,
+:class:`~ttc.engine.native.attention.DecodePlan` for one decode token per branch), writes the
 tokens' keys and values into the cache and returns final-norm hidden states;
 :meth:`NativeModel.logits` applies the LM head.
 
@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ttc.engine.attention import (DecodePlan, ExtendPlan, decode_attention,
+from ttc.engine.native.attention import (DecodePlan, ExtendPlan, decode_attention,
                                   extend_attention)
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3")

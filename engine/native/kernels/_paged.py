@@ -17,7 +17,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ttc.engine.kernels._tl import mma
+from ttc.engine.native.kernels._tl import mma
 
 
 @triton.jit

@@ -4,7 +4,7 @@ Contract: :class:`NativeEngine` owns one model, one paged KV pool and one radix 
 Handles (ints) name token sequences; each points at a tree node (its KV is resident)
 plus, for a prompt not yet run, a tail of tokens still to prefill. ``expand`` first
 prefills every pending tail in one batched extend, then hands the prefixes to the
-:class:`~ttc.engine.scheduler.Scheduler`, which decodes all branches together and
+:class:`~ttc.engine.native.scheduler.Scheduler`, which decodes all branches together and
 leaves each finished branch's tokens computed; they become new tree nodes under fresh
 pinned handles, so the next step reuses them. :class:`NativeGenerator` adds
 ``root(problem)`` (chat template via ``ttc.engine.prompting``).
@@ -34,11 +34,11 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-from ttc.engine.kv_cache import KVCacheFull, Node, PagePool, RadixTree
-from ttc.engine.model import NativeModel, from_hf
-from ttc.engine.native_config import NativeBackendConfig
-from ttc.engine.runner import ExtendItem, ModelRunner
-from ttc.engine.scheduler import PrefixWork, Scheduler
+from ttc.engine.native.kv_cache import KVCacheFull, Node, PagePool, RadixTree
+from ttc.engine.native.model import NativeModel, from_hf
+from ttc.engine.native.config import NativeBackendConfig
+from ttc.engine.native.runner import ExtendItem, ModelRunner
+from ttc.engine.native.scheduler import PrefixWork, Scheduler
 from ttc.registry import ConfigError
 from ttc.types import (Continuation, ExpandOutput, ExpandRequest, GenerationUsage, Handle,
                        Problem)

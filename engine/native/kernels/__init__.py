@@ -1,8 +1,8 @@
 """Triton kernels for the native engine's attention: prefix-shared decode and extend.
 
 Contract: the public functions take the same plans and tensors as their torch
-counterparts in ``ttc.engine.attention`` and return the same values (to floating-point
-tolerance); ``ttc.engine.attention`` calls ``decode_attention``, ``extend_attention`` and
+counterparts in ``ttc.engine.native.attention`` and return the same values (to floating-point
+tolerance); ``ttc.engine.native.attention`` calls ``decode_attention``, ``extend_attention`` and
 ``merge_states`` from here on CUDA when ``attention="auto"`` or ``"triton"``. Every kernel
 module holds its torch ``*_reference`` beside the kernel, and its launcher checks inputs
 (``ValueError`` / ``TypeError``). Kernels run on CUDA, or on CPU under ``TRITON_INTERPRET=1``
@@ -22,16 +22,16 @@ Must NOT know: models, tokens, radix trees, rewards, strategies.
 try:
     import triton  # noqa: F401
 except ImportError as err:   # the engine falls back to torch; the bench says what is missing
-    raise ModuleNotFoundError("ttc.engine.kernels needs triton (pip install 'ttc[triton]').",
-                              name="ttc.engine.kernels") from err
+    raise ModuleNotFoundError("ttc.engine.native.kernels needs triton (pip install 'ttc[triton]').",
+                              name="ttc.engine.native.kernels") from err
 
-from ttc.engine.kernels.decode import decode_attention, decode_attention_reference
-from ttc.engine.kernels.extend import extend_attention, extend_attention_reference
-from ttc.engine.kernels.launch import DecodeLaunch, plan_decode_launch
-from ttc.engine.kernels.merge import (merge_states, merge_states_reference, reduce_splits,
+from ttc.engine.native.kernels.decode import decode_attention, decode_attention_reference
+from ttc.engine.native.kernels.extend import extend_attention, extend_attention_reference
+from ttc.engine.native.kernels.launch import DecodeLaunch, plan_decode_launch
+from ttc.engine.native.kernels.merge import (merge_states, merge_states_reference, reduce_splits,
                                       reduce_splits_reference)
-from ttc.engine.kernels.prefix_decode import prefix_decode_attention, prefix_decode_reference
-from ttc.engine.kernels.suffix_decode import suffix_decode_attention, suffix_decode_reference
+from ttc.engine.native.kernels.prefix_decode import prefix_decode_attention, prefix_decode_reference
+from ttc.engine.native.kernels.suffix_decode import suffix_decode_attention, suffix_decode_reference
 
 __all__ = [
     "DecodeLaunch", "decode_attention", "decode_attention_reference", "extend_attention",

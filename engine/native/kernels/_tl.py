@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ttc.engine.kernels._common import interpreter_active
+from ttc.engine.native.kernels._common import interpreter_active
 
 DOT_NATIVE = 0
 DOT_IEEE = 1

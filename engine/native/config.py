@@ -1,7 +1,7 @@
 """The native backend's settings and registry entry (light: no torch at import time).
 
 Contract: :class:`NativeBackendConfig` is the ``backend: native`` schema; the registered
-factory imports :mod:`ttc.engine.native` (torch, transformers) only when a backend is
+factory imports :mod:`ttc.engine.native.engine` (torch, transformers) only when a backend is
 built, so ``import ttc.engine`` stays fast.
 Must NOT know: rewards, strategies.
 """
@@ -33,6 +33,6 @@ class NativeBackendConfig(Frozen):
 
 @BACKENDS.register(NativeBackendConfig)
 def build_native(config: NativeBackendConfig, **kwargs):
-    from ttc.engine.native import NativeGenerator  # noqa: PLC0415  (heavy: torch)
+    from ttc.engine.native.engine import NativeGenerator  # noqa: PLC0415  (heavy: torch)
 
     return NativeGenerator.from_config(config)
