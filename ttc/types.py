@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Any, Hashable
+from typing import Any, Callable, Hashable
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -49,7 +49,10 @@ class SamplingParams(Frozen):
     ``stop`` strings end a continuation and are kept in its text (the step delimiter
     ``"\\n\\n"`` ends a reasoning step). ``seed`` makes a branch reproducible: the
     engine derives each continuation's generator from (seed, continuation index).
-    ``temperature == 0`` means greedy.
+    ``temperature == 0`` means greedy. ``top_logprobs`` (0..20) asks for the k most
+    likely ``(token_id, logprob)`` pairs at every position (``Continuation.top_logprobs``).
+    ``stop_rules`` are :class:`ttc.stopping.StopRuleSpec` objects run on every token of
+    every branch inside the decode batch (see :mod:`ttc.stopping`).
     """
 
     temperature: float = Field(default=0.8, ge=0.0)
@@ -59,6 +62,22 @@ class SamplingParams(Frozen):
     stop: tuple[str, ...] = ()
     seed: int | None = None
     logprobs: bool = True
+    top_logprobs: int = Field(default=0, ge=0, le=20)
+    stop_rules: tuple[Any, ...] = ()
+
+    @field_validator("stop_rules")
+    @classmethod
+    def _rules_are_specs(cls, value: tuple[Any, ...]) -> tuple[Any, ...]:
+        from ttc.stopping import MAX_TOP_K, StopRuleSpec
+
+        for r in value:
+            if not isinstance(r, StopRuleSpec):
+                raise ValueError(f"stop_rules takes ttc.stopping rule specs (with top_k and "
+                                 f"start()); got {r!r}")
+            if not 0 <= r.top_k <= MAX_TOP_K:
+                raise ValueError(f"a stop rule may ask for 0..{MAX_TOP_K} top log-probs; "
+                                 f"{r!r} asks for {r.top_k}")
+        return value
 
     @field_validator("stop")
     @classmethod
@@ -74,6 +93,7 @@ class FinishReason(enum.Enum):
     EOS = "eos"                # the model ended the answer
     MAX_TOKENS = "max_tokens"  # hit SamplingParams.max_tokens (or the model's context)
     BUDGET = "budget"          # cut by the caller's generated-token limit
+    RULE = "rule"              # ended by a stop rule (ttc.stopping), e.g. low confidence
 
 
 Handle = Hashable
@@ -85,12 +105,36 @@ treats them as opaque and passes them back as prefixes, pins and releases them.
 
 
 @dataclass(frozen=True, slots=True)
+class TokenEvent:
+    """One token of one branch, as an engine samples (or forces) it.
+
+    ``branch`` is the continuation's index within its request; ``text`` is the new text
+    this token completes (may be empty while a multi-byte character is incomplete);
+    ``finish`` is set on the branch's last event.
+    """
+
+    branch: int
+    token_id: int
+    logprob: float
+    text: str
+    forced: bool = False
+    finish: "FinishReason | None" = None
+
+
+@dataclass(frozen=True, slots=True)
 class ExpandRequest:
-    """Ask for ``n`` continuations of the sequence named by ``prefix``."""
+    """Ask for ``n`` continuations of the sequence named by ``prefix``.
+
+    ``on_token`` (optional) streams every branch's tokens as they are sampled; engines
+    that cannot stream call it once per token after the fact. It runs on the engine's
+    thread: keep it short (hand the event to a queue), and an exception it raises fails
+    this request's call.
+    """
 
     prefix: Handle
     n: int
     params: SamplingParams
+    on_token: Callable[[TokenEvent], None] | None = None
 
     def __post_init__(self) -> None:
         if self.n <= 0:
@@ -110,6 +154,9 @@ class Continuation:
     text: str
     logprobs: tuple[float, ...]
     finish: FinishReason
+    top_logprobs: tuple[tuple[tuple[int, float], ...], ...] = ()   # per token, when asked
+    stop_reason: str | None = None      # what ended it, e.g. "eos", "stop:'\n\n'", a rule
+    stats: dict[str, float] = field(default_factory=dict)   # stop rules' summaries
 
     @property
     def num_tokens(self) -> int:
@@ -117,8 +164,8 @@ class Continuation:
 
     @property
     def ended(self) -> bool:
-        """True when the trajectory cannot continue (EOS or model limit)."""
-        return self.finish in (FinishReason.EOS, FinishReason.MAX_TOKENS)
+        """True when the trajectory cannot continue (EOS, model limit, or a stop rule)."""
+        return self.finish in (FinishReason.EOS, FinishReason.MAX_TOKENS, FinishReason.RULE)
 
 
 @dataclass(frozen=True, slots=True)

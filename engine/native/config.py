@@ -27,7 +27,8 @@ class NativeBackendConfig(Frozen):
     kv_memory_gb: float = Field(default=2.0, gt=0)   # KV pool size, preallocated
     attention: Literal["auto", "torch", "triton"] = "auto"
     system_prompt: str | None = None     # None: prompting.DEFAULT_SYSTEM_PROMPT; "": none
-    max_batch_tokens: PositiveInt = 2048  # prefill chunk size (tokens per forward)
+    max_batch_tokens: PositiveInt = 2048  # prefill tokens per forward when nothing decodes
+    prefill_chunk_tokens: PositiveInt = 256  # prefill tokens per step while branches decode
     seed: int = 0                         # for requests without a seed
 
 

@@ -39,6 +39,12 @@ Eviction (when :meth:`PagePool.alloc` finds too few free pages): unlocked leaves
 removed, lowest value first (``None`` counts as lowest), then least recently used; a
 parent whose last child went becomes a leaf and joins the candidates. When nothing more
 can be evicted, :class:`KVCacheFull` names the setting to raise.
+
+Lookup and eviction cost: a node's children are indexed by their first token
+(``Node.index``; siblings may share a first token, since spans are cut only at page
+boundaries, so each key holds a short list), and the tree keeps the set of evictable
+leaves (alive, unlocked, childless) up to date as locks, children and nodes change, so
+neither a match nor an eviction walks the whole tree.
 Must NOT know: models, sampling, text, rewards, strategies.
 """
 
@@ -134,6 +140,7 @@ class Node:
     start: int
     pages: list[int]
     children: list["Node"] = field(default_factory=list)
+    index: dict[int, list["Node"]] = field(default_factory=dict)   # first token -> children
     lock: int = 0              # pinned handles here or below
     pins: int = 0              # pinned handles at this node exactly
     retained: int = 0          # unpinned handles kept as cache here (evictable, not freed)
@@ -160,7 +167,36 @@ class RadixTree:
         self.root = Node(parent=None, tokens=(), start=0, pages=[])
         self.root.lock = 1 << 60      # NOTE: the root is never evicted
         self._clock = itertools.count(1)
+        self._evictable: set[Node] = set()      # alive, unlocked, childless, not the root
         pool.evictor = self.evict
+
+    # -- structure helpers (every change of children or locks goes through these) -----
+    def _link(self, parent: Node, child: Node, *, at: int | None = None) -> None:
+        if at is None:
+            parent.children.append(child)
+        else:
+            parent.children.insert(at, child)
+        parent.index.setdefault(child.tokens[0], []).append(child)
+        self._evictable.discard(parent)
+        self._update(child)
+
+    def _unlink(self, parent: Node, child: Node) -> int:
+        at = parent.children.index(child)
+        del parent.children[at]
+        bucket = parent.index[child.tokens[0]]
+        bucket.remove(child)
+        if not bucket:
+            del parent.index[child.tokens[0]]
+        self._update(parent)
+        return at
+
+    def _update(self, node: Node) -> None:
+        if node is self.root:
+            return
+        if node.alive and node.lock == 0 and not node.children:
+            self._evictable.add(node)
+        else:
+            self._evictable.discard(node)
 
     # -- lookup and insertion ---------------------------------------------------------
     def touch(self, node: Node) -> None:
@@ -180,7 +216,7 @@ class RadixTree:
         node = self.root
         while node.end < len(tokens):
             best, best_len = None, 0
-            for child in node.children:
+            for child in node.index.get(tokens[node.end], ()):
                 m = _common_len(child.tokens, tokens[node.end:])
                 if m > best_len:
                     best, best_len = child, m
@@ -202,14 +238,16 @@ class RadixTree:
         assert at % ps == 0 and node.start < at < node.end
         k = at // ps - node.start // ps                 # pages that go to the upper part
         upper = Node(parent=node.parent, tokens=node.tokens[: at - node.start], start=node.start,
-                     pages=node.pages[:k], children=[node], lock=node.lock,
+                     pages=node.pages[:k], lock=node.lock,
                      value=node.value, last_access=node.last_access)
         parent = node.parent
-        parent.children[parent.children.index(node)] = upper
-        node.parent = upper
+        pos = self._unlink(parent, node)
         node.tokens = node.tokens[at - node.start:]
         node.start = at
         node.pages = node.pages[k:]
+        self._link(parent, upper, at=pos)
+        node.parent = upper
+        self._link(upper, node)
         return upper
 
     def add_child(self, parent: Node, tokens: Sequence[int], pages: list[int], *,
@@ -223,7 +261,7 @@ class RadixTree:
         ps = self.page_size
         expect = -(-(parent.end + len(tokens)) // ps) - parent.end // ps
         assert len(pages) == expect, f"{len(pages)} pages for {len(tokens)} tokens, want {expect}"
-        for child in parent.children:
+        for child in parent.index.get(tokens[0], ()) if tokens else ():
             if child.tokens == tokens:
                 self.pool.free(pages)
                 if child.payload is None:
@@ -232,7 +270,7 @@ class RadixTree:
                 return child
         node = Node(parent=parent, tokens=tokens, start=parent.end, pages=list(pages),
                     payload=payload)
-        parent.children.append(node)
+        self._link(parent, node)
         self.touch(node)
         return node
 
@@ -262,6 +300,8 @@ class RadixTree:
         cur = node
         while cur is not None:
             cur.lock += 1
+            if cur.lock == 1:
+                self._evictable.discard(cur)
             cur = cur.parent
 
     def unpin(self, node: Node, *, value: float | None = None) -> None:
@@ -273,6 +313,8 @@ class RadixTree:
         cur = node
         while cur is not None:
             cur.lock -= 1
+            if cur.lock == 0:
+                self._update(cur)
             cur = cur.parent
 
     def retain(self, node: Node) -> None:
@@ -300,7 +342,7 @@ class RadixTree:
     # -- eviction ---------------------------------------------------------------------
     def evict(self, num_pages: int) -> int:
         """Free at least ``num_pages`` pages by removing unlocked leaves; return pages freed."""
-        heap = [(_value_key(n), n.last_access, id(n), n) for n in self._leaves() if n.lock == 0]
+        heap = [(_value_key(n), n.last_access, id(n), n) for n in self._evictable]
         heapq.heapify(heap)
         freed = 0
         while heap and freed < num_pages:
@@ -317,24 +359,15 @@ class RadixTree:
         """Remove one unlocked node (its children are removed by the caller first or after)."""
         assert node.lock == 0 and node is not self.root
         node.alive = False
+        self._evictable.discard(node)
         parent = node.parent
         if node in parent.children:
-            parent.children.remove(node)
+            self._unlink(parent, node)
         n = len(node.pages)
         self.pool.free(node.pages)
         node.pages = []
         node.payload = None
         return n
-
-    def _leaves(self) -> list[Node]:
-        out, stack = [], list(self.root.children)
-        while stack:
-            n = stack.pop()
-            if n.children:
-                stack.extend(n.children)
-            else:
-                out.append(n)
-        return out
 
     def nodes(self) -> list[Node]:
         out, stack = [], list(self.root.children)
@@ -364,6 +397,12 @@ class RadixTree:
             assert n.pins >= 0 and n.lock >= 0 and n.retained >= 0
             for p in n.pages:
                 refs[p] = refs.get(p, 0) + 1
+        evictable = {n for n in self.nodes() if n.lock == 0 and not n.children}
+        assert evictable == self._evictable, "the evictable-leaf set is stale"
+        for n in self.nodes():
+            assert {c.tokens[0] for c in n.children} == set(n.index), "child index keys"
+            assert sorted(map(id, n.children)) == sorted(
+                id(c) for b in n.index.values() for c in b), "child index members"
         top = self.root.lock - (1 << 60)
         assert top == self.root.pins + sum(c.lock for c in self.root.children), "root lock"
         self.pool.check_invariants(expected_refs=refs)

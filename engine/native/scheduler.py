@@ -1,42 +1,59 @@
-"""The scheduler: decides which branches run each decode step and when each one stops.
+"""The scheduler: one engine step at a time, for every job that shares the engine.
 
-Contract: :meth:`Scheduler.decode` takes computed prefixes (radix-tree nodes whose
-payload is the final hidden state of their last token) and a number of branches for
-each, samples every branch's first token from its prefix's logits, then runs all live
-branches together, one token per branch per step, until each stops on its own rule:
+Contract: :class:`Scheduler` holds the work of all callers — :class:`PrefillTask` (new
+tokens after a computed tree node: prompts, verifier extends, probe suffixes) and
+:class:`DecodeJob` (the branches of one ``expand`` call, with that call's token cap) —
+and :meth:`Scheduler.step` advances all of it by one step (vLLM v1's rule: no prefill
+or decode phases, each piece of work catches up a little every step)::
 
-* a stop string appears in its decoded text (the text keeps the stop string; tokens
-  after the one that completed it are not generated) -> ``FinishReason.STOP``;
-* an EOS token (kept) -> ``EOS``; ``max_tokens`` or the model's context -> ``MAX_TOKENS``;
-* the call's ``token_limit`` would be exceeded by the next lockstep token -> ``BUDGET``
-  (every live branch stops at once, as lockstep decoding does).
+    step():
+        resume preempted branches whose pages fit again (recompute their tokens)
+        admit waiting prefill tasks in arrival order while their pages fit
+        prefill: one chunk of at most ``chunk`` tokens over the admitted tasks
+                 (``max_batch_tokens`` when nothing is decoding)
+        start:   jobs whose prefixes are computed sample their first tokens
+        decode:  every running branch feeds its last token in ONE batch (grouped by
+                 shared prefix pages), then samples, checks its stops, streams
+        finish:  tasks and jobs that are complete call back (the engine makes handles)
 
-A branch's last sampled token has no KV yet; the step after it stops the branch is fed
-once more ("flushed") so its KV and final hidden state exist: every finished branch is
-then inserted into the radix tree as a computed node that the next call reuses.
+Per branch, on every token: EOS (kept) -> ``EOS``; a stop string in its text ->
+``STOP``; a stop rule (:mod:`ttc.stopping`) -> ``RULE`` (or forced tokens queued);
+``max_tokens`` or the model's context -> ``MAX_TOKENS``. Per job: the call's
+``token_limit`` — when the job's running branches would together pass it with the next
+token, all of them finish with ``BUDGET`` (lockstep within the call, as if it ran alone),
+so a budgeted search batches with everything else and never exceeds its cap.
 
-Per step (nano-vllm split: this module decides, :mod:`ttc.engine.native.kv_cache` counts,
-:mod:`ttc.engine.native.runner` computes)::
+A branch's last sampled token has no KV yet; the step after it stops, the branch is fed
+once more ("flushed") so its KV and final hidden state exist before the job finishes.
 
-    rows = live branches + branches flushed this step, grouped by top-level prefix node
-    a row needs a new page when its fed token starts one (pool.alloc may evict)
-    hidden = runner.decode(groups)      -> sample live rows -> check stops
+Memory: pages come from the pool (which evicts unlocked cache first). When a decoding
+branch needs a page and none can be had, the youngest job's running branches are
+preempted (their pages freed, their tokens and RNG state kept; recomputed later in one
+extend) — never the branch's own older peers first. When nothing else is running and a
+branch still cannot get a page, its job fails alone with :class:`KVCacheFull`, which
+names the memory setting. A job that fails or is cancelled frees everything it held;
+the other jobs go on.
 
+Nano-vllm's split: this module decides, :mod:`ttc.engine.native.kv_cache` counts,
+:mod:`ttc.engine.native.runner` computes.
 Must NOT know: handles, rewards, strategies, chat templates.
 """
 
 from __future__ import annotations
 
+import itertools
+from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor
 
-from ttc.engine.native.kv_cache import Node, PagePool, RadixTree
-from ttc.engine.native.runner import DecodeGroup, ModelRunner
+from ttc.engine.native.kv_cache import KVCacheFull, Node, PagePool, RadixTree
+from ttc.engine.native.runner import DecodeGroup, ExtendItem, ModelRunner
 from ttc.engine.native.sampling import RowParams, sample, seeded_generator
-from ttc.types import FinishReason, SamplingParams
+from ttc.stopping import Force, Stop
+from ttc.types import FinishReason, SamplingParams, TokenEvent
 
 
 class StopTracker:
@@ -44,22 +61,27 @@ class StopTracker:
 
     Decodes only a short window of recent tokens per step (the prefix/read offsets of
     incremental detokenisers), holding back text while the window ends in an incomplete
-    UTF-8 sequence.
+    UTF-8 sequence. With ``track_text`` it keeps the text even without stop strings
+    (token streams need each token's new text).
     """
 
-    def __init__(self, tokenizer: Any, stops: Sequence[str]) -> None:
+    def __init__(self, tokenizer: Any, stops: Sequence[str], *, track_text: bool = False) -> None:
         self.tokenizer = tokenizer
         self.stops = tuple(stops)
+        self.track_text = track_text or bool(self.stops)
         self.longest = max((len(s) for s in self.stops), default=0)
         self.ids: list[int] = []
         self.text = ""
+        self.delta = ""
+        self.hit: str | None = None
         self.prefix_offset = 0
         self.read_offset = 0
 
     def push(self, token: int) -> bool:
         """Add a token; return True when the text now contains a stop string."""
         self.ids.append(token)
-        if not self.stops:
+        self.delta = ""
+        if not self.track_text:
             return False
         dec = self.tokenizer.decode
         before = dec(self.ids[self.prefix_offset:self.read_offset], skip_special_tokens=True)
@@ -67,45 +89,101 @@ class StopTracker:
         if len(after) <= len(before) or after.endswith("\ufffd"):
             return False
         delta = after[len(before):]
+        self.delta = delta
         self.text += delta
         self.prefix_offset = self.read_offset
         self.read_offset = len(self.ids)
+        if not self.stops:
+            return False
         window = self.text[-(len(delta) + self.longest - 1):]
-        return any(s in window for s in self.stops)
+        for s in self.stops:
+            if s in window:
+                self.hit = s
+                return True
+        return False
 
 
 @dataclass(eq=False)
 class Branch:
     """One continuation being generated."""
 
-    request: int
+    job: "DecodeJob"
+    request: int                 # index of its request within the job
+    index: int                   # index within its request (seeding, streams)
     prefix: Node
     params: SamplingParams
     generator: torch.Generator | None
     tracker: StopTracker
+    rules: list[Any]
     group_key: int
     base_pages: list[int]        # full pages of the prefix (shared, never written)
     base_len: int                # prefix tokens
     own_pages: list[int] = field(default_factory=list)
     tokens: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
+    top: list[tuple[tuple[int, float], ...]] = field(default_factory=list)
+    forced: deque = field(default_factory=deque)    # tokens to append without sampling
+    forced_count: int = 0
     finish: FinishReason | None = None
+    stop_reason: str | None = None
     hidden: Tensor | None = None  # final hidden state of the last token, once computed
+    preempted: bool = False
+
+    @property
+    def needs_flush(self) -> bool:
+        return self.finish is not None and bool(self.tokens) and self.hidden is None
+
+    @property
+    def done(self) -> bool:
+        return self.finish is not None and not self.needs_flush
 
 
-@dataclass(frozen=True, kw_only=True)
-class PrefixWork:
-    """Continue ``node`` (computed, payload = hidden of its last token) ``n`` times."""
+@dataclass(eq=False)
+class DecodeJob:
+    """The branches of one ``expand`` call: one token cap for all of them.
 
-    node: Node
-    n: int
-    params: SamplingParams
-    seed: int | None
+    ``prefixes[i]`` is request ``i``'s computed node (its payload is the hidden state of
+    its last token); ``on_done(job)`` runs when every branch is done, ``on_error(exc)``
+    when the job fails (its pages already freed).
+    """
+
+    prefixes: Sequence[Node]
+    requests: Sequence[Any]               # ExpandRequest-like: n, params, on_token
+    seeds: Sequence[int | None]           # per request, for params without a seed
+    token_limit: int | None
+    on_done: Callable[["DecodeJob"], None]
+    on_error: Callable[[BaseException], None]
+    seq: int = 0
+    branches: list[Branch] = field(default_factory=list)
+    generated: int = 0
+    started: bool = False
+    finished: bool = False
+
+
+@dataclass(eq=False)
+class PrefillTask:
+    """Compute ``tokens`` after ``parent`` (computed and kept resident by the caller).
+
+    ``on_done(task, hidden)`` gets the new tokens' final hidden states (all of them when
+    ``keep_hidden``, else only the last row) and must take over ``pages`` (e.g. as a
+    tree node); ``on_error(exc)`` runs if the task fails (its pages already freed).
+    """
+
+    parent: Node
+    tokens: tuple[int, ...]
+    keep_hidden: bool
+    on_done: Callable[["PrefillTask", Tensor], None]
+    on_error: Callable[[BaseException], None]
+    seq: int = 0
+    pages: list[int] | None = None
+    done: int = 0
+    parts: list[Tensor] = field(default_factory=list)
 
 
 class Scheduler:
     def __init__(self, *, tree: RadixTree, pool: PagePool, runner: ModelRunner, tokenizer: Any,
-                 eos_ids: Sequence[int], max_position: int) -> None:
+                 eos_ids: Sequence[int], max_position: int, prefill_chunk: int,
+                 encode: Callable[[str], list[int]] | None = None) -> None:
         self.tree = tree
         self.pool = pool
         self.runner = runner
@@ -113,122 +191,347 @@ class Scheduler:
         self.eos_ids = frozenset(eos_ids)
         self.max_position = max_position
         self.page_size = pool.page_size
+        self.prefill_chunk = prefill_chunk
+        self.encode = encode
+        self._seq = itertools.count()
+        self.waiting: deque[PrefillTask] = deque()   # not yet given pages
+        self.prefilling: list[PrefillTask] = []      # pages held, tokens being computed
+        self.starting: list[DecodeJob] = []          # first tokens not sampled yet
+        self.jobs: list[DecodeJob] = []              # started, not finished
+        self.steps = 0                               # decode steps run (for tests, metrics)
+        self.preemptions = 0
 
-    # -- public -----------------------------------------------------------------------
-    def decode(self, work: Sequence[PrefixWork], *, token_limit: int | None) -> list[list[Branch]]:
-        """Generate every branch; return them per work item, finished, with pages owned."""
-        branches = [self._new_branch(i, w, j) for i, w in enumerate(work) for j in range(w.n)]
-        out: list[list[Branch]] = [[] for _ in work]
-        for b in branches:
-            out[b.request].append(b)
-        try:
-            self._run(branches, work, token_limit)
-        except BaseException:
-            for b in branches:       # NOTE: no page leaks when a step fails
-                self.pool.free(b.own_pages)
-                b.own_pages = []
-            raise
+    # -- queues -----------------------------------------------------------------------
+    def add_prefill(self, task: PrefillTask) -> None:
+        task.seq = next(self._seq)
+        self.waiting.append(task)
+
+    def add_job(self, job: DecodeJob) -> None:
+        job.seq = next(self._seq)
+        self.starting.append(job)
+
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.prefilling or self.starting or self.jobs)
+
+    def running_branches(self) -> list[Branch]:
+        return [b for j in self.jobs for b in j.branches if not b.done and not b.preempted]
+
+    def owned_pages(self) -> list[list[int]]:
+        """Pages held by work in flight (for invariant checks)."""
+        out = [t.pages for t in self.prefilling if t.pages]
+        out += [b.own_pages for j in self.jobs for b in j.branches if b.own_pages]
         return out
 
-    # -- internals --------------------------------------------------------------------
-    def _new_branch(self, request: int, w: PrefixWork, index: int) -> Branch:
+    def cancel_job(self, job: DecodeJob) -> None:
+        """Remove a job wherever it is and free its pages (no callback)."""
+        if job in self.starting:
+            self.starting.remove(job)
+        if job in self.jobs:
+            self.jobs.remove(job)
+        for b in job.branches:
+            self.pool.free(b.own_pages)
+            b.own_pages = []
+        job.finished = True
+
+    def cancel_prefill(self, task: PrefillTask) -> None:
+        if task in self.waiting:
+            self.waiting.remove(task)
+        if task in self.prefilling:
+            self.prefilling.remove(task)
+        if task.pages:
+            self.pool.free(task.pages)
+            task.pages = None
+
+    def fail_all(self, exc: BaseException) -> None:
+        """A step failed in a way that cannot be pinned on one job: fail everything."""
+        tasks = list(self.waiting) + self.prefilling
+        jobs = self.starting + self.jobs
+        for t in tasks:
+            self.cancel_prefill(t)
+        for j in jobs:
+            self.cancel_job(j)
+        for t in tasks:
+            _call_safely(t.on_error, exc)
+        for j in jobs:
+            _call_safely(j.on_error, exc)
+
+    # -- the step -----------------------------------------------------------------------
+    def step(self) -> None:
+        self._resume_preempted()
+        self._admit_prefills()
+        decoding = bool(self.jobs or self.starting)
+        self._prefill_chunk(self.prefill_chunk if decoding else self.runner.max_batch_tokens)
+        self._start_jobs()
+        self._decode()
+
+    # -- prefill ------------------------------------------------------------------------
+    def _admit_prefills(self) -> None:
+        ps = self.page_size
+        while self.waiting:
+            task = self.waiting[0]
+            parent = task.parent
+            n_pages = -(-(parent.end + len(task.tokens)) // ps) - parent.end // ps
+            try:
+                pages = self.pool.alloc(n_pages)
+            except KVCacheFull as err:
+                if self.prefilling or self.running_branches():
+                    return                      # wait for running work to free pages
+                self.waiting.popleft()
+                _call_safely(task.on_error, err)
+                continue
+            self.waiting.popleft()
+            if parent.end % ps:
+                self.runner.copy_page(self.tree.page_table(parent)[-1], pages[0])
+            task.pages = pages
+            self.prefilling.append(task)
+
+    def _prefill_chunk(self, budget: int) -> None:
+        if not self.prefilling:
+            return
+        ps = self.page_size
+        items, owners = [], []
+        for task in self.prefilling:
+            if budget <= 0:
+                break
+            take = min(budget, len(task.tokens) - task.done)
+            base = self.tree.page_table(task.parent)[: task.parent.end // ps]
+            items.append(ExtendItem(table=base + task.pages, start=task.parent.end + task.done,
+                                    tokens=task.tokens[task.done:task.done + take]))
+            owners.append((task, take))
+            budget -= take
+        try:
+            hidden = self.runner.extend(items)
+        except Exception as err:  # noqa: BLE001  (the tasks in this chunk fail, others go on)
+            for task, _ in owners:
+                self.cancel_prefill(task)
+                _call_safely(task.on_error, err)
+            return
+        for (task, take), h in zip(owners, hidden):
+            task.done += take
+            task.parts.append(h if task.keep_hidden else h[-1:])
+            if task.done == len(task.tokens):
+                self.prefilling.remove(task)
+                out = torch.cat(task.parts) if len(task.parts) > 1 else task.parts[0]
+                if not task.keep_hidden:
+                    out = out[-1:]
+                task.parts = []
+                try:
+                    task.on_done(task, out)
+                except Exception as err:  # noqa: BLE001
+                    if task.pages:
+                        self.pool.free(task.pages)
+                        task.pages = None
+                    _call_safely(task.on_error, err)
+
+    # -- jobs ---------------------------------------------------------------------------
+    def _new_branch(self, job: DecodeJob, request: int, index: int) -> Branch:
+        r = job.requests[request]
+        node = job.prefixes[request]
+        params: SamplingParams = r.params
         gen = None
-        if w.params.temperature > 0:
-            if w.params.seed is not None:
-                gen = seeded_generator(w.params.seed, index)
-            elif w.seed is not None:
-                gen = seeded_generator(w.seed, index)
-        top = w.node
+        if params.temperature > 0:
+            seed = params.seed if params.seed is not None else job.seeds[request]
+            if seed is not None:
+                gen = seeded_generator(seed, index)
+        top = node
         while top.parent is not None and top.parent is not self.tree.root:
             top = top.parent
-        table = self.tree.page_table(w.node)
+        table = self.tree.page_table(node)
         ps = self.page_size
-        return Branch(request=request, prefix=w.node, params=w.params, generator=gen,
-                      tracker=StopTracker(self.tokenizer, w.params.stop), group_key=id(top),
-                      base_pages=table[: w.node.end // ps], base_len=w.node.end)
+        return Branch(job=job, request=request, index=index, prefix=node, params=params,
+                      generator=gen,
+                      tracker=StopTracker(self.tokenizer, params.stop,
+                                          track_text=r.on_token is not None),
+                      rules=[spec.start() for spec in params.stop_rules],
+                      group_key=id(top), base_pages=table[: node.end // ps], base_len=node.end)
 
-    def _start_pages(self, branches: Sequence[Branch]) -> None:
-        """Give branches whose prefix ends mid-page a private copy of that page."""
-        ps = self.page_size
-        for b in branches:
-            if b.base_len % ps:
-                (page,) = self.pool.alloc(1)
-                b.own_pages.append(page)
-                src = self.tree.page_table(b.prefix)[-1]
-                self.runner.copy_page(src, page)
-
-    def _run(self, branches: list[Branch], work: Sequence[PrefixWork],
-             token_limit: int | None) -> None:
-        self._start_pages(branches)
+    def _start_jobs(self) -> None:
+        if not self.starting:
+            return
+        jobs, self.starting = self.starting, []
+        rows, nodes = [], []
+        node_row: dict[int, int] = {}
+        for job in jobs:
+            job.branches = [self._new_branch(job, i, j) for i, r in enumerate(job.requests)
+                            for j in range(r.n)]
+            for node in job.prefixes:
+                if id(node) not in node_row:
+                    node_row[id(node)] = len(nodes)
+                    nodes.append(node)
+            job.started = True
+            self.jobs.append(job)
         # First token of every branch from its prefix's stored hidden state.
-        hidden = torch.stack([w.node.payload for w in work])
-        logits = self.runner.model.logits(hidden)
-        rows = logits.index_select(0, torch.tensor([b.request for b in branches],
-                                                   device=logits.device))
-        live = self._sample(branches, rows, token_limit, 0)
-        generated = sum(len(b.tokens) for b in branches)
-        # NOTE: a branch that stopped after sampling a token still needs that token's KV
-        # and hidden state: it is fed once more ("flushed") in the next step.
-        flush = [b for b in branches if b.finish is not None and b.tokens]
-        while live or flush:
-            step_rows = sorted(live + flush, key=lambda b: b.group_key)
-            hidden = self._step(step_rows)
-            for b, h in zip(step_rows, hidden):
-                b.hidden = h
-            live_idx = [i for i, b in enumerate(step_rows) if b.finish is None]
-            if not live_idx:
-                break
-            live = [step_rows[i] for i in live_idx]
+        logits = self.runner.model.logits(torch.stack([n.payload for n in nodes]))
+        for job in jobs:
+            idx = [node_row[id(job.prefixes[b.request])] for b in job.branches]
+            rows = logits.index_select(0, torch.tensor(idx, device=logits.device))
+            try:
+                self._sample_job(job, job.branches, rows)
+            except Exception as err:  # noqa: BLE001
+                self._fail_job(job, err)
+        self._finish_jobs()
+
+    # -- decode -------------------------------------------------------------------------
+    def _decode(self) -> None:
+        rows = [b for j in self.jobs for b in j.branches
+                if not b.preempted and (b.finish is None or b.needs_flush)]
+        if not rows:
+            self._finish_jobs()
+            return
+        rows = self._give_pages(rows)
+        if not rows:
+            self._finish_jobs()
+            return
+        rows.sort(key=lambda b: b.group_key)
+        try:
+            hidden = self._forward(rows)
+        except Exception as err:  # noqa: BLE001  (every job in this batch fails)
+            for job in {id(b.job): b.job for b in rows}.values():
+                self._fail_job(job, err)
+            return
+        self.steps += 1
+        for b, h in zip(rows, hidden):
+            b.hidden = h
+        live = [i for i, b in enumerate(rows) if b.finish is None]
+        if live:
             logits = self.runner.model.logits(
-                hidden if len(live_idx) == len(step_rows)
-                else hidden.index_select(0, torch.tensor(live_idx, device=hidden.device)))
-            still = self._sample(live, logits, token_limit, generated)
-            flush = []
-            for b in live:
-                if b.finish is FinishReason.BUDGET:
-                    continue          # cut before sampling: its last token is computed
-                generated += 1
-                b.hidden = None       # the new token has no KV yet
-                if b.finish is not None:
-                    flush.append(b)
-            live = still
+                hidden if len(live) == len(rows)
+                else hidden.index_select(0, torch.tensor(live, device=hidden.device)))
+            by_job: dict[int, list[int]] = {}
+            for k, i in enumerate(live):
+                by_job.setdefault(id(rows[i].job), []).append(k)
+            for ks in by_job.values():
+                job = rows[live[ks[0]]].job
+                if job.finished:
+                    continue
+                sel = logits.index_select(0, torch.tensor(ks, device=logits.device))
+                try:
+                    self._sample_job(job, [rows[live[k]] for k in ks], sel)
+                except Exception as err:  # noqa: BLE001  (a rule or stream of this job broke)
+                    self._fail_job(job, err)
+        self._finish_jobs()
 
-    def _sample(self, rows: list[Branch], logits: Tensor, token_limit: int | None,
-                generated: int) -> list[Branch]:
-        """Sample one token for each row; return the rows still live."""
-        if token_limit is not None and generated + len(rows) > token_limit:
-            for b in rows:
-                b.finish = FinishReason.BUDGET
-            return []
-        params = [RowParams(temperature=b.params.temperature, top_p=b.params.top_p,
-                            top_k=b.params.top_k) for b in rows]
-        tokens, lps = sample(logits, params, [b.generator for b in rows])
-        live = []
-        for b, t, lp in zip(rows, tokens.tolist(), lps.tolist()):
-            b.tokens.append(t)
-            b.logprobs.append(lp)
-            if t in self.eos_ids:
-                b.finish = FinishReason.EOS
-            elif b.tracker.push(t):
-                b.finish = FinishReason.STOP
-            elif (len(b.tokens) >= b.params.max_tokens
-                  or b.base_len + len(b.tokens) >= self.max_position):
-                b.finish = FinishReason.MAX_TOKENS
+    def _give_pages(self, rows: list[Branch]) -> list[Branch]:
+        """Give each row the page its fed token needs, preempting under pressure."""
+        ps = self.page_size
+        rows = sorted(rows, key=lambda b: (b.job.seq, b.index))     # oldest first
+        kept = []
+        for b in rows:
+            if b.preempted or b.job.finished:
+                continue
+            pos = b.base_len + len(b.tokens) - 1
+            k = pos // ps - b.base_len // ps
+            while k >= len(b.own_pages):
+                page = self._alloc_page(b)
+                if page is None:
+                    break
+                if not b.own_pages and b.base_len % ps:
+                    self.runner.copy_page(self.tree.page_table(b.prefix)[-1], page)
+                b.own_pages.append(page)
             else:
-                live.append(b)
-        return live
+                kept.append(b)
+        return [b for b in kept if not b.preempted and not b.job.finished]
 
-    def _step(self, rows: list[Branch]) -> Tensor:
+    def _alloc_page(self, b: Branch) -> int | None:
+        """One page for ``b``; None when ``b`` was preempted or its job failed instead."""
+        while True:
+            try:
+                (page,) = self.pool.alloc(1)
+                return page
+            except KVCacheFull as err:
+                victim = self._victim(b)
+                if victim is None:
+                    if self._others_running(b):
+                        self._preempt(b)      # only older work is running: b waits for it
+                    else:
+                        self._fail_job(b.job, err)
+                    return None
+                self._preempt(victim)
+
+    def _others_running(self, b: Branch) -> bool:
+        return any(o is not b and o.own_pages for o in self.running_branches())
+
+    def _victim(self, b: Branch) -> Branch | None:
+        """The branch to preempt for ``b``: the youngest one younger than ``b`` (a later
+        job, or a later index in the same job) that holds pages — running, or finished
+        and waiting for its siblings; None when there is none. Older work always wins,
+        so the oldest job always makes progress."""
+        best = None
+        key = (b.job.seq, b.index)
+        for j in self.jobs:
+            for o in j.branches:
+                if o is b or o.preempted or not o.own_pages or (o.job.seq, o.index) <= key:
+                    continue
+                if best is None or (o.job.seq, o.index) > (best.job.seq, best.index):
+                    best = o
+        return best
+
+    def _preempt(self, b: Branch) -> None:
+        self.pool.free(b.own_pages)
+        b.own_pages = []
+        b.hidden = None
+        b.preempted = True
+        self.preemptions += 1
+
+    def _resume_preempted(self) -> None:
+        waiting = [b for j in self.jobs for b in j.branches if b.preempted]
+        if not waiting:
+            return
+        waiting.sort(key=lambda b: (b.job.seq, b.index))
+        ps = self.page_size
+        resumed, items = [], []
+        for b in waiting:
+            if b.job.finished or not b.preempted:
+                continue
+            # Pages for positions base_len .. base_len + len(tokens) - 2 (all but the last
+            # token, which the next decode step feeds), plus one page of headroom.
+            last = b.base_len + len(b.tokens) - 1
+            n = -(-last // ps) - b.base_len // ps if last > b.base_len else (
+                1 if b.base_len % ps else 0)
+            pages = None
+            while pages is None:
+                try:
+                    pages = self.pool.alloc(n + 1)
+                except KVCacheFull:
+                    victim = self._victim(b)
+                    if victim is None:
+                        break
+                    self._preempt(victim)
+            if pages is None:
+                if not self.running_branches() and not resumed and not self.prefilling:
+                    held = sum(len(o.own_pages) for o in b.job.branches)
+                    self._fail_job(b.job, KVCacheFull(
+                        f"the KV cache cannot hold this call's branches: one needs {n} more "
+                        f"pages of {ps} tokens while its finished siblings hold {held} and "
+                        f"pinned handles the rest of {self.pool.num_pages}; raise "
+                        f"{self.pool.setting}, ask for fewer or shorter branches, or keep "
+                        f"fewer handles pinned."))
+                    continue
+                break
+            self.pool.free(pages[-1:])
+            b.own_pages = pages[:-1]
+            if b.base_len % ps and b.own_pages:
+                self.runner.copy_page(self.tree.page_table(b.prefix)[-1], b.own_pages[0])
+            b.preempted = False
+            resumed.append(b)
+            if len(b.tokens) > 1:
+                items.append((b, ExtendItem(table=b.base_pages + b.own_pages, start=b.base_len,
+                                            tokens=b.tokens[:-1])))
+        if items:
+            try:
+                self.runner.extend([it for _, it in items])
+            except Exception as err:  # noqa: BLE001
+                for job in {id(b.job): b.job for b, _ in items}.values():
+                    self._fail_job(job, err)
+
+    def _forward(self, rows: list[Branch]) -> Tensor:
         """Feed each row's last token; rows sorted by group key. Returns hidden per row."""
         ps = self.page_size
         positions, slots = [], []
         for b in rows:
             pos = b.base_len + len(b.tokens) - 1
-            k = pos // ps - b.base_len // ps
-            if k == len(b.own_pages):
-                b.own_pages.extend(self.pool.alloc(1))
             positions.append(pos)
-            slots.append(b.own_pages[k] * ps + pos % ps)
+            slots.append(b.own_pages[pos // ps - b.base_len // ps] * ps + pos % ps)
         groups: list[DecodeGroup] = []
         i = 0
         while i < len(rows):
@@ -243,6 +546,126 @@ class Scheduler:
                 suffix_lens=[b.base_len + len(b.tokens) - len(shared) * ps for b in members]))
             i = j
         return self.runner.decode(groups, positions=positions, slots=slots)
+
+    # -- sampling and stops ------------------------------------------------------------
+    def _sample_job(self, job: DecodeJob, rows: list[Branch], logits: Tensor) -> None:
+        """Sample (or force) one token for each of ``job``'s ``rows``."""
+        if job.token_limit is not None and job.generated + len(rows) > job.token_limit:
+            for b in rows:
+                b.finish = FinishReason.BUDGET
+                b.stop_reason = "budget"
+                self._emit(b, None)
+            return
+        tokens: list[int] = [0] * len(rows)
+        lps: list[float] = [0.0] * len(rows)
+        sampled = [i for i, b in enumerate(rows) if not b.forced]
+        if sampled:
+            sel = logits if len(sampled) == len(rows) else logits.index_select(
+                0, torch.tensor(sampled, device=logits.device))
+            params = [RowParams(temperature=rows[i].params.temperature,
+                                top_p=rows[i].params.top_p, top_k=rows[i].params.top_k)
+                      for i in sampled]
+            t, lp = sample(sel, params, [rows[i].generator for i in sampled])
+            for i, tok, p in zip(sampled, t.tolist(), lp.tolist()):
+                tokens[i], lps[i] = tok, p
+        forced = [i for i, b in enumerate(rows) if b.forced]
+        if forced:
+            idx = torch.tensor(forced, device=logits.device)
+            toks = torch.tensor([rows[i].forced[0] for i in forced], device=logits.device)
+            sel = logits.index_select(0, idx)
+            lp = (sel.gather(1, toks.view(-1, 1)).squeeze(1)
+                  - torch.logsumexp(sel, dim=-1)).tolist()
+            for k, i in enumerate(forced):
+                tokens[i], lps[i] = rows[i].forced.popleft(), lp[k]
+        k_top = [max([b.params.top_logprobs] + [s.top_k for s in b.params.stop_rules])
+                 for b in rows]
+        tops: list[tuple[tuple[int, float], ...] | None] = [None] * len(rows)
+        if any(k_top):
+            need = [i for i, k in enumerate(k_top) if k]
+            kmax = max(k_top)
+            sel = logits.index_select(0, torch.tensor(need, device=logits.device)).float()
+            vals, ids = torch.topk(torch.log_softmax(sel, dim=-1), kmax, dim=-1)
+            for r, i in enumerate(need):
+                k = k_top[i]
+                tops[i] = tuple(zip(ids[r, :k].tolist(), vals[r, :k].tolist()))
+        for i, b in enumerate(rows):
+            was_forced = i in forced
+            self._append(b, tokens[i], lps[i], tops[i], forced=was_forced)
+        job.generated += len(rows)
+
+    def _append(self, b: Branch, t: int, lp: float, top, *, forced: bool) -> None:
+        b.tokens.append(t)
+        b.logprobs.append(lp)
+        if b.params.top_logprobs:
+            b.top.append(top[: b.params.top_logprobs] if top else ())
+        b.hidden = None                      # the new token has no KV yet
+        if forced:
+            b.forced_count += 1
+        hit = b.tracker.push(t)
+        if t in self.eos_ids and not forced:
+            b.finish, b.stop_reason = FinishReason.EOS, "eos"
+        elif hit:
+            b.finish, b.stop_reason = FinishReason.STOP, f"stop:{b.tracker.hit!r}"
+        if b.finish is None:
+            for rule in b.rules:
+                action = rule.on_token(t, lp, top, forced=forced)
+                if isinstance(action, Stop):
+                    b.finish, b.stop_reason = FinishReason.RULE, f"rule:{action.reason}"
+                    b.forced.clear()
+                    break
+                if isinstance(action, Force):
+                    b.forced.extend(self._encode(action.text))
+        if b.finish is None and (len(b.tokens) >= b.params.max_tokens
+                                 or b.base_len + len(b.tokens) >= self.max_position):
+            b.finish, b.stop_reason = FinishReason.MAX_TOKENS, "max_tokens"
+        self._emit(b, t, lp=lp, forced=forced)
+
+    def _encode(self, text: str) -> list[int]:
+        if self.encode is not None:
+            return list(self.encode(text))
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def _emit(self, b: Branch, token: int | None, *, lp: float = 0.0, forced: bool = False
+              ) -> None:
+        callback = b.job.requests[b.request].on_token
+        if callback is None:
+            return
+        event = TokenEvent(branch=b.index, token_id=-1 if token is None else token,
+                           logprob=lp, text="" if token is None else b.tracker.delta,
+                           forced=forced, finish=b.finish)
+        try:
+            callback(event)
+        except Exception as err:  # noqa: BLE001  (the caller's callback fails its own job)
+            self._fail_job(b.job, err)
+
+    # -- completion ---------------------------------------------------------------------
+    def _fail_job(self, job: DecodeJob, err: BaseException) -> None:
+        if job.finished:
+            return
+        self.cancel_job(job)
+        _call_safely(job.on_error, err)
+
+    def _finish_jobs(self) -> None:
+        for job in list(self.jobs):
+            if job.finished or not all(b.done for b in job.branches):
+                continue
+            self.jobs.remove(job)
+            job.finished = True
+            try:
+                job.on_done(job)
+            except Exception as err:  # noqa: BLE001
+                for b in job.branches:
+                    if b.own_pages:
+                        self.pool.free(b.own_pages)
+                        b.own_pages = []
+                _call_safely(job.on_error, err)
+
+
+def _call_safely(fn: Callable[[BaseException], None], err: BaseException) -> None:
+    try:
+        fn(err)
+    except Exception:  # noqa: BLE001, S110  (an error callback must not stop the loop)
+        pass
 
 
 def _common_prefix(tables: Sequence[Sequence[int]]) -> list[int]:

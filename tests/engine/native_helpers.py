@@ -17,7 +17,7 @@ class ByteTokenizer:
     def __call__(self, text: str) -> dict:
         return {"input_ids": list(text.encode("utf-8"))}
 
-    def encode(self, text: str) -> list[int]:
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return list(text.encode("utf-8"))
 
     def decode(self, ids, skip_special_tokens: bool = False) -> str:
