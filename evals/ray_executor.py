@@ -3,9 +3,12 @@
 Contract: :func:`run_on_ray` takes the validated run config, the problems still to do
 (``(index, problem)`` pairs) and an ``accept(record)`` callback, and returns when every
 problem is done. It starts ``workers`` Ray actors (``concurrency`` of the eval; each
-actor builds its own :class:`~ttc.pipeline.Pipeline` once, i.e. its own engine, or a
-client of shared servers when the backend is ``http``) and hands out problems
-dynamically, two in flight per actor, so a slow problem does not hold back a shard. Each
+actor builds one engine, or a client of shared servers when the backend is ``http``)
+and hands out problems dynamically, two in flight per actor: an actor runs them on two
+threads over its one engine (:mod:`ttc.sharing`), so on the native engine both problems'
+branches decode in the same batch, and a slow problem does not hold back a shard.
+Cores: each actor asks Ray for ``num_cpus=1`` and its native engine runs one torch
+thread (``backend.threads=1``), so N actors on N cores never oversubscribe them. Each
 record is made on the worker with the runner's own :func:`~ttc.evals.runner.make_record`
 (the same JSONL format as a local run) and passed to ``accept`` on the driver as soon as
 it arrives: the runner appends it to ``results.jsonl`` at once, so an interrupted run
@@ -36,21 +39,41 @@ class _Worker:
 
     def __init__(self, config: dict[str, Any], dataset: str, save_tree: bool,
                  fresh: bool) -> None:
+        import threading  # noqa: PLC0415
+
+        backend = config.get("backend", {})
+        if backend.get("name") == "native" and "threads" in backend:
+            config = {**config, "backend": {**backend, "threads": 1}}   # num_cpus=1
         self.config = load_run_config(config)
         self.dataset, self.save_tree, self.fresh = dataset, save_tree, fresh
-        self.pipe = None
+        self.shared: tuple[Any, Any] | None = None
+        self._build_lock = threading.Lock()
+
+    def _pipeline(self) -> Any:
+        from ttc.pipeline import Pipeline  # noqa: PLC0415
+        from ttc.registry import BACKENDS, VERIFIERS  # noqa: PLC0415
+        from ttc.sharing import shared_generator, shared_verifier  # noqa: PLC0415
+
+        if self.fresh:
+            return Pipeline.from_config(self.config)
+        with self._build_lock:
+            if self.shared is None:
+                gen = shared_generator(BACKENDS.build(self.config.backend))
+                self.shared = (gen, shared_verifier(VERIFIERS.build(self.config.verifier,
+                                                                    generator=gen)))
+        c = self.config
+        return Pipeline(generator=self.shared[0], verifier=self.shared[1], strategy=c.strategy,
+                        budget=c.budget, generation=c.generation)
 
     def solve(self, index: int, problem: dict[str, Any]) -> dict[str, Any]:
         import time  # noqa: PLC0415
 
         from ttc.evals.runner import make_record  # noqa: PLC0415
-        from ttc.pipeline import Pipeline  # noqa: PLC0415
 
-        if self.pipe is None or self.fresh:
-            self.pipe = Pipeline.from_config(self.config)
+        pipe = self._pipeline()
         prob = Problem.model_validate(problem)
         t0 = time.perf_counter()
-        result = self.pipe.solve(prob)
+        result = pipe.solve(prob)
         return make_record(prob, index, result, dataset=self.dataset,
                            seed=self.config.generation.seed,
                            wall=time.perf_counter() - t0, save_tree=self.save_tree)
@@ -79,7 +102,7 @@ def run_on_ray(config: RunConfig, todo: Sequence[tuple[int, Problem]], *, datase
     if not ray.is_initialized():
         ray.init(include_dashboard=False, log_to_driver=False,
                  **({} if os.environ.get("RAY_ADDRESS") else {"num_cpus": max(workers, 1)}))
-    actor_cls = ray.remote(num_cpus=1)(_Worker)
+    actor_cls = ray.remote(num_cpus=1, max_concurrency=IN_FLIGHT_PER_WORKER)(_Worker)
     n = min(workers, len(todo))
     actors = [actor_cls.remote(config.dump(), dataset, save_tree, fresh) for _ in range(n)]
     queue = deque(todo)

@@ -25,19 +25,15 @@ candidate_answers candidate_correct candidate_scores ledger budget_exhausted
 wall_seconds`` and ``tree`` (with ``save_tree=true``).
 
 Concurrency (``concurrency=N``): N worker threads, so N problems are in flight at once.
-By default each worker has its own pipeline (its own generator, verifier and strategy):
-the generators are not thread-safe, and records stay a function of (config, problem).
-With ``share_engine=true`` the workers share one generator through
-:class:`ttc.server.BatchingGenerator`, which merges concurrent ``expand`` calls into one
-engine call (cross-problem batching) and one locked verifier. Limits of that mode, by
-design of the Generator protocol: ``token_limit`` is per call, so a call whose
-generated-token cap could bind (its problem's remaining ``budget.max_generated_tokens``
-is below what its requests can generate, i.e. near the end of a budget) runs alone and
-every other call merges; a merged call's prefill/cached tokens are split between problems
-in proportion to the tokens each generated (generated tokens stay exact); records then
-depend on how calls interleaved, so a resumed run is valid but not record-identical.
-With the pure-Python simulated backend the GIL limits any gain; with engines that release
-the GIL (torch, HTTP backends) the workers overlap.
+With ``share_engine`` (the default: ``null`` means on for every backend but the
+simulator) the workers share ONE generator and ONE verifier (:mod:`ttc.sharing`): on the
+native engine, a continuous-batching step loop, every problem's branches decode in the
+same batch at every step, and each problem's remaining token budget travels with its
+own requests, so budgets stay exact and problems batch until their last step. Each
+problem's ledger is its own (the engine reports each call's usage). Records then depend
+on how problems interleave only where sampling is unseeded. With ``share_engine=false``
+each worker builds its own pipeline (its own engine: N copies of the weights); the
+simulated backend does this by default (pure Python, the GIL allows no overlap).
 Must NOT know: strategy internals, engine internals, Hydra.
 """
 
@@ -79,7 +75,7 @@ class EvalSettings(Frozen):
     save_tree: bool = False
     progress: bool = True
     fresh_engine: bool | None = None     # None: a fresh engine per problem when simulated
-    share_engine: bool = False           # concurrency>1: one engine, expand calls merged
+    share_engine: bool | None = None     # one engine for all workers; None: on unless simulated
     executor: Literal["local", "ray"] = "local"   # ray: `concurrency` Ray workers
 
 
@@ -276,7 +272,9 @@ def run_eval(plan: EvalPlan, *, on_record: Callable[[dict[str, Any]], None] | No
     fresh = (settings.fresh_engine if settings.fresh_engine is not None
              else config.backend.name == "simulated")
     local = threading.local()
-    shared = _shared_engine(config) if settings.share_engine else None
+    share = (settings.share_engine if settings.share_engine is not None
+             else config.backend.name != "simulated")
+    shared = _shared_engine(config) if share and settings.executor == "local" else None
 
     def pipeline() -> Pipeline:
         if shared is not None:
@@ -335,39 +333,19 @@ def run_eval(plan: EvalPlan, *, on_record: Callable[[dict[str, Any]], None] | No
                "strategy": config.strategy.name,
                "max_generated_tokens": config.budget.max_generated_tokens,
                "seed": config.generation.seed}
-    if shared is not None:
-        summary["shared_engine_expand_calls"] = shared[0].batches
+    if shared is not None and hasattr(shared[0], "stats"):
+        summary["shared_engine"] = shared[0].stats()
     _write_json(out / SUMMARY, summary)
     return summary
 
 
-class _LockedVerifier:
-    """One verifier shared by worker threads: score calls run one at a time."""
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-        self._lock = threading.Lock()
-
-    @property
-    def incremental(self) -> bool:
-        return self.inner.incremental
-
-    def score(self, problem: Problem, trajectories: Any) -> Any:
-        with self._lock:
-            return self.inner.score(problem, trajectories)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-
 def _shared_engine(config: RunConfig) -> tuple[Any, Any]:
-    """One generator behind :class:`ttc.server.BatchingGenerator` (concurrent expand calls
-    whose token limit cannot bind merge into one engine call) and one locked verifier."""
+    """One generator and one verifier that every worker thread may call at once."""
     from ttc.registry import BACKENDS, VERIFIERS
-    from ttc.server import BatchingGenerator
+    from ttc.sharing import shared_generator, shared_verifier
 
-    generator = BatchingGenerator(BACKENDS.build(config.backend))
-    verifier = _LockedVerifier(VERIFIERS.build(config.verifier, generator=generator))
+    generator = shared_generator(BACKENDS.build(config.backend))
+    verifier = shared_verifier(VERIFIERS.build(config.verifier, generator=generator))
     return generator, verifier
 
 

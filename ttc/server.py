@@ -20,11 +20,11 @@ Contract: :func:`make_server` builds one backend and one verifier from a
   earlier prompt plus one of its completions continues that handle (the backend's
   prefix cache serves it); the last 4096 such handles are kept, older ones released.
 
-Every generator call goes through one :class:`BatchingGenerator`: ``expand`` calls that
-arrive together from different requests (and from concurrent strategy runs) are merged
-into ONE backend ``expand``, so all live branches decode in one batch; other calls are
-serialised by one lock (backends are not thread-safe). Calls with a ``token_limit`` run
-on their own (the limit is per call).
+Concurrency: every request runs on its own thread against ONE generator and ONE verifier
+(:mod:`ttc.sharing`). The native engine is a continuous-batching step loop, so the
+branches of every concurrent search and raw completion decode in the same batch, step by
+step, with each search's token budget applied to its own requests; backends that are
+not thread-safe are called one call at a time.
 
 Errors are JSON ``{"error": {"message", "type", "param", "code"}}``: 400 for a bad body
 (named field and what is allowed), 401 for a missing/wrong API key (when one is set),
@@ -40,14 +40,13 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Sequence
+from typing import Any
 
 from ttc.config import RunConfig
 from ttc.registry import BACKENDS, STRATEGIES, VERIFIERS, ConfigError
-from ttc.types import (ExpandOutput, ExpandRequest, FinishReason, GenerationUsage, Handle,
-                       Problem, SamplingParams)
+from ttc.sharing import shared_generator, shared_verifier
+from ttc.types import ExpandRequest, FinishReason, Handle, Problem, SamplingParams
 
 RAW_MODEL = "raw"
 WIDTH_FIELDS = ("n", "k", "max_n", "num_particles", "num_trees", "num_threads")
@@ -64,118 +63,6 @@ class RequestError(Exception):
         self.status, self.message, self.param, self.kind = status, message, param, kind
 
 
-# -- batching ----------------------------------------------------------------------------
-@dataclass
-class _Pending:
-    requests: Sequence[ExpandRequest]
-    done: threading.Event = field(default_factory=threading.Event)
-    output: ExpandOutput | None = None
-    error: BaseException | None = None
-
-
-class BatchingGenerator:
-    """A thread-safe view of one generator that merges concurrent ``expand`` calls.
-
-    The first caller to find no batch running becomes the leader: it waits
-    ``window_s`` for others, takes every pending call, runs one ``expand`` over all their
-    requests and splits the continuations back (usage is split in proportion to the
-    tokens each call generated; each call's ``generated_tokens`` is exact).
-
-    A call's ``token_limit`` is its own cap, so a call whose cap could bind runs alone.
-    A cap cannot bind when the call's requests cannot generate that many tokens at all
-    (the sum of ``n * max_tokens``): such a call merges like an uncapped one. Budgeted
-    searches are in that case until their last steps.
-    """
-
-    def __init__(self, inner: Any, *, window_s: float = 0.002) -> None:
-        self.inner = inner
-        self.window_s = window_s
-        self._lock = threading.Lock()          # guards the backend
-        self._queue_lock = threading.Lock()
-        self._queue: list[_Pending] = []
-        self.batches = 0                       # backend expand calls made (for tests)
-
-    def root(self, problem: Problem) -> Handle:
-        with self._lock:
-            return self.inner.root(problem)
-
-    def pin(self, handles: Sequence[Handle], *, value: float | None = None) -> None:
-        with self._lock:
-            self.inner.pin(handles, value=value)
-
-    def release(self, handles: Sequence[Handle]) -> None:
-        with self._lock:
-            self.inner.release(handles)
-
-    def kv_bytes(self) -> int:
-        with self._lock:
-            return self.inner.kv_bytes()
-
-    def __getattr__(self, name: str) -> Any:      # text_of, token_count, embed, ...
-        attr = getattr(self.inner, name)
-        if not callable(attr):
-            return attr
-
-        def locked(*args: Any, **kwargs: Any) -> Any:
-            with self._lock:
-                return attr(*args, **kwargs)
-        return locked
-
-    def expand(self, requests: Sequence[ExpandRequest], *,
-               token_limit: int | None = None) -> ExpandOutput:
-        if token_limit is not None and token_limit >= _most_new_tokens(requests):
-            token_limit = None        # the cap cannot bind: merging keeps it exact
-        if token_limit is not None:
-            with self._lock:
-                self.batches += 1
-                return self.inner.expand(requests, token_limit=token_limit)
-        mine = _Pending(list(requests))
-        with self._queue_lock:
-            self._queue.append(mine)
-        while not mine.done.is_set():
-            if self._lock.acquire(timeout=0.05):
-                try:
-                    if not mine.done.is_set():
-                        time.sleep(self.window_s)
-                        with self._queue_lock:
-                            batch, self._queue = self._queue, []
-                        self._run(batch)
-                finally:
-                    self._lock.release()
-        if mine.error is not None:
-            raise mine.error
-        assert mine.output is not None
-        return mine.output
-
-    def _run(self, batch: list[_Pending]) -> None:
-        flat = [r for p in batch for r in p.requests]
-        self.batches += 1
-        try:
-            out = self.inner.expand(flat)
-        except BaseException as err:  # noqa: BLE001  (handed to every waiting caller)
-            for p in batch:
-                p.error = err
-                p.done.set()
-            return
-        i = 0
-        total_gen = max(1, out.usage.generated_tokens)
-        for p in batch:
-            conts = out.continuations[i:i + len(p.requests)]
-            i += len(p.requests)
-            gen = sum(c.num_tokens for cs in conts for c in cs)
-            share = gen / total_gen if len(batch) > 1 else 1.0
-            p.output = ExpandOutput(continuations=tuple(conts), usage=GenerationUsage(
-                prefill_tokens=round(out.usage.prefill_tokens * share),
-                cached_tokens=round(out.usage.cached_tokens * share),
-                generated_tokens=gen, peak_kv_bytes=out.usage.peak_kv_bytes))
-            p.done.set()
-
-
-def _most_new_tokens(requests: Sequence[ExpandRequest]) -> int:
-    """The most tokens ``requests`` can generate: every continuation runs to max_tokens."""
-    return sum(r.n * r.params.max_tokens for r in requests)
-
-
 # -- the service ------------------------------------------------------------------------
 class TTCService:
     """What the HTTP handler calls: model listing, strategy runs, raw completions."""
@@ -184,10 +71,9 @@ class TTCService:
                  max_handles: int = 4096) -> None:
         self.config = config
         inner = generator if generator is not None else BACKENDS.build(config.backend)
-        self.generator = BatchingGenerator(inner)
-        self.verifier = verifier if verifier is not None else VERIFIERS.build(
-            config.verifier, generator=self.generator)
-        self._verifier_lock = threading.Lock()
+        self.generator = shared_generator(inner)
+        self.verifier = shared_verifier(verifier if verifier is not None else VERIFIERS.build(
+            config.verifier, generator=self.generator))
         self._texts: OrderedDict[str, Handle] = OrderedDict()
         self._texts_lock = threading.Lock()
         self.max_handles = max_handles
@@ -230,8 +116,8 @@ class TTCService:
         if max_tokens is not None:
             budget = budget.model_copy(update={"max_generated_tokens": max_tokens})
         problem = Problem(id="serve", question=question)
-        result = strategy.run(problem, generator=self.generator, verifier=_LockedVerifier(
-            self.verifier, self._verifier_lock), budget=budget)
+        result = strategy.run(problem, generator=self.generator, verifier=self.verifier,
+                              budget=budget)
         led = result.ledger
         return {"text": result.text or (result.candidates[0].text if result.candidates else ""),
                 "finish_reason": "length" if result.budget_exhausted else "stop",
@@ -297,19 +183,6 @@ class TTCService:
                 evicted.append(self._texts.popitem(last=False)[1])
         if evicted:
             self.generator.release(evicted)
-
-
-class _LockedVerifier:
-    def __init__(self, inner: Any, lock: threading.Lock) -> None:
-        self.inner, self.lock = inner, lock
-        self.incremental = inner.incremental
-
-    def score(self, problem: Problem, trajectories: Any) -> Any:
-        with self.lock:
-            return self.inner.score(problem, trajectories)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
 
 
 def _int(body: dict[str, Any], key: str, default: int | None, *, lo: int, hi: int) -> int:

@@ -10,8 +10,7 @@ import httpx
 import pytest
 
 from ttc.config import load_run_config
-from ttc.server import BatchingGenerator, make_server
-from ttc.types import ExpandRequest, Problem, SamplingParams
+from ttc.server import make_server
 
 CONFIG = {"backend": "simulated", "verifier": "simulated", "strategy": "best_of_n"}
 
@@ -141,79 +140,6 @@ def test_load_many_concurrent_requests_all_answered(server):
     assert len({json.dumps(r.json()["choices"]) for r in responses}) == 48
 
 
-class _Gate:
-    """A generator whose first expand waits until told, so later calls must queue."""
-
-    def __init__(self, inner):
-        self.inner, self.calls, self.go = inner, [], threading.Event()
-
-    def expand(self, requests, *, token_limit=None):
-        self.calls.append(len(requests))
-        if len(self.calls) == 1:
-            self.go.wait(10)
-        return self.inner.expand(requests, token_limit=token_limit)
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-
-def _run_behind_gate(gen, gate, calls):
-    """Run ``calls[0]`` until the gate holds it in the engine, queue the others behind it,
-    then open the gate and wait for all."""
-    threads = [threading.Thread(target=c) for c in calls]
-    threads[0].start()
-    while not gate.calls:
-        threading.Event().wait(0.005)
-    for t in threads[1:]:
-        t.start()
-    while len(gen._queue) < len(calls) - 1:
-        threading.Event().wait(0.005)
-    gate.go.set()
-    for t in threads:
-        t.join(10)
-
-
-def test_batching_generator_merges_calls_that_arrive_together():
-    from ttc.engine.backends.simulated import SimulatedGenerator
-
-    gate = _Gate(SimulatedGenerator())
-    gen = BatchingGenerator(gate)
-    roots = [gen.root(Problem(question=f"q{i}")) for i in range(6)]
-    params = SamplingParams(max_tokens=40, seed=0)
-    outs = [None] * 6
-
-    def call(i):
-        outs[i] = gen.expand([ExpandRequest(prefix=roots[i], n=2, params=params)])
-
-    _run_behind_gate(gen, gate, [lambda i=i: call(i) for i in range(6)])
-    assert gate.calls == [1, 5]                       # the five waiting calls ran as one
-    for i, out in enumerate(outs):
-        assert len(out.continuations) == 1 and len(out.continuations[0]) == 2
-        assert out.usage.generated_tokens == sum(c.num_tokens for c in out.continuations[0])
-
-
-def test_batching_generator_merges_capped_calls_only_when_the_cap_cannot_bind():
-    from ttc.engine.backends.simulated import SimulatedGenerator
-
-    gate = _Gate(SimulatedGenerator())
-    gen = BatchingGenerator(gate)
-    roots = [gen.root(Problem(question=f"q{i}")) for i in range(4)]
-    params = SamplingParams(max_tokens=40, seed=0)     # a call of n=2 makes <= 80 tokens
-    limits = [None, 10_000, 80, 79]                    # 79 could bind: that call runs alone
-    outs = [None] * 4
-
-    def call(i):
-        outs[i] = gen.expand([ExpandRequest(prefix=roots[i], n=2, params=params)],
-                             token_limit=limits[i])
-
-    _run_behind_gate(gen, gate, [lambda i=i: call(i) for i in range(3)])
-    call(3)
-    assert gate.calls == [1, 2, 1]        # the two capped calls that cannot bind merged
-    for out in outs:
-        assert out.usage.generated_tokens == sum(c.num_tokens for c in out.continuations[0])
-        assert out.usage.generated_tokens <= 80
-
-
 def test_ttc_serve_command_starts_and_answers():
     import subprocess
     import sys
@@ -240,3 +166,30 @@ def test_serve_command_rejects_bad_overrides():
 
     result = CliRunner().invoke(app, ["serve", "strategy=nope"])
     assert result.exit_code == 2 and "unknown strategy 'nope'" in result.output
+
+
+def test_readme_serve_command_on_the_native_backend_answers_a_chat():
+    """`ttc serve --port 8000 strategy=beam` as the README gives it: the native engine on
+    the embedded model with the default verifier (the model as its own judge)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "ttc.cli", "serve", "--port", "0",
+                             "strategy=beam"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("ttc serve: http://127.0.0.1:"), line + proc.stderr.read()
+        url = line.split()[2]
+        r = httpx.post(url + "/chat/completions", timeout=300, json={
+            "model": "beam-4", "max_tokens": 48,
+            "messages": [{"role": "user", "content": "What is 3 + 5?"}]})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["ttc"]["strategy"] == "beam"
+        assert body["choices"][0]["message"]["content"]
+        assert 0 < body["usage"]["completion_tokens"] <= 48
+        assert body["ttc"]["ledger"]["verifier_calls"] > 0
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
