@@ -47,8 +47,10 @@ Must NOT know: rewards, strategies, why a branch is kept.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import queue
 import threading
+import weakref
 from concurrent.futures import CancelledError, Future
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
@@ -234,6 +236,7 @@ class NativeEngine:
                 self._thread = threading.Thread(target=self._loop, name="ttc-engine",
                                                 daemon=True)
                 self._thread.start()
+                _register_loop(self)
             self._wake.notify_all()
 
     def _loop(self) -> None:
@@ -256,11 +259,14 @@ class NativeEngine:
         """Stop the step loop (pending work fails); the engine cannot be used after."""
         with self._lock:
             self.scheduler.fail_all(RuntimeError("the engine was closed"))
+        self._stop_loop(timeout=10)
+
+    def _stop_loop(self, *, timeout: float) -> None:
         with self._wake:
             self._closed = True
             self._wake.notify_all()
         if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout=10)
+            self._thread.join(timeout=timeout)
 
     # -- handles ----------------------------------------------------------------------
     def _new_handle(self, node: Node, tail: Sequence[int], prompt_len: int) -> int:
@@ -709,6 +715,22 @@ class NativeEngine:
         with self._lock:
             self._detach(job)
             _settle(job.future, CancelledError("the expand call was cancelled"))
+
+
+_LOOPS: "weakref.WeakSet[NativeEngine]" = weakref.WeakSet()
+
+
+def _register_loop(engine: NativeEngine) -> None:
+    """Stop step loops before the interpreter tears torch down (a loop thread killed
+    mid-step at exit can abort the process)."""
+    if not _LOOPS:
+        atexit.register(_stop_all_loops)
+    _LOOPS.add(engine)
+
+
+def _stop_all_loops() -> None:
+    for engine in list(_LOOPS):
+        engine._stop_loop(timeout=2)
 
 
 def _settle(fut: Future, value: Any) -> None:
