@@ -5,6 +5,7 @@ from (the tokenizer's chat template with ``add_generation_prompt=True``; a plain
 "system, blank line, question" layout for tokenizers without one). The default system
 prompt asks for reasoning steps separated by a blank line (``ttc.types.STEP_DELIMITER``,
 ``"\\n\\n"``, the stop string of a reasoning step) and the final answer in ``\\boxed{}``.
+:func:`eos_ids` is the one rule every backend uses for end-of-sequence tokens.
 :func:`continuation_ids` tokenizes text that is appended to an existing token prefix,
 in the prefix's context, so the ids are what running text would give after the seam
 (tokenizers merge across boundaries and mark leading spaces; compare ids, not strings).
@@ -17,7 +18,8 @@ from typing import Any, Sequence
 
 from ttc.types import Problem
 
-__all__ = ["DEFAULT_SYSTEM_PROMPT", "format_prompt", "prompt_text", "continuation_ids"]
+__all__ = ["DEFAULT_SYSTEM_PROMPT", "format_prompt", "prompt_text", "continuation_ids",
+           "eos_ids"]
 
 DEFAULT_SYSTEM_PROMPT = (
     "Solve the problem step by step. Write each step as a short paragraph and separate "
@@ -89,3 +91,16 @@ def continuation_ids(tokenizer: Any, prefix_ids: Sequence[int], text: str) -> li
         if list(joint[:len(tail)]) == tail and len(joint) > len(tail):
             return list(joint[len(tail):])
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def eos_ids(tokenizer: Any, *configs: Any) -> frozenset[int]:
+    """End-of-sequence ids: every ``eos_token_id`` (an int or a list) of the given configs
+    (a model config, a generation config, ...) and of the tokenizer."""
+    ids: set[int] = set()
+    for src in (*(getattr(c, "eos_token_id", None) for c in configs),
+                getattr(tokenizer, "eos_token_id", None)):
+        if isinstance(src, int):
+            ids.add(src)
+        elif isinstance(src, (list, tuple)):
+            ids.update(int(x) for x in src)
+    return frozenset(ids)

@@ -35,7 +35,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-from ttc.engine.prompting import DEFAULT_SYSTEM_PROMPT, format_prompt
+from ttc.engine.prompting import DEFAULT_SYSTEM_PROMPT, eos_ids, format_prompt
 from ttc.engine.native.sampling import RowParams, sample, seeded_generator
 from ttc.types import (Continuation, ExpandOutput, ExpandRequest, FinishReason,
                        GenerationUsage, Handle, Problem, SamplingParams)
@@ -104,19 +104,6 @@ class _Group:
     logits: Tensor                    # [len(rows), vocab] float32
 
 
-def eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:
-    """EOS ids from the generation config, the model config and the tokenizer."""
-    ids: set[int] = set()
-    sources = (getattr(getattr(model, "generation_config", None), "eos_token_id", None),
-               getattr(model.config, "eos_token_id", None), getattr(tokenizer, "eos_token_id", None))
-    for src in sources:
-        if isinstance(src, int):
-            ids.add(src)
-        elif isinstance(src, (list, tuple)):
-            ids.update(int(x) for x in src)
-    return frozenset(ids)
-
-
 class HFGenerator:
     """Generator over a transformers causal LM (the correctness and speed baseline)."""
 
@@ -127,7 +114,8 @@ class HFGenerator:
         self.system_prompt = system_prompt
         self.seed = seed
         self.device = next(model.parameters()).device
-        self.eos_ids = eos_ids(model, tokenizer)
+        self.eos_ids = eos_ids(tokenizer, getattr(model, "generation_config", None),
+                               model.config)
         self.max_position = int(getattr(model.config.get_text_config(), "max_position_embeddings",
                                         None) or 1 << 62)
         self._check_full_attention()

@@ -59,6 +59,7 @@ import torch
 from torch import Tensor
 
 from ttc.engine.native.config import NativeBackendConfig
+from ttc.engine.prompting import eos_ids
 from ttc.engine.native.kv_cache import KVCacheFull, Node, PagePool, RadixTree
 from ttc.engine.native.model import NativeModel, from_hf
 from ttc.engine.native.runner import ModelRunner
@@ -224,7 +225,7 @@ class NativeEngine:
                 attention: str = "auto", **kwargs: Any) -> "NativeEngine":
         """Build from a transformers config and an HF-named state dict."""
         model = from_hf(hf_config, state_dict, dtype=dtype, device=device, attention=attention)
-        kwargs.setdefault("eos_ids", eos_ids_of(hf_config, tokenizer))
+        kwargs.setdefault("eos_ids", sorted(eos_ids(tokenizer, hf_config)))
         return cls(model, tokenizer, **kwargs)
 
     # -- the loop -------------------------------------------------------------------
@@ -776,16 +777,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-def eos_ids_of(hf_config: Any, tokenizer: Any) -> list[int]:
-    ids: set[int] = set()
-    for src in (getattr(hf_config, "eos_token_id", None), getattr(tokenizer, "eos_token_id", None)):
-        if isinstance(src, int):
-            ids.add(src)
-        elif isinstance(src, (list, tuple)):
-            ids.update(int(x) for x in src)
-    return sorted(ids)
 
 
 class NativeGenerator(NativeEngine):
