@@ -27,9 +27,9 @@ A branch's last sampled token has no KV yet; the step after it stops, the branch
 once more ("flushed") so its KV and final hidden state exist before the job finishes.
 
 Memory: pages come from the pool (which evicts unlocked cache first). When a decoding
-branch needs a page and none can be had, the youngest job's running branches are
-preempted (their pages freed, their tokens and RNG state kept; recomputed later in one
-extend) — never the branch's own older peers first. When nothing else is running and a
+branch needs a page and none can be had, branches ranked below it are preempted — lowest
+value first (the value the search layer pinned on the branch's prefix), then the youngest
+job — their pages freed, their tokens and RNG state kept, recomputed later in one extend. When nothing else is running and a
 branch still cannot get a page, its job fails alone with :class:`KVCacheFull`, which
 names the memory setting. A job that fails or is cancelled frees everything it held;
 the other jobs go on.
@@ -414,7 +414,7 @@ class Scheduler:
     def _give_pages(self, rows: list[Branch]) -> list[Branch]:
         """Give each row the page its fed token needs, preempting under pressure."""
         ps = self.page_size
-        rows = sorted(rows, key=lambda b: (b.job.seq, b.index))     # oldest first
+        rows = sorted(rows, key=self._rank, reverse=True)     # highest rank first
         kept = []
         for b in rows:
             if b.preempted or b.job.finished:
@@ -451,18 +451,25 @@ class Scheduler:
     def _others_running(self, b: Branch) -> bool:
         return any(o is not b and o.own_pages for o in self.running_branches())
 
+    @staticmethod
+    def _rank(b: Branch) -> tuple[float, int, int]:
+        """Preemption order: a branch ranked lower is preempted first. Lowest value of its
+        prefix first (the search layer's ``pin(value=...)``; none counts lowest), then the
+        youngest job, then the last branch of a job. A strict total order: the branch
+        ranked highest always makes progress."""
+        value = b.prefix.value if b.prefix.value is not None else float("-inf")
+        return (value, -b.job.seq, -b.index)
+
     def _victim(self, b: Branch) -> Branch | None:
-        """The branch to preempt for ``b``: the youngest one younger than ``b`` (a later
-        job, or a later index in the same job) that holds pages — running, or finished
-        and waiting for its siblings; None when there is none. Older work always wins,
-        so the oldest job always makes progress."""
-        best = None
-        key = (b.job.seq, b.index)
+        """The branch to preempt for ``b``: the lowest-ranked one ranked below ``b`` that
+        holds pages (running, or finished and waiting for its siblings); None if none."""
+        best, key = None, self._rank(b)
         for j in self.jobs:
             for o in j.branches:
-                if o is b or o.preempted or not o.own_pages or (o.job.seq, o.index) <= key:
+                if o is b or o.preempted or not o.own_pages:
                     continue
-                if best is None or (o.job.seq, o.index) > (best.job.seq, best.index):
+                r = self._rank(o)
+                if r < key and (best is None or r < self._rank(best)):
                     best = o
         return best
 
@@ -477,7 +484,7 @@ class Scheduler:
         waiting = [b for j in self.jobs for b in j.branches if b.preempted]
         if not waiting:
             return
-        waiting.sort(key=lambda b: (b.job.seq, b.index))
+        waiting.sort(key=self._rank, reverse=True)
         ps = self.page_size
         resumed, items = [], []
         for b in waiting:

@@ -431,3 +431,24 @@ def test_eos_rule_precedence_and_bad_rules(tiny):
     with pytest.raises(ValueError):
         SamplingParams(top_logprobs=21)
     assert EOS == 257
+
+
+def test_preemption_spares_the_branches_the_search_values_most(tiny):
+    """Two calls that cannot both fit: the one whose prefix the search pinned with the
+    higher value runs through; the other is preempted (and still ends with its tokens)."""
+    p = SamplingParams(temperature=1.0, max_tokens=30, seed=5)
+    eng = make_engine(tiny, kv_memory_gb=24 * 8 * token_bytes(tiny) / 2**30)
+    low, high = eng.handle_for_tokens(PROMPTS[1]), eng.handle_for_tokens(PROMPTS[2])
+    eng.expand([ExpandRequest(prefix=h, n=1, params=SamplingParams(temperature=0, max_tokens=1))
+                for h in (low, high)])              # compute both prompts first
+    eng.pin([low], value=0.1)
+    eng.pin([high], value=0.9)
+    order = []
+    jobs = [eng.submit([ExpandRequest(prefix=h, n=2, params=p)]) for h in (low, high)]
+    for name, j in zip(("low", "high"), jobs):
+        j.future.add_done_callback(lambda f, name=name: (order.append(name), eng.release(
+            [c.handle for c in f.result().continuations[0]])))
+    for j in jobs:
+        j.result()
+    assert eng.stats()["preemptions"] > 0
+    assert order == ["high", "low"]      # submitted second, finished first: it was spared
