@@ -387,6 +387,7 @@ class NativeEngine:
     def stats(self) -> dict[str, int]:
         """Counters for tests and metrics: steps run, preemptions, pages, live handles."""
         return {"steps": self.scheduler.steps, "preemptions": self.scheduler.preemptions,
+                "peak_batch": self.scheduler.peak_batch,
                 "pages_used": self.pool.num_used, "pages_total": self.pool.num_pages,
                 "handles": len(self._handles),
                 "running": len(self.scheduler.running_branches())}

@@ -128,6 +128,7 @@ class Branch:
     stop_reason: str | None = None
     hidden: Tensor | None = None  # final hidden state of the last token, once computed
     preempted: bool = False
+    top_k: int = 0               # top log-probs this branch needs per token (params, rules)
 
     @property
     def needs_flush(self) -> bool:
@@ -199,6 +200,7 @@ class Scheduler:
         self.starting: list[DecodeJob] = []          # first tokens not sampled yet
         self.jobs: list[DecodeJob] = []              # started, not finished
         self.steps = 0                               # decode steps run (for tests, metrics)
+        self.peak_batch = 0                          # most branches in one decode step
         self.preemptions = 0
 
     # -- queues -----------------------------------------------------------------------
@@ -343,13 +345,14 @@ class Scheduler:
                       tracker=StopTracker(self.tokenizer, params.stop,
                                           track_text=r.on_token is not None),
                       rules=[spec.start() for spec in params.stop_rules],
-                      group_key=id(top), base_pages=table[: node.end // ps], base_len=node.end)
+                      group_key=id(top), base_pages=table[: node.end // ps], base_len=node.end,
+                      top_k=max([params.top_logprobs] + [s.top_k for s in params.stop_rules]))
 
     def _start_jobs(self) -> None:
         if not self.starting:
             return
         jobs, self.starting = self.starting, []
-        rows, nodes = [], []
+        nodes = []
         node_row: dict[int, int] = {}
         for job in jobs:
             job.branches = [self._new_branch(job, i, j) for i, r in enumerate(job.requests)
@@ -362,13 +365,8 @@ class Scheduler:
             self.jobs.append(job)
         # First token of every branch from its prefix's stored hidden state.
         logits = self.runner.model.logits(torch.stack([n.payload for n in nodes]))
-        for job in jobs:
-            idx = [node_row[id(job.prefixes[b.request])] for b in job.branches]
-            rows = logits.index_select(0, torch.tensor(idx, device=logits.device))
-            try:
-                self._sample_job(job, job.branches, rows)
-            except Exception as err:  # noqa: BLE001
-                self._fail_job(job, err)
+        self._sample_rows([(b, node_row[id(job.prefixes[b.request])])
+                           for job in jobs for b in job.branches], logits)
         self._finish_jobs()
 
     # -- decode -------------------------------------------------------------------------
@@ -390,6 +388,7 @@ class Scheduler:
                 self._fail_job(job, err)
             return
         self.steps += 1
+        self.peak_batch = max(self.peak_batch, len(rows))
         for b, h in zip(rows, hidden):
             b.hidden = h
         live = [i for i, b in enumerate(rows) if b.finish is None]
@@ -397,18 +396,7 @@ class Scheduler:
             logits = self.runner.model.logits(
                 hidden if len(live) == len(rows)
                 else hidden.index_select(0, torch.tensor(live, device=hidden.device)))
-            by_job: dict[int, list[int]] = {}
-            for k, i in enumerate(live):
-                by_job.setdefault(id(rows[i].job), []).append(k)
-            for ks in by_job.values():
-                job = rows[live[ks[0]]].job
-                if job.finished:
-                    continue
-                sel = logits.index_select(0, torch.tensor(ks, device=logits.device))
-                try:
-                    self._sample_job(job, [rows[live[k]] for k in ks], sel)
-                except Exception as err:  # noqa: BLE001  (a rule or stream of this job broke)
-                    self._fail_job(job, err)
+            self._sample_rows([(rows[i], k) for k, i in enumerate(live)], logits)
         self._finish_jobs()
 
     def _give_pages(self, rows: list[Branch]) -> list[Branch]:
@@ -555,20 +543,39 @@ class Scheduler:
         return self.runner.decode(groups, positions=positions, slots=slots)
 
     # -- sampling and stops ------------------------------------------------------------
-    def _sample_job(self, job: DecodeJob, rows: list[Branch], logits: Tensor) -> None:
-        """Sample (or force) one token for each of ``job``'s ``rows``."""
-        if job.token_limit is not None and job.generated + len(rows) > job.token_limit:
-            for b in rows:
-                b.finish = FinishReason.BUDGET
-                b.stop_reason = "budget"
-                self._emit(b, None)
+    def _sample_rows(self, pairs: Sequence[tuple[Branch, int]], logits: Tensor) -> None:
+        """Sample (or force) one token for each branch; ``pairs`` = (branch, logits row).
+
+        Each job's token cap is checked first, over that job's rows in this step; the
+        rows that go on are sampled in one batch (per-row generators keep every branch's
+        draws independent of its batch mates)."""
+        by_job: dict[int, list[tuple[Branch, int]]] = {}
+        for b, r in pairs:
+            if not b.job.finished:
+                by_job.setdefault(id(b.job), []).append((b, r))
+        go: list[tuple[Branch, int]] = []
+        for group in by_job.values():
+            job = group[0][0].job
+            if job.token_limit is not None and job.generated + len(group) > job.token_limit:
+                for b, _ in group:
+                    b.finish, b.stop_reason = FinishReason.BUDGET, "budget"
+                    self._emit(b, None)
+                continue
+            job.generated += len(group)
+            go.extend(group)
+        if not go:
             return
+        dev = logits.device
+        idx = [r for _, r in go]
+        if idx != list(range(logits.shape[0])):
+            logits = logits.index_select(0, torch.tensor(idx, device=dev))
+        rows = [b for b, _ in go]
         tokens: list[int] = [0] * len(rows)
         lps: list[float] = [0.0] * len(rows)
         sampled = [i for i, b in enumerate(rows) if not b.forced]
         if sampled:
             sel = logits if len(sampled) == len(rows) else logits.index_select(
-                0, torch.tensor(sampled, device=logits.device))
+                0, torch.tensor(sampled, device=dev))
             params = [RowParams(temperature=rows[i].params.temperature,
                                 top_p=rows[i].params.top_p, top_k=rows[i].params.top_k)
                       for i in sampled]
@@ -577,28 +584,31 @@ class Scheduler:
                 tokens[i], lps[i] = tok, p
         forced = [i for i, b in enumerate(rows) if b.forced]
         if forced:
-            idx = torch.tensor(forced, device=logits.device)
-            toks = torch.tensor([rows[i].forced[0] for i in forced], device=logits.device)
-            sel = logits.index_select(0, idx)
+            fidx = torch.tensor(forced, device=dev)
+            toks = torch.tensor([rows[i].forced[0] for i in forced], device=dev)
+            sel = logits.index_select(0, fidx)
             lp = (sel.gather(1, toks.view(-1, 1)).squeeze(1)
                   - torch.logsumexp(sel, dim=-1)).tolist()
             for k, i in enumerate(forced):
                 tokens[i], lps[i] = rows[i].forced.popleft(), lp[k]
-        k_top = [max([b.params.top_logprobs] + [s.top_k for s in b.params.stop_rules])
-                 for b in rows]
+        k_top = [b.top_k for b in rows]
         tops: list[tuple[tuple[int, float], ...] | None] = [None] * len(rows)
         if any(k_top):
             need = [i for i, k in enumerate(k_top) if k]
-            kmax = max(k_top)
-            sel = logits.index_select(0, torch.tensor(need, device=logits.device)).float()
-            vals, ids = torch.topk(torch.log_softmax(sel, dim=-1), kmax, dim=-1)
+            sel = logits.index_select(0, torch.tensor(need, device=dev)).float()
+            vals, ids = torch.topk(torch.log_softmax(sel, dim=-1), max(k_top), dim=-1)
+            vals, ids = vals.tolist(), ids.tolist()
             for r, i in enumerate(need):
                 k = k_top[i]
-                tops[i] = tuple(zip(ids[r, :k].tolist(), vals[r, :k].tolist()))
+                tops[i] = tuple(zip(ids[r][:k], vals[r][:k]))
+        forced_set = set(forced)
         for i, b in enumerate(rows):
-            was_forced = i in forced
-            self._append(b, tokens[i], lps[i], tops[i], forced=was_forced)
-        job.generated += len(rows)
+            if b.job.finished:
+                continue
+            try:
+                self._append(b, tokens[i], lps[i], tops[i], forced=i in forced_set)
+            except Exception as err:  # noqa: BLE001  (a rule of this job broke: it fails)
+                self._fail_job(b.job, err)
 
     def _append(self, b: Branch, t: int, lp: float, top, *, forced: bool) -> None:
         b.tokens.append(t)
