@@ -29,8 +29,14 @@ equation ``a op b = c`` (``×``, ``x``, ``÷`` accepted) and for a stated final 
   so it is not good (False) before an answer has been stated; it changes no state and
   does not end the trajectory, so later checked steps are scored on their own.
 
-Limit: the verifier sees steps, not how generation ended, so a trajectory that stops
-without stating an answer is scored like an unfinished one.
+Ended trajectories. Engines keep the step delimiter in a step's text, so a trajectory
+whose last step does not end with it (:data:`ttc.types.STEP_DELIMITER`) was ended by the
+model (EOS or a length limit) rather than paused at a step boundary. If no step stated an
+answer, its last step is scored as an answer step with the answer strategies read from
+such a solution: the last number in its text (none: wrong). So a model that stops after
+a valid but incomplete chain scores 0.0 at its last step. Limits: with a non-default
+``generation.step_delimiter`` every last step reads as ended, and a solution the model
+ended with a blank line reads as paused.
 It runs no model: ``tokens`` is 0 and ``calls`` counts trajectories.
 Generators: :func:`countdown_problem`, :func:`arithmetic_chain_problem` (seeded,
 deterministic) and :func:`reference_steps` (a correct solution), for datasets.
@@ -47,7 +53,7 @@ from typing import Any, Literal, Sequence
 
 from ttc.answers import answer_key, extract_answer
 from ttc.registry import VERIFIERS
-from ttc.types import Frozen, Problem, ScoreOutput, VerifierUsage
+from ttc.types import STEP_DELIMITER, Frozen, Problem, ScoreOutput, VerifierUsage
 
 __all__ = ["countdown_problem", "arithmetic_chain_problem", "reference_steps",
            "check_steps_exact", "ProgrammaticVerifier", "ProgrammaticConfig", "parse_equation"]
@@ -201,14 +207,24 @@ def _same_number(answer: str, value: int) -> bool:
     return answer_key(answer) == answer_key(str(value))
 
 
+def _answer_in(steps: Sequence[str], i: int) -> str | None:
+    """The final answer step ``i`` states, or None. The last step of an ended trajectory
+    (see the module docstring) answers the whole text's last number ("" if it has none)."""
+    found = extract_answer(steps[i])
+    if found is not None or i < len(steps) - 1 or steps[i].endswith(STEP_DELIMITER):
+        return found
+    whole = extract_answer("".join(steps), fallback_last_number=True)
+    return "" if whole is None else whole
+
+
 def _check_countdown(meta: dict[str, Any], steps: Sequence[str]) -> list[bool]:
     pool = sorted(int(x) for x in meta["numbers"])
     target = int(meta["target"])
     out: list[bool] = []
     valid = True                   # every move so far followed the rules (absorbing)
     answered: bool | None = None   # verdict of the latest stated answer, once there is one
-    for step in steps:
-        eq, final = parse_equation(step), extract_answer(step)
+    for i, step in enumerate(steps):
+        eq, final = parse_equation(step), _answer_in(steps, i)
         if answered is None and eq is not None and valid:
             a, op, b, c = eq
             rest = list(pool)
@@ -236,8 +252,8 @@ def _check_chain(meta: dict[str, Any], steps: Sequence[str]) -> list[bool]:
     out: list[bool] = []
     valid, done = True, 0
     answered: bool | None = None
-    for step in steps:
-        eq, final = parse_equation(step), extract_answer(step)
+    for i, step in enumerate(steps):
+        eq, final = parse_equation(step), _answer_in(steps, i)
         if answered is None and eq is not None and valid:
             a, op, b, c = eq
             valid = done < len(ops) and (a, op, b) == (value, *ops[done]) \
