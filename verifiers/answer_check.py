@@ -65,7 +65,7 @@ _LEADING_VAR = re.compile(r"^[a-zA-Z]\s*=\s*(?=[^=]+$)")
 # Trailing unit words ("12 inches", "15 cm^2", "18 dollars"): words of two or more
 # letters after a space, optionally squared/cubed. Letters glued to the number ("5i",
 # "3x", "2\pi") are not units, and neither are these words:
-_NOT_UNITS = {"pi", "and", "or", "sqrt", "infty", "i", "e"}
+_NOT_UNITS = {"pi", "and", "or", "sqrt", "infty"}
 _UNIT_WORD = r"\s+([a-zA-Z]{2,})\.?(?:\s*\^\s*\{?\d\}?)?"
 _UNIT_TAIL = re.compile(rf"^(.*?\d\}}?)((?:{_UNIT_WORD})+)\s*$")
 _SCALE_WORDS = {"thousand": 10**3, "million": 10**6, "billion": 10**9}

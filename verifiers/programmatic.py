@@ -37,6 +37,7 @@ such a solution: the last number in its text (none: wrong). So a model that stop
 a valid but incomplete chain scores 0.0 at its last step. Limits: with a non-default
 ``generation.step_delimiter`` every last step reads as ended, and a solution the model
 ended with a blank line reads as paused.
+
 It runs no model: ``tokens`` is 0 and ``calls`` counts trajectories.
 Generators: :func:`countdown_problem`, :func:`arithmetic_chain_problem` (seeded,
 deterministic) and :func:`reference_steps` (a correct solution), for datasets.
