@@ -83,6 +83,7 @@ def summarize(records: Sequence[dict[str, Any]], *, ks: Sequence[int] = (1, 4, 8
         "kv_peak_bytes_max": int(max(x["peak_kv_bytes"] for x in led)),
         "wall_seconds_per_problem": float(np.mean([r.get("wall_seconds", 0.0) for r in records])),
         "budget_exhausted_share": float(np.mean([bool(r.get("budget_exhausted")) for r in records])),
+        "ungradable_problems": int(sum(bool(r.get("ungradable")) for r in records)),
     }
     n_min = min(len(r.get("candidate_answers", [])) for r in records)
     for k in ks:

@@ -20,7 +20,7 @@ every finished id and runs the rest, so its records equal an uninterrupted run's
 function of (config, problem) alone). A malformed *complete* line is corruption: the
 rerun stops with the file and line number instead of guessing.
 
-Record fields: ``id index gold answer correct strategy dataset seed grader
+Record fields: ``id index gold answer correct ungradable strategy dataset seed grader
 candidate_answers candidate_correct candidate_scores ledger budget_exhausted
 wall_seconds`` and ``tree`` (with ``save_tree=true``).
 
@@ -53,7 +53,7 @@ from pydantic import PositiveInt, ValidationError
 
 from ttc.config import RunConfig, load_run_config
 from ttc.evals.datasets import DatasetConfig, dataset_config, load_problems
-from ttc.evals.grading import grader_name, is_correct
+from ttc.evals.grading import grader_name, is_correct, ungradable
 from ttc.registry import ConfigError, format_validation_error
 from ttc.types import Frozen, Problem, Result
 
@@ -229,6 +229,7 @@ def make_record(problem: Problem, index: int, result: Result, *, dataset: str, s
     record = {
         "id": problem.id, "index": index, "gold": problem.answer, "answer": result.answer,
         "correct": is_correct(problem.answer, result.answer),
+        "ungradable": ungradable(problem.answer),     # None, or why the gold cannot be graded
         "strategy": result.strategy, "dataset": dataset, "seed": seed,
         "grader": grader_name(),
         "candidate_answers": answers,

@@ -14,7 +14,8 @@ The answer is the solution of lowest ``f`` (candidate score ``1 - f/2`` in [0, 1
 
 KV lifecycle: every queued node stays pinned with value ``-f`` (the engine evicts the
 worst-f states first, §6.3); a popped node is released once its children exist (they
-keep its prefix resident); nodes dropped from a full queue are released at once.
+keep its prefix resident); nodes dropped from a full queue, and nodes popped past
+``max_expansions`` (never expanded), are released at once.
 ``info["pops"]`` lists, per round, the popped f values and the lowest f left in the
 queue, so a caller can check that expansion follows cost order.
 Must NOT know: engine internals (pages, KV layout), Hydra, file formats.
@@ -86,7 +87,11 @@ class AStarDecoding(SearchStrategy):
             pops.append({"f": popped_f, "min_left": open_[0][0] if open_ else None})
             if len(solutions) >= cfg.n_solutions or not popped:
                 break
-            popped = popped[: cfg.max_expansions - expansions]
+            popped, over = (popped[: cfg.max_expansions - expansions],
+                            popped[cfg.max_expansions - expansions:])
+            # NOTE: nodes popped past max_expansions are never expanded; they leave the
+            # queue, so their KV is released now (pruned), as for a full queue's worst.
+            ctx.release(over)
             expansions += len(popped)
             params = [ctx.step_params(ctx.seed("astar", p.id)) for p in popped]
             children = ctx.expand(popped, n=cfg.k, params=params)

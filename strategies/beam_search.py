@@ -15,7 +15,8 @@ survive (some completed), the N children are spread over the survivors (search-a
 refill). Each child gets its own seed. KV: pruned children are released at once, parents
 are unpinned once expanded (their KV lives on while a kept descendant needs it),
 completed beams are released after scoring (the verifier needs text, not KV).
-Candidates are the completed beams, not padded by repetition.
+Candidates are the completed beams, not padded by repetition. Budget: once an expansion is
+cut by the token budget the search stops after that step; its cut fragments are not scored.
 Must NOT know: engine internals.
 """
 
@@ -30,6 +31,7 @@ from ttc.strategies.base import SearchContext, SearchStrategy, StrategyConfig, r
 from ttc.strategies.common import (best_score, first_step_guard, mark_step_done, spread,
                                    stop_if_cut)
 from ttc.tree import Node, NodeStatus
+from ttc.types import FinishReason
 
 
 class BeamSearchConfig(StrategyConfig):
@@ -70,7 +72,10 @@ class BeamSearch(SearchStrategy):
                     {"parents": [p.id for p in active], "children": [len(g) for g in groups]})
                 ctx.release([p for p in active if p is not ctx.root], prune=False)
                 children = [c for g in groups for c in g]
-                self._score(ctx, children, it)
+                # NOTE: a fragment cut by the token budget is never expanded or offered
+                # (stop_if_cut ends the search below), so scoring it would waste calls.
+                self._score(ctx, [c for c in children
+                                  if c.finish != FinishReason.BUDGET.value], it)
                 mark_step_done(ctx, children)
                 done = [c for c in children if c.status is NodeStatus.TERMINAL]
                 for c in done:

@@ -6,19 +6,39 @@ the task (so a verifier can check any trajectory without a model):
 * Countdown: ``{"task": "countdown", "numbers": [...], "target": T}``. Each step applies
   one operation to two numbers still available (``"75 - 25 = 50"``); they are replaced
   by the result. Operations: ``+ - * /`` on positive integers, ``-`` only when positive,
-  ``/`` only when exact. A prefix is *good* while every step is valid and the target is
+  ``/`` only when exact. A move is valid when it follows these rules and the target is
   still reachable from the remaining numbers (searched exactly, memoised).
 * Arithmetic chain: ``{"task": "arithmetic_chain", "start": a, "ops": [["+", 5], ...]}``.
-  Step t must apply op t to the previous value (``"12 * 3 = 36"``); a prefix is good while
-  every step does so exactly.
+  Work step t must apply op t to the previous value, exactly (``"12 * 3 = 36"``).
 
-Steps are parsed for their last equation ``a op b = c`` (``×``, ``x``, ``÷`` accepted); a
-step with no equation leaves the state as it was (it is judged by the state), except a
-final-answer step (``\\boxed{}``, "The answer is"), which must state the target / the
-chain's final value once all work is done. The :class:`ProgrammaticVerifier` (name
-``programmatic``) scores step t as 1.0 when the prefix through t is good, else 0.0:
-errors are absorbing, exactly like a perfect PRM trained on first-error labels. It runs no
-model: ``tokens`` is 0 and ``calls`` counts trajectories.
+Step scores (:func:`check_steps_exact`; the :class:`ProgrammaticVerifier`, name
+``programmatic``, gives 1.0 for True and 0.0 for False). A step is read for its last
+equation ``a op b = c`` (``×``, ``x``, ``÷`` accepted) and for a stated final answer
+(``\\boxed{}``, "The answer is"; what strategies take as the answer):
+
+* **Work step** (an equation, no answer): good while every work step so far is valid
+  (the rules above). Errors are absorbing, as for a perfect PRM trained on first-error
+  labels.
+* **Answer step**: scored by the outcome, so a finished trajectory's last score says
+  whether its final answer is right. Chain: the answer equals the chain's value, whatever
+  the steps before it did. Countdown: the answer is the target and the valid moves so far
+  produced it (the target itself is given, so stating it proves nothing). An equation in
+  the same step is applied first. Every later step carries the verdict of the latest
+  answer (work written after the answer is not part of the solution).
+* **Unchecked step** (neither an equation nor an answer): the checker cannot verify it,
+  so it is not good (False) before an answer has been stated; it changes no state and
+  does not end the trajectory, so later checked steps are scored on their own.
+
+Ended trajectories. Engines keep the step delimiter in a step's text, so a trajectory
+whose last step does not end with it (:data:`ttc.types.STEP_DELIMITER`) was ended by the
+model (EOS or a length limit) rather than paused at a step boundary. If no step stated an
+answer, its last step is scored as an answer step with the answer strategies read from
+such a solution: the last number in its text (none: wrong). So a model that stops after
+a valid but incomplete chain scores 0.0 at its last step. Limits: with a non-default
+``generation.step_delimiter`` every last step reads as ended, and a solution the model
+ended with a blank line reads as paused.
+
+It runs no model: ``tokens`` is 0 and ``calls`` counts trajectories.
 Generators: :func:`countdown_problem`, :func:`arithmetic_chain_problem` (seeded,
 deterministic) and :func:`reference_steps` (a correct solution), for datasets.
 Must NOT know: models, engines, strategies.
@@ -32,9 +52,9 @@ from fractions import Fraction
 from functools import lru_cache
 from typing import Any, Literal, Sequence
 
-from ttc.answers import extract_answer
+from ttc.answers import answer_key, extract_answer
 from ttc.registry import VERIFIERS
-from ttc.types import Frozen, Problem, ScoreOutput, VerifierUsage
+from ttc.types import STEP_DELIMITER, Frozen, Problem, ScoreOutput, VerifierUsage
 
 __all__ = ["countdown_problem", "arithmetic_chain_problem", "reference_steps",
            "check_steps_exact", "ProgrammaticVerifier", "ProgrammaticConfig", "parse_equation"]
@@ -177,52 +197,73 @@ def _task(problem: Problem) -> dict[str, Any]:
 
 
 def check_steps_exact(problem: Problem, steps: Sequence[str]) -> list[bool]:
-    """Per step: is the prefix through this step good? (see the module docstring)."""
+    """Per step: is it good? (the rules in the module docstring)."""
     meta = _task(problem)
-    out: list[bool] = []
-    good = True
     if meta["task"] == "countdown":
-        pool = sorted(int(x) for x in meta["numbers"])
-        target = int(meta["target"])
-        for step in steps:
-            if good:
-                eq = parse_equation(step)
-                final = extract_answer(step)
-                if eq is not None:
-                    a, op, b, c = eq
-                    v = _apply(a, op, b)
-                    rest = list(pool)
-                    ok = v == c and c > 0
-                    for x in (a, b):
-                        if ok and x in rest:
-                            rest.remove(x)
-                        else:
-                            ok = False
-                    pool = sorted(rest + [c]) if ok else pool
-                    good = ok and _reachable(tuple(pool), target)
-                elif final is not None:
-                    good = final.strip() == str(target) and target in pool
+        return _check_countdown(meta, steps)
+    return _check_chain(meta, steps)
+
+
+def _same_number(answer: str, value: int) -> bool:
+    return answer_key(answer) == answer_key(str(value))
+
+
+def _answer_in(steps: Sequence[str], i: int) -> str | None:
+    """The final answer step ``i`` states, or None. The last step of an ended trajectory
+    (see the module docstring) answers the whole text's last number ("" if it has none)."""
+    found = extract_answer(steps[i])
+    if found is not None or i < len(steps) - 1 or steps[i].endswith(STEP_DELIMITER):
+        return found
+    whole = extract_answer("".join(steps), fallback_last_number=True)
+    return "" if whole is None else whole
+
+
+def _check_countdown(meta: dict[str, Any], steps: Sequence[str]) -> list[bool]:
+    pool = sorted(int(x) for x in meta["numbers"])
+    target = int(meta["target"])
+    out: list[bool] = []
+    valid = True                   # every move so far followed the rules (absorbing)
+    answered: bool | None = None   # verdict of the latest stated answer, once there is one
+    for i, step in enumerate(steps):
+        eq, final = parse_equation(step), _answer_in(steps, i)
+        if answered is None and eq is not None and valid:
+            a, op, b, c = eq
+            rest = list(pool)
+            ok = _apply(a, op, b) == c and c > 0
+            for x in (a, b):
+                if ok and x in rest:
+                    rest.remove(x)
                 else:
-                    good = _reachable(tuple(pool), target)
-            out.append(good)
-        return out
+                    ok = False
+            if ok:
+                pool = sorted(rest + [c])
+            valid = ok and _reachable(tuple(pool), target)
+        if final is not None:
+            answered = valid and _same_number(final, target) and target in pool
+        out.append(answered if answered is not None else (valid and eq is not None))
+    return out
+
+
+def _check_chain(meta: dict[str, Any], steps: Sequence[str]) -> list[bool]:
     value = int(meta["start"])
     ops = [(o, int(b)) for o, b in meta["ops"]]
-    done = 0
-    for step in steps:
-        if good:
-            eq = parse_equation(step)
-            final = extract_answer(step)
-            if eq is not None:
-                a, op, b, c = eq
-                ok = done < len(ops) and (a, op, b) == (value, *ops[done]) \
-                    and _apply(a, op, b) == c
-                if ok:
-                    value, done = c, done + 1
-                good = ok
-            elif final is not None:
-                good = done == len(ops) and final.strip() == str(value)
-        out.append(good)
+    result = value
+    for op, b in ops:
+        result = int(_apply(result, op, b))
+    out: list[bool] = []
+    valid, done = True, 0
+    answered: bool | None = None
+    for i, step in enumerate(steps):
+        eq, final = parse_equation(step), _answer_in(steps, i)
+        if answered is None and eq is not None and valid:
+            a, op, b, c = eq
+            valid = done < len(ops) and (a, op, b) == (value, *ops[done]) \
+                and _apply(a, op, b) == c
+            if valid:
+                value, done = c, done + 1
+        if final is not None:
+            answered = _same_number(final, result)
+        out.append(answered if answered is not None else (valid and eq is not None))
     return out
 
 

@@ -86,3 +86,19 @@ def test_full_queue_drops_and_releases_the_worst():
     pruned = [n for n in res.tree["nodes"] if n["status"] == NodeStatus.PRUNED.value]
     assert pruned
     assert gen.live_handles == 0
+
+
+def test_nodes_popped_past_max_expansions_are_released():
+    # batch 4, one expansion left after the root: three of the popped nodes are dropped
+    gen, prm = world()
+    live_vs_queue: list[tuple[int, int]] = []
+    res = AStarDecoding(AStarConfig(k=4, batch=4, max_expansions=2)).run(
+        problems(1, seed=3, difficulty=0.9)[0], generator=gen, verifier=prm,
+        progress=lambda ev: live_vs_queue.append((gen.live_handles, ev.live)))
+    assert res.info["expansions"] == 2 and len(res.info["pops"][-1]["f"]) == 4
+    # every pinned handle is a queued node: nothing dropped is still held
+    assert live_vs_queue and all(live == queued for live, queued in live_vs_queue)
+    tree = {n["id"]: n for n in res.tree["nodes"]}
+    dropped = [n for n in tree.values() if n["depth"] == 1 and not n["children"]]
+    assert len(dropped) == 3
+    assert all(n["status"] == NodeStatus.PRUNED.value for n in dropped)

@@ -85,3 +85,16 @@ def test_n_not_a_multiple_of_width_is_refused():
     with pytest.raises(ConfigError, match="multiple of width"):
         load_run_config({"backend": "simulated", "verifier": "simulated",
                          "strategy": {"name": "beam", "n": 10, "width": 4}})
+
+
+@pytest.mark.parametrize("tokens", [32, 200])
+def test_fragments_cut_by_the_budget_are_not_scored(run, tokens):
+    from ttc.ledger import Budget
+
+    r = run({"name": "beam", "n": 8, "width": 4}, budget=Budget(max_generated_tokens=tokens))
+    nodes = r.tree.values()
+    cut = [n for n in nodes if n["finish"] == "budget"]
+    assert cut, "the budget should cut the first expansion"
+    assert all(n["score"] is None for n in cut)
+    scored = [n for n in nodes if n["score"] is not None]
+    assert r.result.ledger.verifier_calls == len(scored)   # one call per scored child only
