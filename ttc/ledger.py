@@ -93,6 +93,11 @@ class ComputeLedger:
             raise RuntimeError(f"engine overspent the generated-token cap: "
                                f"{self.generated_tokens} > {limit}")
 
+    def charge_prefill(self, tokens: int) -> None:
+        """Tokens an engine ran outside an expand call (e.g. to embed an uncomputed
+        handle); not an LM call."""
+        self.prefill_tokens += tokens
+
     def charge_verification(self, usage: VerifierUsage) -> None:
         self.verifier_calls += usage.calls
         self.verifier_tokens += usage.tokens

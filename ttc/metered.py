@@ -61,7 +61,13 @@ class MeteredGenerator:
         if not isinstance(self.inner, SupportsEmbeddings):
             raise TypeError(f"{type(self.inner).__name__} cannot embed steps.")
         with self.ledger.phase("generate"):
-            return self.inner.embed(list(handles))
+            counted = getattr(self.inner, "embed_usage", None)
+            if counted is None:
+                return self.inner.embed(list(handles))
+            vectors, computed = counted(list(handles))
+        if computed:                       # an embedding that ran the model is charged
+            self.ledger.charge_prefill(computed)
+        return vectors
 
 
 class MeteredVerifier:

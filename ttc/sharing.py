@@ -24,7 +24,7 @@ from typing import Any
 ENGINE_METHODS = frozenset({
     "root", "expand", "pin", "unpin", "release", "kv_bytes", "text_of", "token_ids",
     "token_count", "embed", "extend", "extend_batch", "logits", "handle_for_tokens",
-    "probe", "truncate", "format", "prompt_text"})
+    "probe", "truncate", "format", "prompt_text", "extend_batch_usage", "embed_usage"})
 
 
 def is_thread_safe(obj: Any) -> bool:

@@ -194,6 +194,7 @@ class TorchHost:
     def __init__(self, backbone: Any, *, pad_id: int = 0) -> None:
         self.backbone = backbone
         self.pad_id = pad_id
+        self.last_tokens = 0          # tokens the last run() computed (charged by the scorer)
         p = next(backbone.parameters())
         self.device, self.dtype = p.device, p.dtype
 
@@ -209,6 +210,7 @@ class TorchHost:
         import torch
         from transformers import DynamicCache
 
+        self.last_tokens = sum(len(ids) for _, ids in jobs)
         pasts = [self._gather(parent) for parent, _ in jobs]
         plen = [0 if p is None else p[0][0].shape[1] for p in pasts]
         nlen = [len(ids) for _, ids in jobs]
@@ -287,6 +289,7 @@ class NativeHost:
 
     def __init__(self, engine: Any) -> None:
         self.engine = engine
+        self.last_tokens = 0          # tokens the engine computed in the last run()
 
     def release(self, payload: Any) -> None:
         self.engine.release([payload])
@@ -301,7 +304,7 @@ class NativeHost:
                 items.append((parent.payload, new))
             else:   # a node inside a chain run as one job: name it by its token ids
                 items.append(([t for n in parent.path() for t in n.segment], new))
-        hidden, handles = self.engine.extend_batch(items)
+        hidden, handles, self.last_tokens = self.engine.extend_batch_usage(items)
         if not keep:
             self.engine.release(handles)
             return hidden, [None] * len(jobs)
@@ -376,9 +379,10 @@ class StepScorer:
                 jobs.append((None, ids))
                 reads.append((ti, [(t, e) for t, e in enumerate(ends[1:])]))
         scores = [[0.0] * (len(s) - 1) for s in segs]
-        run = sum(len(ids) for _, ids in jobs)
+        run = 0
         if jobs:
             hiddens, _ = self.host.run(jobs, keep=False)
+            run = self.host.last_tokens
             import torch
 
             rows = [h[p] for h, (_, rs) in zip(hiddens, reads) for _, p in rs]
@@ -428,7 +432,7 @@ class StepScorer:
                 jobs.append((head.parent, [t for n in chain for t in n.segment]))
                 chains.append(chain)
             hiddens, kvs = self.host.run(jobs, keep=True)
-            run += sum(len(ids) for _, ids in jobs)
+            run += self.host.last_tokens
             rows, targets = [], []
             for chain, h, kv in zip(chains, hiddens, kvs):
                 lengths = [len(n.segment) for n in chain]
@@ -450,7 +454,7 @@ class StepScorer:
                     if n.probe_score is None]
             if need:
                 hiddens, _ = self.host.run([(n, probe) for n in need], keep=False)
-                run += len(probe) * len(need)
+                run += self.host.last_tokens
                 vals = self.readout(torch.stack([h[-1] for h in hiddens])).tolist()
                 for n, v in zip(need, vals):
                     n.probe_score = float(v)

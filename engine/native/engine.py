@@ -388,6 +388,8 @@ class NativeEngine:
         """Counters for tests and metrics: steps run, preemptions, pages, live handles."""
         return {"steps": self.scheduler.steps, "preemptions": self.scheduler.preemptions,
                 "peak_batch": self.scheduler.peak_batch,
+                "prefill_tokens_run": self.scheduler.prefill_tokens_run,
+                "decode_tokens_run": self.scheduler.decode_tokens_run,
                 "pages_used": self.pool.num_used, "pages_total": self.pool.num_pages,
                 "handles": len(self._handles),
                 "running": len(self.scheduler.running_branches())}
@@ -449,8 +451,20 @@ class NativeEngine:
     def extend_batch(self, items: Sequence[tuple[Handle | Sequence[int], Sequence[int]]]
                      ) -> tuple[list[Tensor], list[int]]:
         """:meth:`extend` for many items, prefilled in the engine's steps (chunked)."""
+        hidden, handles, _ = self.extend_batch_usage(items)
+        return hidden, handles
+
+    def extend_batch_usage(self, items: Sequence[tuple[Handle | Sequence[int], Sequence[int]]]
+                           ) -> tuple[list[Tensor], list[int], int]:
+        """:meth:`extend_batch`, plus the tokens the engine actually computed for it.
+
+        That is at least the new tokens: a token-id prefix matched against the tree
+        reuses whole cached pages only, so up to a page of the prefix may run again.
+        Charge this figure, not the count asked for.
+        """
         futures: list[Future] = []
         counts, hids = [], []
+        computed = 0
         with self._lock:
             try:
                 for prefix, new in items:
@@ -472,6 +486,7 @@ class NativeEngine:
                     hid = self._new_handle(node, tail, prompt_len)
                     hids.append(hid)
                     counts.append(len(new))
+                    computed += len(tail)
                     fut: Future = Future()
                     futures.append(fut)
                     self._prefill(self._handles[hid], keep_hidden=True,
@@ -486,7 +501,7 @@ class NativeEngine:
             with self._lock:
                 self._release_locked(hids, futures)
             raise
-        return [h[-n:] for h, n in zip(hidden, counts)], hids
+        return [h[-n:] for h, n in zip(hidden, counts)], hids, computed
 
     def _release_locked(self, hids: Sequence[int], futures: Sequence[Future]) -> None:
         for hid in hids:
@@ -508,13 +523,20 @@ class NativeEngine:
 
     def embed(self, handles: Sequence[Handle]) -> list[list[float]]:
         """The final hidden state of each handle's last token, L2-normalised."""
+        return self.embed_usage(handles)[0]
+
+    def embed_usage(self, handles: Sequence[Handle]) -> tuple[list[list[float]], int]:
+        """:meth:`embed`, plus the tokens it computed (a handle's tail not yet prefilled;
+        a computed handle's vector is its stored hidden state and costs nothing)."""
         futures = []
+        computed = 0
         with self._lock:
             states = [self._state(h) for h in handles]
             for st in states:
                 if st.tail and st.task is None:
                     fut: Future = Future()
                     futures.append(fut)
+                    computed += len(st.tail)
                     self._prefill(st, on_hidden=_resolver(fut))
                 elif st.task is not None:
                     raise RuntimeError("embed of a handle whose prefill is still running")
@@ -527,7 +549,7 @@ class NativeEngine:
             for st in states:
                 v = st.node.payload.float()
                 out.append((v / v.norm().clamp_min(1e-6)).tolist())
-        return out
+        return out, computed
 
     # -- expand -----------------------------------------------------------------------
     def submit(self, requests: Sequence[ExpandRequest], *, token_limit: int | None = None,
@@ -692,7 +714,7 @@ class NativeEngine:
                     logprobs=tuple(b.logprobs) if b.params.logprobs else (), finish=b.finish,
                     top_logprobs=tuple(b.top), stop_reason=b.stop_reason, stats=stats))
             outputs.append(tuple(conts))
-        usage = GenerationUsage(prefill_tokens=job.prefill_tokens,
+        usage = GenerationUsage(prefill_tokens=job.prefill_tokens + job.decode.recomputed,
                                 cached_tokens=job.cached_tokens,
                                 generated_tokens=generated, peak_kv_bytes=self.peak_kv_bytes)
         _settle(job.future, ExpandOutput(continuations=tuple(outputs), usage=usage))

@@ -157,6 +157,7 @@ class DecodeJob:
     seq: int = 0
     branches: list[Branch] = field(default_factory=list)
     generated: int = 0
+    recomputed: int = 0          # tokens run again after a preemption (charged as prefill)
     started: bool = False
     finished: bool = False
 
@@ -201,6 +202,10 @@ class Scheduler:
         self.jobs: list[DecodeJob] = []              # started, not finished
         self.steps = 0                               # decode steps run (for tests, metrics)
         self.peak_batch = 0                          # most branches in one decode step
+        # What the model actually ran (the ledger must add up to these): tokens through
+        # extend forwards (prefills, probe suffixes, recomputes) and decode rows.
+        self.prefill_tokens_run = 0
+        self.decode_tokens_run = 0
         self.preemptions = 0
 
     # -- queues -----------------------------------------------------------------------
@@ -303,6 +308,7 @@ class Scheduler:
             budget -= take
         try:
             hidden = self.runner.extend(items)
+            self.prefill_tokens_run += sum(len(it.tokens) for it in items)
         except Exception as err:  # noqa: BLE001  (the tasks in this chunk fail, others go on)
             for task, _ in owners:
                 self.cancel_prefill(task)
@@ -388,6 +394,7 @@ class Scheduler:
                 self._fail_job(job, err)
             return
         self.steps += 1
+        self.decode_tokens_run += len(rows)
         self.peak_batch = max(self.peak_batch, len(rows))
         for b, h in zip(rows, hidden):
             b.hidden = h
@@ -515,6 +522,9 @@ class Scheduler:
         if items:
             try:
                 self.runner.extend([it for _, it in items])
+                for b, it in items:
+                    b.job.recomputed += len(it.tokens)
+                    self.prefill_tokens_run += len(it.tokens)
             except Exception as err:  # noqa: BLE001
                 for job in {id(b.job): b.job for b, _ in items}.values():
                     self._fail_job(job, err)
