@@ -18,6 +18,17 @@ Generator (implemented in ``ttc.engine``: native, hf, simulated, vllm, http)
   ``release(handles)`` ends a handle: KV that no pinned handle shares is freed at once
   (the engine's page count falls). A released handle must not be expanded again.
 * ``kv_bytes()`` is the engine's resident KV now; ``text_of``/``token_count`` read back.
+* Inside decoding: ``SamplingParams.stop_rules`` (:mod:`ttc.stopping`) run on every
+  token of every branch and may stop it (``FinishReason.RULE``) or force tokens;
+  ``SamplingParams.top_logprobs`` returns the top-k log-probs per token;
+  ``ExpandRequest.on_token`` streams tokens as they are sampled. An engine declares
+  ``thread_safe = True`` when many searches may call it at once (the native engine:
+  every concurrent search shares every decode step).
+
+Optional engine abilities, checked with ``isinstance``: :class:`SupportsEmbeddings`
+(ETS), :class:`SupportsProbe` (a throw-away continuation of a handle plus suffix tokens
+on shared KV, and truncation), :class:`SupportsExtend` (hidden states of new tokens
+after a handle: incremental PRM scoring on the policy's engine).
 
 Verifier (implemented in ``ttc.verifiers``)
 -------------------------------------------
@@ -72,6 +83,27 @@ class SupportsEmbeddings(Protocol):
     """Optional: a generator that can embed the text of handles (ETS's coverage term)."""
 
     def embed(self, handles: Sequence[Handle]) -> list[list[float]]: ...
+
+
+@runtime_checkable
+class SupportsProbe(Protocol):
+    """Optional: short throw-away continuations on shared KV, and truncation."""
+
+    def probe(self, handle: Handle, suffix_tokens: Sequence[int], *, max_new: int,
+              params=None, n: int = 1) -> ExpandOutput: ...
+
+    def truncate(self, handle: Handle, position: int) -> Handle: ...
+
+
+@runtime_checkable
+class SupportsExtend(Protocol):
+    """Optional: run new tokens after a handle (or token ids) and return their hidden
+    states, the tokens actually computed (to charge), and pinned handles; apply the head."""
+
+    def extend_batch_usage(self, items: Sequence[tuple[Handle | Sequence[int], Sequence[int]]]
+                           ) -> tuple[list, list[Handle], int]: ...
+
+    def logits(self, hidden): ...
 
 
 @runtime_checkable

@@ -30,6 +30,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from ttc.protocols import SupportsExtend
 from ttc.registry import VERIFIERS
 from ttc.types import Frozen, Problem, ScoreOutput
 
@@ -117,7 +118,7 @@ def build_judge(config: JudgeConfig, *, generator: Any = None, **_: object) -> J
     kw = dict(incremental=config.incremental, max_cache_tokens=config.max_cache_tokens)
     if config.share_policy and config.model is None and generator is not None:
         tok = getattr(generator, "tokenizer", None)
-        if tok is not None and hasattr(generator, "extend_batch") and hasattr(generator, "logits"):
+        if tok is not None and isinstance(generator, SupportsExtend):
             return Judge(tokenizer=tok, engine=generator, **kw)
         model = getattr(generator, "model", None)
         if tok is not None and hasattr(model, "get_output_embeddings"):

@@ -221,7 +221,10 @@ def test_token_stream_matches_the_result(tiny):
 
 
 def test_probe_runs_on_shared_kv_and_leaves_the_pages_as_it_found_them(tiny):
+    from ttc.protocols import SupportsExtend, SupportsProbe
+
     eng = make_engine(tiny)
+    assert isinstance(eng, SupportsProbe) and isinstance(eng, SupportsExtend)
     h = eng.handle_for_tokens(PROMPTS[0])
     c = eng.expand([ExpandRequest(prefix=h, n=1, params=SamplingParams(
         temperature=0.0, max_tokens=9))]).continuations[0][0]
