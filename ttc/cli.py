@@ -54,8 +54,8 @@ def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             return func(*args, **kwargs)
         except (typer.Exit, click.exceptions.ClickException, click.exceptions.Abort):
             raise
-        except KeyboardInterrupt:
-            typer.echo("error: interrupted.", err=True)
+        except KeyboardInterrupt as err:
+            typer.echo(f"error: {one_line(err)}", err=True)
             raise typer.Exit(code=130) from None
         except Exception as err:  # noqa: BLE001  (every failure becomes one line)
             if debug or debug_enabled():

@@ -65,7 +65,15 @@ def describe(err: BaseException) -> str:
 
 
 def one_line(err: BaseException) -> str:
-    """One line for stderr: the cause and, where it is known, what to change."""
+    """One line for stderr: the cause and, where it is known, what to change; then the
+    exception's notes (``add_note``: what was kept, how to resume)."""
+    line = _line(err)
+    for note in getattr(err, "__notes__", ()):
+        line = f"{line.rstrip('.')}; {' '.join(str(note).split())}"
+    return line
+
+
+def _line(err: BaseException) -> str:
     msg = _message(err)
     if isinstance(err, ConnectionError):
         return (f"{msg.rstrip('.')}; check that the server is running, or point the "
@@ -75,6 +83,8 @@ def one_line(err: BaseException) -> str:
     if type(err) is MemoryError:
         return (f"out of memory{': ' + msg if msg != 'MemoryError' else ''}; lower "
                 f"backend.kv_memory_gb, the strategy's width or concurrency.")
+    if isinstance(err, KeyboardInterrupt):
+        return "interrupted."
     if is_internal(err):
         return (f"internal error ({type(err).__name__}: {msg.rstrip('.')}); rerun with "
                 f"--debug (or TTC_DEBUG=1) for the traceback.")

@@ -205,7 +205,8 @@ class NativeEngine:
         # NOTE: before anything is allocated (the pool's bookkeeping is lazy, the tensor not).
         check_pool_fits(num_pages * bytes_per_page, device=model.device, setting=setting,
                         value=kv_memory_gb)
-        self.pool = PagePool(num_pages=num_pages, page_size=page_size, setting=setting)
+        self.pool = PagePool(num_pages=num_pages, page_size=page_size, setting=setting,
+                             page_bytes=bytes_per_page)
         self.tree = RadixTree(self.pool)
         self.runner = ModelRunner(model, num_pages=num_pages, page_size=page_size,
                                   max_batch_tokens=max_batch_tokens)

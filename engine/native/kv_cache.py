@@ -82,13 +82,15 @@ class PagePool:
     heap's top when the heap is not empty, else ``len(rc)``.
     """
 
-    def __init__(self, *, num_pages: int, page_size: int, setting: str = "backend.kv_memory_gb") -> None:
+    def __init__(self, *, num_pages: int, page_size: int, setting: str = "backend.kv_memory_gb",
+                 page_bytes: int = 0) -> None:
         if num_pages < 1 or page_size < 1:
             raise ValueError(f"the KV pool needs num_pages >= 1 and page_size >= 1; got "
                              f"{num_pages} and {page_size}.")
         self.num_pages = num_pages
         self.page_size = page_size
         self.setting = setting
+        self.page_bytes = page_bytes     # bytes of one page in the KV tensor (0: not given)
         self.rc: list[int] = []          # reference counts of the pages ever handed out
         self._free: list[int] = []       # heap of freed ids below len(rc)
         self.peak_used = 0
