@@ -71,8 +71,18 @@ def run_eval_command(overrides: list[str], *, echo: Callable[[str], None] = prin
 
 
 def summary_line(s: dict[str, Any]) -> str:
+    """One line over the summary: the whole results file, failures and limit included."""
+    if not s:
+        return "no records."
+    failed = (f" · {s['failed']} failed (not scored; retry_failed=true reruns them)"
+              if s.get("failed") else "")
+    plan = s.get("plan") or {}
+    outside = (f" · results.jsonl also holds {plan['outside']} problems beyond this limit"
+               if plan.get("outside") else "")
+    if not s.get("problems"):
+        return f"no problem was graded{failed}{outside}"
     return (f"accuracy {s['accuracy']:.3f} [{s['accuracy_ci_low']:.3f}, "
-            f"{s['accuracy_ci_high']:.3f}] over {s['problems']} problems · "
+            f"{s['accuracy_ci_high']:.3f}] over {s['problems']} problems{failed}{outside} · "
             f"{s['generated_tokens_per_problem']:,.0f} generated tokens/problem · "
             f"{s['verifier_calls_per_problem']:,.1f} verifier calls/problem")
 

@@ -8,6 +8,10 @@ Contract: pure functions of the per-problem records ``ttc eval`` writes (see
 computed as a stable product ``1 - prod_{i=n-c+1}^{n} (1 - k / i)``; majority@k is the
 share of problems whose majority vote over the first ``k`` candidates is correct.
 Confidence intervals are percentile bootstraps over problems (seeded, so reproducible).
+Failed records (a problem whose solve raised: ``error`` is set, see
+:mod:`ttc.evals.runner`) have no answer and no ledger; :func:`summarize` counts them
+(``failed``, ``failed_ids``) and computes every metric over the other records
+(``problems``), so a failure is never scored as a wrong answer nor silently dropped.
 Must NOT know: strategies, engines, file formats.
 """
 
@@ -64,11 +68,23 @@ def bootstrap_ci(values: Sequence[float], *, stat: Callable[[np.ndarray], float]
     return float(np.quantile(stats, alpha)), float(np.quantile(stats, 1 - alpha))
 
 
+def is_failed(record: dict[str, Any]) -> bool:
+    """A record written for a problem whose solve raised (it carries ``error``)."""
+    return record.get("error") is not None
+
+
 def summarize(records: Sequence[dict[str, Any]], *, ks: Sequence[int] = (1, 4, 8),
               resamples: int = 1000) -> dict[str, Any]:
-    """Accuracy with a CI, pass@k/majority@k where candidates allow, mean compute."""
+    """Accuracy with a CI, pass@k/majority@k where candidates allow, mean compute, over the
+    records that were graded; failed records are counted (``records`` = both)."""
     if not records:
         raise ValueError("no records to summarize.")
+    failed = [str(r["id"]) for r in records if is_failed(r)]
+    head: dict[str, Any] = {"records": len(records), "failed": len(failed),
+                            "failed_ids": failed}
+    records = [r for r in records if not is_failed(r)]
+    if not records:
+        return {"problems": 0, **head}
     correct = np.array([1.0 if r["correct"] else 0.0 for r in records])
     led = [r["ledger"] for r in records]
     tokens = np.array([x["generated_tokens"] for x in led], dtype=float)
@@ -84,6 +100,7 @@ def summarize(records: Sequence[dict[str, Any]], *, ks: Sequence[int] = (1, 4, 8
         "wall_seconds_per_problem": float(np.mean([r.get("wall_seconds", 0.0) for r in records])),
         "budget_exhausted_share": float(np.mean([bool(r.get("budget_exhausted")) for r in records])),
         "ungradable_problems": int(sum(bool(r.get("ungradable")) for r in records)),
+        **head,
     }
     n_min = min(len(r.get("candidate_answers", [])) for r in records)
     for k in ks:

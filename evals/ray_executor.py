@@ -9,11 +9,13 @@ threads over its one engine (:mod:`ttc.sharing`), so on the native engine both p
 branches decode in the same batch, and a slow problem does not hold back a shard.
 Cores: each actor asks Ray for ``num_cpus=1`` and its native engine runs one torch
 thread (``backend.threads=1``), so N actors on N cores never oversubscribe them. Each
-record is made on the worker with the runner's own :func:`~ttc.evals.runner.make_record`
-(the same JSONL format as a local run) and passed to ``accept`` on the driver as soon as
-it arrives: the runner appends it to ``results.jsonl`` at once, so an interrupted run
+record is made on the worker with the runner's own
+:func:`~ttc.evals.runner.solve_to_record` (the same JSONL format as a local run, failed
+records included) and passed to ``accept`` on the driver as soon
+as it arrives: the runner appends it to ``results.jsonl`` at once, so an interrupted run
 (a worker crash, Ctrl-C, an unreachable server) keeps every finished record and resumes
-where it stopped. The first worker error stops the run and is re-raised.
+where it stopped. The first error that stops a run (a worker crash, a fault of the
+machine or network) stops it and is re-raised.
 
 Cluster: ``ray.init()`` is called only when Ray is not initialised yet; it joins the
 cluster named by ``$RAY_ADDRESS`` when set, else starts a local one with
@@ -66,17 +68,11 @@ class _Worker:
                         budget=c.budget, generation=c.generation)
 
     def solve(self, index: int, problem: dict[str, Any]) -> dict[str, Any]:
-        import time  # noqa: PLC0415
+        from ttc.evals.runner import solve_to_record  # noqa: PLC0415
 
-        from ttc.evals.runner import make_record  # noqa: PLC0415
-
-        pipe = self._pipeline()
-        prob = Problem.model_validate(problem)
-        t0 = time.perf_counter()
-        result = pipe.solve(prob)
-        return make_record(prob, index, result, dataset=self.dataset,
-                           seed=self.config.generation.seed,
-                           wall=time.perf_counter() - t0, save_tree=self.save_tree)
+        return solve_to_record(self._pipeline(), Problem.model_validate(problem), index,
+                               config=self.config, dataset=self.dataset,
+                               save_tree=self.save_tree)
 
     def pid(self) -> int:
         return os.getpid()

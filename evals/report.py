@@ -2,7 +2,8 @@
 
 Contract: :func:`collect` reads every run under DIR (an eval folder, or a sweep's
 ``runs/*``), pools runs that differ only in seed, and summarizes each group with
-:func:`ttc.evals.metrics.summarize`. :func:`figures` draws three matplotlib figures (Agg),
+:func:`ttc.evals.metrics.summarize` (metrics over graded problems; failed records are
+counted in ``failed`` and a run with none graded is left out). :func:`figures` draws three matplotlib figures (Agg),
 one subplot per dataset, one line per strategy (points ordered by generated tokens):
 
     accuracy_vs_tokens           accuracy vs generated tokens per problem (log x)
@@ -21,11 +22,11 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from ttc.evals.metrics import summarize
+from ttc.evals.metrics import is_failed, summarize
 from ttc.evals.runner import CONFIG, RESULTS, read_results
 from ttc.registry import ConfigError
 
-COLUMNS = ("dataset", "strategy", "point", "budget", "seeds", "problems", "accuracy",
+COLUMNS = ("dataset", "strategy", "point", "budget", "seeds", "problems", "failed", "accuracy",
            "accuracy_ci_low", "accuracy_ci_high", "pass@1", "majority@8",
            "generated_tokens_per_problem", "verifier_calls_per_problem",
            "kv_peak_bytes_mean", "wall_seconds_per_problem")
@@ -78,7 +79,7 @@ def collect(root: str | Path, *, points_over: tuple[str, ...] | None = None
             raise ConfigError(f"{d} has {RESULTS} but no {CONFIG}.")
         identity = json.loads(cfg_path.read_text(encoding="utf-8"))
         records = read_results(d / RESULTS)
-        if records:
+        if any(not is_failed(r) for r in records):     # a run with graded problems
             runs.append({"dir": d, "identity": identity, "records": records,
                          "strategy": identity["run"]["strategy"]})
     if not runs:

@@ -10,7 +10,34 @@ Output folder::
     DIR/config.json     the validated RunConfig dump + dataset + seed + grader (identity);
                         a rerun whose identity differs is refused, never mixed
     DIR/results.jsonl   one record per finished problem (completion order), see below
-    DIR/summary.json    metrics over the records of this run's problems (rewritten at end)
+    DIR/summary.json    metrics over EVERY record in results.jsonl, whatever this run's
+                        ``limit``; ``plan`` says how this run's problems relate to them
+
+summary.json describes exactly the records in results.jsonl, never fewer: it is deleted
+before the first new record is appended and rewritten when the run ends (finished,
+stopped by a fault, or interrupted), so after a ``kill -9`` it is absent rather than
+stale. Its ``records`` = graded ``problems`` + ``failed``; every metric is over the graded
+ones; ``plan`` = {``problems``: this run's problems (the dataset up to ``limit``),
+``recorded``: how many of them have a record, ``outside``: records of problems beyond
+this run's ``limit``}.
+
+Failures. A problem whose solve raises (a prompt longer than the model's context, a
+search that does not fit the KV pool, an error in a strategy) becomes a *failed record*
+(``error``: ``Type: message``, one line; ``error_type``; no answer, ledger or
+candidates; ``correct`` is null) and the run goes on. A rerun skips failed records like
+finished ones; ``retry_failed=true`` first removes this run's failed records from the
+file (an atomic rewrite) and runs those problems again. A fault of the machine or the
+network (:func:`ttc.faults.stops_the_run`: a server down, a full disk, out of memory)
+stops the run instead, writes no record for the problems in flight, and names how many
+problems are recorded; the rerun resumes.
+
+Peak KV per problem: with an engine whose page pool measures windows (the native
+engine's ``pool.open_window``), a record's ``ledger.peak_kv_bytes`` is the most KV bytes
+resident in the engine's pool at any moment between the problem's start and its record.
+With ``concurrency=1`` that is the problem's own KV; with several problems in flight on
+one shared engine it includes theirs (an upper bound on the problem's own). Other
+engines report their own high-water mark (per engine, so per problem with
+``fresh_engine``).
 
 Crash safety: each record is one ``os.write`` of a complete line on an ``O_APPEND``
 descriptor, then ``fsync``. A run killed at any moment leaves whole lines plus at most
@@ -22,11 +49,14 @@ rerun stops with the file and line number instead of guessing.
 
 Record fields: ``id index gold answer correct ungradable strategy dataset seed grader
 candidate_answers candidate_correct candidate_scores ledger budget_exhausted
-wall_seconds`` and ``tree`` (with ``save_tree=true``).
+wall_seconds`` and ``tree`` (with ``save_tree=true``); a failed record: ``id index gold
+answer correct strategy dataset seed error error_type wall_seconds``.
 
 Concurrency (``concurrency=N``): N worker threads, so N problems are in flight at once.
 With ``share_engine`` (the default: ``null`` means on for every backend but the
-simulator) the workers share ONE generator and ONE verifier (:mod:`ttc.sharing`): on the
+simulator) the workers share ONE generator and ONE verifier (:mod:`ttc.sharing`), built
+before the output folder is created (so a memory setting the machine cannot hold leaves
+nothing on disk): on the
 native engine, a continuous-batching step loop, every problem's branches decode in the
 same batch at every step, and each problem's remaining token budget travels with its
 own requests, so budgets stay exact and problems batch until their last step. Each
@@ -34,11 +64,13 @@ problem's ledger is its own (the engine reports each call's usage). Records then
 on how problems interleave only where sampling is unseeded. With ``share_engine=false``
 each worker builds its own pipeline (its own engine: N copies of the weights); the
 simulated backend does this by default (pure Python, the GIL allows no overlap).
-Must NOT know: strategy internals, engine internals, Hydra.
+Must NOT know: strategy internals, engine internals (beyond the optional
+``pool.open_window`` used for per-problem peak KV), Hydra.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -51,15 +83,18 @@ from typing import Any, Callable, Literal
 
 from pydantic import PositiveInt, ValidationError
 
+from ttc.atomic import write_atomic, write_text_atomic
 from ttc.config import RunConfig, load_run_config
 from ttc.evals.datasets import DatasetConfig, dataset_config, load_problems
 from ttc.evals.grading import grader_name, is_correct, ungradable
+from ttc.evals.metrics import is_failed
+from ttc.faults import describe, stops_the_run
 from ttc.registry import ConfigError, format_validation_error
 from ttc.types import Frozen, Problem, Result
 
 RUN_KEYS = ("backend", "verifier", "strategy", "generation", "budget")
 EVAL_KEYS = ("dataset", "limit", "output", "concurrency", "save_tree", "progress",
-             "fresh_engine", "executor", "share_engine")
+             "fresh_engine", "executor", "share_engine", "retry_failed")
 RESULTS = "results.jsonl"
 CONFIG = "config.json"
 SUMMARY = "summary.json"
@@ -77,6 +112,7 @@ class EvalSettings(Frozen):
     fresh_engine: bool | None = None     # None: a fresh engine per problem when simulated
     share_engine: bool | None = None     # one engine for all workers; None: on unless simulated
     executor: Literal["local", "ray"] = "local"   # ray: `concurrency` Ray workers
+    retry_failed: bool = False           # rerun this run's failed records (else skip them)
 
 
 @dataclass(frozen=True)
@@ -217,9 +253,17 @@ class _Appender:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
+
+
+def _drop_records(path: Path, ids: set[str]) -> None:
+    """Rewrite ``path`` without the records of ``ids`` (temp file, fsync, rename)."""
+    kept = []
+    for line in path.read_bytes().splitlines(keepends=True):
+        if line.strip() and str(json.loads(line)["id"]) in ids:
+            continue
+        kept.append(line)
+    write_atomic(path, lambda fh: fh.write(b"".join(kept)))
 
 
 # -- running ------------------------------------------------------------------------------
@@ -244,38 +288,103 @@ def make_record(problem: Problem, index: int, result: Result, *, dataset: str, s
     return record
 
 
+def failed_record(problem: Problem, index: int, err: BaseException, *, strategy: str,
+                  dataset: str, seed: int, wall: float) -> dict[str, Any]:
+    """The record of a problem whose solve raised: its error in one line, no answer."""
+    return {"id": problem.id, "index": index, "gold": problem.answer, "answer": None,
+            "correct": None, "strategy": strategy, "dataset": dataset, "seed": seed,
+            "error": describe(err), "error_type": type(err).__name__,
+            "wall_seconds": round(wall, 6)}
+
+
+def solve_to_record(pipe: Any, problem: Problem, index: int, *, config: RunConfig,
+                    dataset: str, save_tree: bool) -> dict[str, Any]:
+    """Solve one problem into its record; a failure of the problem becomes a failed record,
+    a fault of the machine or network (:func:`ttc.faults.stops_the_run`) is raised."""
+    window = _kv_window(pipe.generator)
+    t0 = time.perf_counter()
+    try:
+        result = pipe.solve(problem)
+    except BaseException as err:
+        if window is not None:
+            window.close()
+        if stops_the_run(err):
+            raise
+        return failed_record(problem, index, err, strategy=config.strategy.name,
+                             dataset=dataset, seed=config.generation.seed,
+                             wall=time.perf_counter() - t0)
+    wall = time.perf_counter() - t0
+    record = make_record(problem, index, result, dataset=dataset,
+                         seed=config.generation.seed, wall=wall, save_tree=save_tree)
+    if window is not None:
+        record["ledger"]["peak_kv_bytes"] = window.close()
+    return record
+
+
+class _KVWindow:
+    """The most KV bytes resident in an engine's page pool while one problem runs."""
+
+    def __init__(self, pool: Any, bytes_per_page: int) -> None:
+        self.pool, self.bytes_per_page = pool, bytes_per_page
+        self.wid = pool.open_window()
+
+    def close(self) -> int:
+        return self.pool.close_window(self.wid) * self.bytes_per_page
+
+
+def _kv_window(generator: Any) -> _KVWindow | None:
+    pool = getattr(generator, "pool", None)
+    page_bytes = getattr(pool, "page_bytes", 0)
+    if pool is None or not hasattr(pool, "open_window") or not page_bytes:
+        return None                  # the engine's own high-water mark stays in the ledger
+    return _KVWindow(pool, page_bytes)
+
+
 def run_eval(plan: EvalPlan, *, on_record: Callable[[dict[str, Any]], None] | None = None,
              echo: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Run every unfinished problem of ``plan``; return the summary of all its problems.
+    """Run every problem of ``plan`` without a record; return the summary of the file.
 
     ``on_record`` is called after each record is safely on disk (progress hooks, tests).
     """
-    from ttc.evals.metrics import summarize
     from ttc.pipeline import Pipeline
 
     out = plan.output
+    config, settings = plan.config, plan.settings
+    results_path = out / RESULTS
+    ids = {p.id for p in plan.problems}
+    existing = read_results(results_path, repair=True)
+    retry = {str(r["id"]) for r in existing
+             if is_failed(r) and r["id"] in ids} if settings.retry_failed else set()
+    done = {r["id"] for r in existing if str(r["id"]) not in retry}
+    todo = [(i, p) for i, p in enumerate(plan.problems) if p.id not in done]
+    if echo and done & ids:
+        failed = sum(1 for r in existing if is_failed(r) and r["id"] in ids and
+                     str(r["id"]) not in retry)
+        echo(f"resuming {out}: {len(done & ids)} of {len(ids)} problems already recorded"
+             + (f" ({failed} failed; retry_failed=true reruns them)." if failed else "."))
+
+    fresh = (settings.fresh_engine if settings.fresh_engine is not None
+             else config.backend.name == "simulated")
+    local = threading.local()
+    share = (settings.share_engine if settings.share_engine is not None
+             else config.backend.name != "simulated")
+    # NOTE: built before the folder is created: a bad model or memory setting leaves nothing.
+    shared = (_shared_engine(config) if todo and share and settings.executor == "local"
+              else None)
+
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise ConfigError(f"cannot create output folder {str(out)!r}: {err.strerror}.") from err
     if not (out / CONFIG).exists():
         _write_json(out / CONFIG, plan.identity)
-    results_path = out / RESULTS
-    existing = read_results(results_path, repair=True)
-    done = {r["id"] for r in existing}
-    todo = [(i, p) for i, p in enumerate(plan.problems) if p.id not in done]
-    ids = {p.id for p in plan.problems}
-    records = [r for r in existing if r["id"] in ids]
-    if echo and done:
-        echo(f"resuming {out}: {len(done & ids)} of {len(ids)} problems already done.")
-
-    config, settings = plan.config, plan.settings
-    fresh = (settings.fresh_engine if settings.fresh_engine is not None
-             else config.backend.name == "simulated")
-    local = threading.local()
-    share = (settings.share_engine if settings.share_engine is not None
-             else config.backend.name != "simulated")
-    shared = _shared_engine(config) if share and settings.executor == "local" else None
+    if todo:
+        # NOTE: the summary of the old records would be stale from the first append on.
+        (out / SUMMARY).unlink(missing_ok=True)
+    if retry:
+        _drop_records(results_path, retry)
+        if echo:
+            echo(f"retrying {len(retry)} failed problems.")
 
     def pipeline() -> Pipeline:
         if shared is not None:
@@ -289,22 +398,24 @@ def run_eval(plan: EvalPlan, *, on_record: Callable[[dict[str, Any]], None] | No
         return local.pipe
 
     appender = _Appender(results_path)
-    bar = _ProgressBar(total=len(plan.problems), done=records,
+    recorded = [r for r in existing if str(r["id"]) not in retry and r["id"] in ids]
+    bar = _ProgressBar(total=len(plan.problems), done=recorded,
                        enabled=settings.progress and sys.stderr.isatty())
     lock = threading.Lock()
+    new_ids: set[str] = set()
 
     def solve(index: int, problem: Problem) -> None:
-        t0 = time.perf_counter()
-        result = pipeline().solve(problem)
-        accept(make_record(problem, index, result, dataset=settings.dataset.name,
-                           seed=config.generation.seed,
-                           wall=time.perf_counter() - t0, save_tree=settings.save_tree))
+        accept(solve_to_record(pipeline(), problem, index, config=config,
+                               dataset=settings.dataset.name, save_tree=settings.save_tree))
 
     def accept(record: dict[str, Any]) -> None:
         appender.append(record)
         with lock:
-            records.append(record)
+            new_ids.add(record["id"])
             bar.advance(record)
+            if echo and is_failed(record):
+                echo(f"problem {record['id']} failed: {record['error']} (recorded; "
+                     f"retry_failed=true reruns it)")
         if on_record is not None:
             on_record(record)
 
@@ -325,18 +436,43 @@ def run_eval(plan: EvalPlan, *, on_record: Callable[[dict[str, Any]], None] | No
                 for fut in futures:
                     fut.cancel()
                 for fut in finished:
-                    fut.result()   # re-raise the first failure
-    finally:
+                    fut.result()   # re-raise the first fault that stops the run
+    except BaseException as err:
         appender.close()
         bar.close()
+        count = len({r["id"] for r in recorded} | new_ids)
+        err.add_note(f"{count} of {len(ids)} problems are recorded in {results_path}; "
+                     f"rerun the same command to resume.")
+        # NOTE: the fault in flight is what the user must see; if the summary cannot be
+        # written now either, summary.json stays absent (it was deleted above), not stale.
+        with contextlib.suppress(Exception):
+            _write_summary(plan, shared)
+        raise
+    appender.close()
+    bar.close()
+    return _write_summary(plan, shared)
+
+
+def _write_summary(plan: EvalPlan, shared: tuple[Any, Any] | None) -> dict[str, Any]:
+    """summary.json over every record in results.jsonl (see the module docstring)."""
+    from ttc.evals.metrics import summarize
+
+    records = read_results(plan.output / RESULTS)
+    if not records:
+        return {}
     records.sort(key=lambda r: r["index"])
-    summary = {**summarize(records), "dataset": settings.dataset.name,
+    config = plan.config
+    ids = {p.id for p in plan.problems}
+    in_plan = sum(1 for r in records if r["id"] in ids)
+    summary = {**summarize(records), "dataset": plan.settings.dataset.name,
                "strategy": config.strategy.name,
                "max_generated_tokens": config.budget.max_generated_tokens,
-               "seed": config.generation.seed}
+               "seed": config.generation.seed,
+               "plan": {"problems": len(ids), "recorded": in_plan,
+                        "outside": len(records) - in_plan}}
     if shared is not None and hasattr(shared[0], "stats"):
         summary["shared_engine"] = shared[0].stats()
-    _write_json(out / SUMMARY, summary)
+    _write_json(plan.output / SUMMARY, summary)
     return summary
 
 
@@ -354,9 +490,11 @@ class _ProgressBar:
     """A rich progress bar with running accuracy and tokens per problem (tty only)."""
 
     def __init__(self, *, total: int, done: list[dict[str, Any]], enabled: bool) -> None:
-        self.correct = sum(bool(r["correct"]) for r in done)
-        self.tokens = sum(r["ledger"]["generated_tokens"] for r in done)
-        self.count = len(done)
+        graded = [r for r in done if not is_failed(r)]
+        self.correct = sum(bool(r["correct"]) for r in graded)
+        self.tokens = sum(r["ledger"]["generated_tokens"] for r in graded)
+        self.count = len(graded)
+        self.failed = len(done) - len(graded)
         self._progress = None
         if not enabled:
             return
@@ -367,20 +505,25 @@ class _ProgressBar:
         self._progress = Progress(TextColumn("eval"), BarColumn(), MofNCompleteColumn(),
                                   TextColumn("{task.fields[stats]}"), TimeElapsedColumn(),
                                   TimeRemainingColumn(), console=Console(stderr=True))
-        self._task = self._progress.add_task("eval", total=total, completed=self.count,
+        self._task = self._progress.add_task("eval", total=total,
+                                             completed=self.count + self.failed,
                                              stats=self._stats())
         self._progress.start()
 
     def _stats(self) -> str:
+        failed = f" · {self.failed} failed" if self.failed else ""
         if not self.count:
-            return "acc – · tok/problem –"
+            return "acc – · tok/problem –" + failed
         return (f"acc {self.correct / self.count:.3f} · "
-                f"tok/problem {self.tokens / self.count:,.0f}")
+                f"tok/problem {self.tokens / self.count:,.0f}" + failed)
 
     def advance(self, record: dict[str, Any]) -> None:
-        self.count += 1
-        self.correct += bool(record["correct"])
-        self.tokens += record["ledger"]["generated_tokens"]
+        if is_failed(record):
+            self.failed += 1
+        else:
+            self.count += 1
+            self.correct += bool(record["correct"])
+            self.tokens += record["ledger"]["generated_tokens"]
         if self._progress is not None:
             self._progress.update(self._task, advance=1, stats=self._stats())
 

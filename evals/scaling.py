@@ -54,7 +54,7 @@ def scale_overrides(name: str, width: int) -> list[str] | None:
 def run_scaling(out: Path, *, widths: tuple[int, ...] = (4, 8, 16), limit: int = 24,
                 dataset: str = "sim_hard", budget: int = 16384, echo=print) -> Path:
     """Run the sweep into ``out`` and return the accuracy-vs-tokens PNG."""
-    from ttc.evals.cli import _write_sweep_json, compose_eval
+    from ttc.evals.cli import _write_sweep_json, compose_eval, summary_line
     from ttc.evals.report import write_report
     from ttc.evals.runner import prepare_eval, run_eval
 
@@ -79,8 +79,7 @@ def run_scaling(out: Path, *, widths: tuple[int, ...] = (4, 8, 16), limit: int =
     t0 = time.perf_counter()
     for i, (run, _, plan) in enumerate(plans, start=1):
         summary = run_eval(plan)
-        echo(f"[{i}/{len(plans)}] {run}: accuracy {summary['accuracy']:.3f}, "
-             f"{summary['generated_tokens_per_problem']:,.0f} tokens/problem "
+        echo(f"[{i}/{len(plans)}] {run}: {summary_line(summary)} "
              f"({time.perf_counter() - t0:.0f} s)")
     return write_report(out)["accuracy_vs_tokens"]
 

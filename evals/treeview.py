@@ -6,6 +6,7 @@ draws it top-down (root at the top, one row per depth) with matplotlib (Agg) int
 or SVG. Leaves are spread evenly; a parent sits above the middle of its children.
 Colour = the node's verifier score (grey: unscored); marker = status (circle open or
 expanded, square terminal, x pruned); a terminal node's answer is written below it.
+The image is written atomically (no half-written or stray file when drawing fails).
 Must NOT know: which strategy grew the tree.
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ttc.atomic import write_atomic
 from ttc.evals.runner import read_results
 from ttc.registry import ConfigError
 from ttc.tree import NodeStatus, SearchTree
@@ -67,6 +69,9 @@ def draw_tree(record: dict[str, Any], out: str | Path, *, title: str | None = No
     out = Path(out)
     if out.suffix.lower() not in (".png", ".svg"):
         raise ConfigError(f"tree output {str(out)!r} must end in .png or .svg.")
+    if record.get("error"):
+        raise ConfigError(f"problem {record['id']!r} failed ({record['error']}), so it has no "
+                          f"tree; rerun the eval with retry_failed=true.")
     if not record.get("tree"):
         raise ConfigError(f"problem {record['id']!r} has no stored tree; rerun the eval with "
                           f"save_tree=true (and a strategy with keep_tree=true).")
@@ -118,6 +123,8 @@ def draw_tree(record: dict[str, Any], out: str | Path, *, title: str | None = No
                            f"{'correct' if record.get('correct') else 'wrong'} · "
                            f"{len(tree)} nodes"), fontsize=9)
     fig.tight_layout()
+    if out.is_dir():
+        raise ConfigError(f"tree output {str(out)!r} is a folder; name a .png or .svg file.")
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
+    write_atomic(out, lambda fh: fig.savefig(fh, dpi=110, format=out.suffix.lower()[1:]))
     return fig

@@ -4,18 +4,26 @@ layers add: grade, eval, sweep, report, tree, serve).
 Contract: the only module that imports Hydra. It composes the config groups shipped in
 ``ttc/conf`` with the user's overrides (``strategy=astar``, ``strategy.n=16``; the flags
 ``--strategy astar`` and ``--budget 4096`` are spelled-out overrides), validates the result
-into a frozen :class:`~ttc.config.RunConfig`, and hands it to the Pipeline. Every user
-error (unknown name, bad value, unknown key, empty question) is one line on stderr and
-exit code 2, never a traceback.
+into a frozen :class:`~ttc.config.RunConfig`, and hands it to the Pipeline. Every
+failure of a command is one line on stderr, never a traceback (:mod:`ttc.faults`): exit
+code 2 for user errors (unknown name, bad value, unknown key, empty question, an output
+path that cannot be written, a memory setting beyond the machine), 1 for faults met
+while running (the KV pool full, a server down, a full disk, an internal error).
+``--debug`` on any command, or ``TTC_DEBUG=1``, prints the traceback before the line.
+Output paths are checked before any work starts.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+import click
 import typer
 
 from ttc.registry import ConfigError
@@ -31,21 +39,39 @@ class UsageError(ConfigError):
     pass
 
 
-def fail(message: str) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code=2)
+def debug_enabled() -> bool:
+    return os.environ.get("TTC_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
 
 
 def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn user errors into one line and exit code 2."""
-    import functools
+    """Every failure of the command ends in one line on stderr (:mod:`ttc.faults`): exit 2
+    for user errors, 1 for faults. Adds a ``--debug`` option that prints the traceback."""
+    from ttc.faults import exit_code, one_line
 
     @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
+    def wrapper(*args: Any, debug: bool = False, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
-        except (ConfigError, ValueError, FileNotFoundError) as err:
-            fail(str(err).splitlines()[0] if str(err) else type(err).__name__)
+        except (typer.Exit, click.exceptions.ClickException, click.exceptions.Abort):
+            raise
+        except KeyboardInterrupt as err:
+            typer.echo(f"error: {one_line(err)}", err=True)
+            raise typer.Exit(code=130) from None
+        except Exception as err:  # noqa: BLE001  (every failure becomes one line)
+            if debug or debug_enabled():
+                import traceback
+
+                traceback.print_exc(file=sys.stderr)
+            typer.echo(f"error: {one_line(err)}", err=True)
+            raise typer.Exit(code=exit_code(err)) from None
+
+    signature = inspect.signature(func)
+    option = inspect.Parameter(
+        "debug", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
+        default=typer.Option(False, "--debug", help="On failure, print the traceback too "
+                                                    "(or set TTC_DEBUG=1)."))
+    wrapper.__signature__ = signature.replace(  # type: ignore[attr-defined]
+        parameters=[*signature.parameters.values(), option])
     return wrapper
 
 
@@ -171,8 +197,8 @@ def solve(
     flags = _flag_overrides(strategy=strategy, backend=backend, verifier=verifier,
                             budget=budget, model=model)
     config = run_config(_merge_overrides(flags, overrides or []))
-    if tree is not None and tree.parent and not tree.parent.exists():
-        raise UsageError(f"--tree folder {str(tree.parent)!r} does not exist.")
+    if tree is not None:
+        check_output_file(tree, option="--tree", example="tree.json")
 
     from ttc.pipeline import Pipeline
 
@@ -182,25 +208,34 @@ def solve(
         result = pipe.solve(question)
     finally:
         done()
-    if tree is not None:
-        _write_json(tree, result.tree or {})
+    # The answer is printed before the tree is written: a failed write loses no result.
     if as_json:
         typer.echo(result.model_dump_json(indent=2))
-        return
-    typer.echo(f"answer: {result.answer if result.answer is not None else '(none)'}")
-    from ttc.ledger import ComputeLedger
+    else:
+        typer.echo(f"answer: {result.answer if result.answer is not None else '(none)'}")
+        from ttc.ledger import ComputeLedger
 
-    ledger = ComputeLedger.total([result.ledger])
-    typer.echo(f"ledger: {ledger.summary()}")
-    typer.echo(f"strategy: {result.strategy} · candidates: {len(result.candidates)}")
+        ledger = ComputeLedger.total([result.ledger])
+        typer.echo(f"ledger: {ledger.summary()}")
+        typer.echo(f"strategy: {result.strategy} · candidates: {len(result.candidates)}")
+    if tree is not None:
+        from ttc.atomic import write_text_atomic
+
+        write_text_atomic(tree, json.dumps(result.tree or {}, indent=1) + "\n")
 
 
-def _write_json(path: Path, data: Any) -> None:
-    import os
-
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+def check_output_file(path: Path, *, option: str, example: str) -> None:
+    """Refuse, before any work, an output file path that cannot be written."""
+    if path.is_dir():
+        raise UsageError(f"{option} {str(path)!r} is a folder; name a file, for example "
+                         f"{str(path / example)!r}.")
+    folder = path.parent
+    if not folder.exists():
+        raise UsageError(f"{option} folder {str(folder)!r} does not exist.")
+    if not folder.is_dir():
+        raise UsageError(f"{option} folder {str(folder)!r} is not a folder.")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UsageError(f"{option} folder {str(folder)!r} is not writable.")
 
 
 def _progress_display(quiet: bool):
@@ -283,8 +318,13 @@ def grade(
     pred: str = typer.Argument(..., help="The predicted answer."),
 ) -> None:
     """Say whether PRED is equivalent to GOLD; exit 0 when equivalent, 1 when not."""
+    import logging
+
     from ttc.verifiers.answer_check import is_equivalent
 
+    # math_verify logs a parse timeout (with the whole input) as a warning; for the
+    # command line an unparsable answer is just "not equivalent".
+    logging.getLogger("math_verify").setLevel(logging.ERROR)
     same = is_equivalent(gold, pred)
     typer.echo("equivalent" if same else "not equivalent")
     raise typer.Exit(0 if same else 1)
@@ -339,8 +379,9 @@ def tree(
     """Draw one problem's search tree with its scores."""
     from ttc.evals.treeview import draw_tree, find_record
 
-    record = find_record(results, problem)
     path = out or Path(f"tree-{str(problem).replace('/', '_')}.png")
+    check_output_file(path, option="--out", example="tree.png")
+    record = find_record(results, problem)
     draw_tree(record, path)
     typer.echo(f"tree: {path}")
 
@@ -358,8 +399,16 @@ def serve(
     """Serve strategies as an OpenAI-compatible API (model = strategy[-N], or raw)."""
     from ttc.server import make_server
 
+    if not 0 <= port <= 65535:
+        raise UsageError(f"--port must be in [0, 65535]; got {port}.")
     config = run_config(_merge_overrides([], overrides or []))
-    server = make_server(config, host=host, port=port, api_key=api_key, verbose=verbose)
+    try:
+        server = make_server(config, host=host, port=port, api_key=api_key, verbose=verbose)
+    except ConfigError as err:
+        if isinstance(err.__cause__, OSError):      # the address could not be bound
+            raise UsageError(f"{str(err).rstrip('.')}; choose another --host or --port "
+                             f"(or stop what is using it).") from err
+        raise
     typer.echo(f"ttc serve: {server.url} (backend {config.backend.name}; GET /v1/models)")
     try:
         server.serve_forever()

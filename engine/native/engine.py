@@ -61,6 +61,7 @@ from torch import Tensor
 from ttc.engine.native.config import NativeBackendConfig
 from ttc.engine.prompting import eos_ids
 from ttc.engine.native.kv_cache import KVCacheFull, Node, PagePool, RadixTree
+from ttc.engine.native.memory import check_pool_fits
 from ttc.engine.native.model import NativeModel, from_hf
 from ttc.engine.native.runner import ModelRunner
 from ttc.engine.native.scheduler import Branch, DecodeJob, PrefillTask, Scheduler
@@ -201,7 +202,11 @@ class NativeEngine:
         if num_pages < 2:
             raise ConfigError(f"{setting}={kv_memory_gb!r} holds fewer than 2 KV pages of "
                               f"{bytes_per_page} bytes; raise {setting}.")
-        self.pool = PagePool(num_pages=num_pages, page_size=page_size, setting=setting)
+        # NOTE: before anything is allocated (the pool's bookkeeping is lazy, the tensor not).
+        check_pool_fits(num_pages * bytes_per_page, device=model.device, setting=setting,
+                        value=kv_memory_gb)
+        self.pool = PagePool(num_pages=num_pages, page_size=page_size, setting=setting,
+                             page_bytes=bytes_per_page)
         self.tree = RadixTree(self.pool)
         self.runner = ModelRunner(model, num_pages=num_pages, page_size=page_size,
                                   max_batch_tokens=max_batch_tokens)

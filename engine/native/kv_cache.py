@@ -27,7 +27,8 @@ Reference counts and locks::
     rc(page)      = number of owners (tree nodes + running branches) listing the page
     lock(node)    = pinned handles at the node or anywhere below it
     Invariants:   free pages have rc == 0; sum(rc) == pages listed by owners;
-                  used pages + free pages == num_pages;
+                  used pages + free pages == num_pages (pages never handed out
+                  are free without bookkeeping: see PagePool);
                   lock(node) == own pins + sum(lock(child));
                   a node with lock > 0 is never evicted (so a pinned page never is).
 
@@ -52,6 +53,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import threading
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -63,70 +65,116 @@ class KVCacheFull(MemoryError):
 class PagePool:
     """Fixed-size pages with reference counts; the bytes live in the runner's KV tensor.
 
-    ``alloc`` never returns a page still referenced; ``free`` returns pages whose count
-    falls to zero. ``peak_used`` is the high-water mark of used pages.
+    ``alloc`` never returns a page still referenced and returns the lowest free ids
+    first (a fresh sequence's pages are consecutive: cheap views); ``free`` returns
+    pages whose count falls to zero. ``peak_used`` is the high-water mark of used pages;
+    :meth:`open_window` / :meth:`close_window` measure the most pages used over a span
+    of time (one problem of an eval).
+
+    Bookkeeping grows with the pages ever handed out, not with ``num_pages``, so a
+    pool sized for a large ``kv_memory_gb`` costs nothing until it is used::
+
+        page ids   0 ........................ len(rc)-1 | len(rc) ........ num_pages-1
+                   touched: rc[p] > 0 (used), or          never handed out: free,
+                   rc[p] == 0 and p in the free heap      no bookkeeping at all
+
+    NOTE: every id in the free heap is below ``len(rc)``, so the lowest free page is the
+    heap's top when the heap is not empty, else ``len(rc)``.
     """
 
-    def __init__(self, *, num_pages: int, page_size: int, setting: str = "backend.kv_memory_gb") -> None:
+    def __init__(self, *, num_pages: int, page_size: int, setting: str = "backend.kv_memory_gb",
+                 page_bytes: int = 0) -> None:
         if num_pages < 1 or page_size < 1:
             raise ValueError(f"the KV pool needs num_pages >= 1 and page_size >= 1; got "
                              f"{num_pages} and {page_size}.")
         self.num_pages = num_pages
         self.page_size = page_size
         self.setting = setting
-        self.rc = [0] * num_pages
-        # Lowest ids first keeps a fresh sequence's pages consecutive (cheap views).
-        self._free = list(range(num_pages))
-        heapq.heapify(self._free)
+        self.page_bytes = page_bytes     # bytes of one page in the KV tensor (0: not given)
+        self.rc: list[int] = []          # reference counts of the pages ever handed out
+        self._free: list[int] = []       # heap of freed ids below len(rc)
         self.peak_used = 0
         self.evictor: Callable[[int], int] | None = None
+        # Open measurement windows: id -> most pages used since it opened. Callers of
+        # open/close_window need not hold the engine's lock, hence a lock of their own.
+        self._windows: dict[int, int] = {}
+        self._window_lock = threading.Lock()
+        self._window_ids = itertools.count()
 
     @property
     def num_free(self) -> int:
-        return len(self._free)
+        return self.num_pages - len(self.rc) + len(self._free)
 
     @property
     def num_used(self) -> int:
-        return self.num_pages - len(self._free)
+        return len(self.rc) - len(self._free)
 
     def alloc(self, n: int) -> list[int]:
         """``n`` fresh pages with rc 1, evicting cached sequences if needed."""
         if n <= 0:
             return []
-        if len(self._free) < n and self.evictor is not None:
-            self.evictor(n - len(self._free))
-        if len(self._free) < n:
+        if self.num_free < n and self.evictor is not None:
+            self.evictor(n - self.num_free)
+        if self.num_free < n:
             raise KVCacheFull(
-                f"the KV cache is full: {n} more pages are needed, {len(self._free)} are free "
+                f"the KV cache is full: {n} more pages are needed, {self.num_free} are free "
                 f"and nothing else can be evicted ({self.num_pages} pages of {self.page_size} "
                 f"tokens); raise {self.setting} or keep fewer branches pinned.")
-        pages = [heapq.heappop(self._free) for _ in range(n)]
-        for p in pages:
-            self.rc[p] = 1
-        self.peak_used = max(self.peak_used, self.num_used)
+        pages = []
+        for _ in range(n):
+            if self._free:
+                p = heapq.heappop(self._free)
+                self.rc[p] = 1
+            else:                            # NOTE: the lowest never-used id (see above)
+                p = len(self.rc)
+                self.rc.append(1)
+            pages.append(p)
+        used = self.num_used
+        self.peak_used = max(self.peak_used, used)
+        if self._windows:
+            with self._window_lock:
+                for wid, peak in self._windows.items():
+                    if used > peak:
+                        self._windows[wid] = used
         return pages
 
     def ref(self, pages: Sequence[int]) -> None:
         for p in pages:
-            assert self.rc[p] > 0, f"page {p} is free"
+            assert p < len(self.rc) and self.rc[p] > 0, f"page {p} is free"
             self.rc[p] += 1
 
     def free(self, pages: Sequence[int]) -> None:
         """Drop one reference to each page; pages reaching zero return to the pool."""
         for p in pages:
-            assert self.rc[p] > 0, f"page {p} freed twice"
+            assert p < len(self.rc) and self.rc[p] > 0, f"page {p} freed twice"
             self.rc[p] -= 1
             if self.rc[p] == 0:
                 heapq.heappush(self._free, p)
 
+    def open_window(self) -> int:
+        """Start measuring the most pages in use (all owners) from now on; returns its id."""
+        with self._window_lock:
+            wid = next(self._window_ids)
+            self._windows[wid] = self.num_used
+            return wid
+
+    def close_window(self, wid: int) -> int:
+        """The most pages in use at any moment since :meth:`open_window` returned ``wid``."""
+        with self._window_lock:
+            return self._windows.pop(wid)
+
     def check_invariants(self, *, expected_refs: dict[int, int] | None = None) -> None:
         free = set(self._free)
         assert len(free) == len(self._free), "a page is on the free list twice"
-        for p in range(self.num_pages):
+        assert len(self.rc) <= self.num_pages, "more pages handed out than the pool has"
+        for p in range(len(self.rc)):
             assert (self.rc[p] == 0) == (p in free), f"page {p}: rc {self.rc[p]} vs free list"
             assert self.rc[p] >= 0
+        assert all(p < len(self.rc) for p in free), "a never-used page is on the free list"
         if expected_refs is not None:
-            for p in range(self.num_pages):
+            assert all(p < len(self.rc) for p, n in expected_refs.items() if n), (
+                "an owner lists a page that was never handed out")
+            for p in range(len(self.rc)):
                 assert self.rc[p] == expected_refs.get(p, 0), (
                     f"page {p}: rc {self.rc[p]}, owners {expected_refs.get(p, 0)}")
 

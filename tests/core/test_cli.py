@@ -78,3 +78,101 @@ def test_config_prints_composed_config():
     result = runner.invoke(app, ["config", "strategy=self_consistency", "strategy.n=5"])
     assert result.exit_code == 0
     assert "name: self_consistency" in result.output and "n: 5" in result.output
+
+
+# -- runtime faults: one line, the right exit code, nothing left behind ----------------------
+def _one_error_line(result):
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+def _dead_url():
+    import socket
+
+    with socket.socket() as s:          # a port nothing listens on once closed
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}/v1"
+
+
+def test_tree_naming_a_folder_is_refused_before_solving(tmp_path, monkeypatch):
+    import ttc.pipeline
+
+    solved = []
+    monkeypatch.setattr(ttc.pipeline.Pipeline, "solve",
+                        lambda self, q: solved.append(q))
+    folder = tmp_path / "trees"
+    folder.mkdir()
+    result = runner.invoke(app, ["solve", "Q", "--tree", str(folder), *SIM])
+    assert result.exit_code == 2
+    line = _one_error_line(result)
+    assert "--tree" in line and "is a folder" in line and "tree.json" in line
+    assert solved == []                                      # checked before any work
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["trees"]
+    assert list(folder.iterdir()) == []
+
+
+def test_a_tree_that_cannot_be_written_keeps_the_answer_and_leaves_no_temp_file(tmp_path,
+                                                                                monkeypatch):
+    import errno
+    import os
+
+    import ttc.atomic
+
+    def disk_full(src, dst):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(dst))
+
+    monkeypatch.setattr(ttc.atomic.os, "replace", disk_full)
+    (tmp_path / "tree.json").write_text("old")
+    result = runner.invoke(app, ["solve", "Q", "--tree", str(tmp_path / "tree.json"), *SIM])
+    assert result.exit_code == 1
+    line = _one_error_line(result)
+    assert "No space left on device" in line and "the disk is full" in line
+    assert result.stdout.startswith("answer: ")              # the solve is not lost
+    assert [p.name for p in tmp_path.iterdir()] == ["tree.json"]   # no stray temp file
+    assert (tmp_path / "tree.json").read_text() == "old"
+
+
+def test_server_unavailable_is_one_line_naming_the_url_setting(tmp_path):
+    url = _dead_url()
+    result = runner.invoke(app, ["solve", "What is 2+2?", "backend=http",
+                                 f"backend.base_url={url}", "backend.max_retries=0",
+                                 "verifier=simulated"])
+    assert result.exit_code == 1
+    line = _one_error_line(result)
+    assert url in line and "backend.base_url" in line
+
+
+def test_debug_flag_and_env_print_the_traceback_then_the_line(monkeypatch):
+    import ttc.pipeline
+
+    def broken(self, question):
+        raise TypeError("an internal bug")
+
+    monkeypatch.setattr(ttc.pipeline.Pipeline, "solve", broken)
+    plain = runner.invoke(app, ["solve", "Q", *SIM])
+    assert plain.exit_code == 1
+    assert "internal error (TypeError: an internal bug)" in _one_error_line(plain)
+    for args, env in (([ "--debug"], {}), ([], {"TTC_DEBUG": "1"})):
+        loud = runner.invoke(app, ["solve", "Q", *SIM, *args], env=env)
+        assert loud.exit_code == 1
+        assert "Traceback" in loud.stderr and "an internal bug" in loud.stderr
+        assert loud.stderr.strip().splitlines()[-1].startswith("error: internal error")
+
+
+def test_tree_command_checks_its_output_before_reading(tmp_path):
+    folder = tmp_path / "pics"
+    folder.mkdir()
+    result = runner.invoke(app, ["tree", str(tmp_path / "missing.jsonl"), "-p", "x",
+                                 "--out", str(folder)])
+    assert result.exit_code == 2
+    assert "--out" in _one_error_line(result) and "is a folder" in result.stderr
+    assert list(folder.iterdir()) == []
+
+
+def test_serve_refuses_a_bad_port_in_one_line():
+    result = runner.invoke(app, ["serve", "backend=simulated", "--port", "70000"])
+    assert result.exit_code == 2
+    assert "--port must be in [0, 65535]; got 70000" in _one_error_line(result)

@@ -146,3 +146,45 @@ def test_split_keeps_pages_and_locks():
     tree.check_invariants()
     assert tree.tokens_of(a) == list(range(10))
     assert tree.tokens_of(b) == list(range(6)) + [99, 98]
+
+
+def test_page_bookkeeping_grows_with_pages_used_not_with_the_pool():
+    pool = PagePool(num_pages=10**12, page_size=PS)     # a list of 10**12 counts: ~8 TB
+    assert pool.alloc(3) == [0, 1, 2]
+    assert len(pool.rc) == 3 and pool.num_used == 3 and pool.num_free == 10**12 - 3
+    pool.free([1])
+    pool.free([0])
+    assert pool.alloc(3) == [0, 1, 3]                   # lowest free ids first
+    assert len(pool.rc) == 4 and pool.num_used == 4
+    pool.check_invariants(expected_refs={0: 1, 1: 1, 2: 1, 3: 1})
+    with pytest.raises(AssertionError, match="owners"):
+        pool.check_invariants(expected_refs={0: 1, 1: 1, 2: 1})
+
+
+def test_lazy_pool_keeps_the_full_pool_error_and_exact_counts():
+    pool = PagePool(num_pages=5, page_size=PS)
+    pages = pool.alloc(5)
+    assert pages == [0, 1, 2, 3, 4] and pool.num_free == 0
+    with pytest.raises(KVCacheFull, match="1 more pages are needed, 0 are free"):
+        pool.alloc(1)
+    pool.free(pages[1:3])
+    assert pool.num_free == 2 and pool.alloc(2) == [1, 2]
+    pool.check_invariants()
+
+
+def test_windows_measure_the_most_pages_used_while_open():
+    pool = PagePool(num_pages=50, page_size=PS)
+    held = pool.alloc(4)                                # in use before the window opens
+    first = pool.open_window()
+    pages = pool.alloc(6)                               # 10 used
+    pool.free(pages)                                    # back to 4
+    second = pool.open_window()
+    more = pool.alloc(2)                                # 6 used
+    assert pool.close_window(second) == 6               # opened at 4, rose to 6
+    assert pool.close_window(first) == 10
+    third = pool.open_window()
+    pool.free(more + held)
+    assert pool.close_window(third) == 6                # nothing allocated: where it began
+    assert pool.peak_used == 10                         # the all-time mark is unchanged
+    with pytest.raises(KeyError):
+        pool.close_window(first)                        # a window closes once

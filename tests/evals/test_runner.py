@@ -224,3 +224,128 @@ def test_shared_engine_runs_every_problem_through_one_engine(tmp_path, monkeypat
     # the simulator is not thread-safe: the shared engine serialises its calls
     assert isinstance(built[0], Serialized) and isinstance(built[0].inner, SimulatedGenerator)
     assert all(r["ledger"]["generated_tokens"] > 0 for r in records)
+
+
+# -- failures: failed records, faults that stop a run, summaries that tell the truth ---------
+def _fail_on(monkeypatch, bad_ids, exc):
+    """Make Pipeline.solve raise ``exc`` for the problems in ``bad_ids``."""
+    import ttc.pipeline
+
+    real = ttc.pipeline.Pipeline.solve
+
+    def solve(self, question, **kw):
+        if getattr(question, "id", None) in bad_ids:
+            raise exc
+        return real(self, question, **kw)
+
+    monkeypatch.setattr(ttc.pipeline.Pipeline, "solve", solve)
+
+
+def _summary(out):
+    return json.loads((out / "summary.json").read_text())
+
+
+def test_a_failing_problem_is_a_failed_record_and_the_run_goes_on(reference, tmp_path,
+                                                                  monkeypatch):
+    out = tmp_path / "run"
+    bad = "sim_mixed-0-2"
+    _fail_on(monkeypatch, {bad}, ValueError("the prompt has 900 tokens; the model's "
+                                            "context is 512 tokens.\nsecond line"))
+    echoed = []
+    run_eval_command(BASE + [f"output={out}", "limit=5"], echo=echoed.append)
+    records = read_results(out / "results.jsonl")
+    assert [r["id"] for r in records] == [f"sim_mixed-0-{i}" for i in range(5)]
+    failed = records[2]
+    assert failed["error"] == ("ValueError: the prompt has 900 tokens; the model's context "
+                               "is 512 tokens.")
+    assert failed["error_type"] == "ValueError"
+    assert failed["answer"] is None and failed["correct"] is None and "ledger" not in failed
+    assert any(line.startswith(f"problem {bad} failed: ValueError") for line in echoed)
+    ok = _stable([r for r in records if r["id"] != bad])
+    assert ok == {k: reference[k] for k in ok}                  # the others are untouched
+    summary = _summary(out)
+    assert (summary["records"], summary["problems"], summary["failed"]) == (5, 4, 1)
+    assert summary["failed_ids"] == [bad]
+    assert summary["accuracy"] == sum(r["correct"] for r in ok.values()) / 4
+    assert "1 failed (not scored; retry_failed=true reruns them)" in echoed[-1]
+
+    monkeypatch.undo()
+    rerun = []
+    run_eval_command(BASE + [f"output={out}", "limit=5"], echo=_quiet, on_record=rerun.append)
+    assert rerun == []                                          # skipped unless asked
+    run_eval_command(BASE + [f"output={out}", "limit=5", "retry_failed=true"], echo=_quiet,
+                     on_record=rerun.append)
+    assert [r["id"] for r in rerun] == [bad]
+    records = read_results(out / "results.jsonl")
+    assert sorted(r["id"] for r in records) == [f"sim_mixed-0-{i}" for i in range(5)]
+    assert _stable(records) == {k: reference[k] for k in _stable(records)}
+    assert (_summary(out)["records"], _summary(out)["failed"]) == (5, 0)
+
+
+def test_a_fault_of_the_machine_or_network_stops_the_run_and_the_rerun_resumes(
+        reference, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    _fail_on(monkeypatch, {"sim_mixed-0-3"}, ConnectionError("the server went away"))
+    with pytest.raises(ConnectionError) as info:
+        run_eval_command(BASE + [f"output={out}", "limit=6"], echo=_quiet)
+    assert info.value.__notes__ == [f"3 of 6 problems are recorded in {out / 'results.jsonl'}; "
+                                    f"rerun the same command to resume."]
+    records = read_results(out / "results.jsonl")
+    assert [r["id"] for r in records] == [f"sim_mixed-0-{i}" for i in range(3)]   # no failed
+    assert _summary(out)["records"] == 3                        # the summary matches the file
+    monkeypatch.undo()
+    rerun = []
+    run_eval_command(BASE + [f"output={out}", "limit=6"], echo=_quiet, on_record=rerun.append)
+    assert [r["id"] for r in rerun] == [f"sim_mixed-0-{i}" for i in range(3, 6)]
+    assert _stable(read_results(out / "results.jsonl")) == {
+        k: reference[k] for k in _stable(read_results(out / "results.jsonl"))}
+
+
+def test_summary_describes_every_record_in_the_file_whatever_the_limit(tmp_path):
+    out = tmp_path / "run"
+    run_eval_command(BASE + [f"output={out}", "limit=6"], echo=_quiet)
+    echoed = []
+    summary = run_eval_command(BASE + [f"output={out}", "limit=3"], echo=echoed.append)
+    assert summary == _summary(out)
+    assert summary["records"] == summary["problems"] == 6
+    assert summary["plan"] == {"problems": 3, "recorded": 3, "outside": 3}
+    assert "over 6 problems" in echoed[-1] and "3 problems beyond this limit" in echoed[-1]
+
+
+def test_an_interrupted_run_leaves_a_summary_of_exactly_the_records_written(tmp_path):
+    out = tmp_path / "run"
+    run_eval_command(BASE + [f"output={out}", "limit=2"], echo=_quiet)
+    assert _summary(out)["records"] == 2
+    seen = []
+
+    def interrupt_after_three(record):
+        seen.append(record)
+        if len(seen) == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_eval_command(BASE + [f"output={out}", "limit=8"], echo=_quiet,
+                         on_record=interrupt_after_three)
+    assert _summary(out)["records"] == len(read_results(out / "results.jsonl")) == 5
+
+
+def test_server_unavailable_through_eval_is_one_line_and_keeps_the_folder_resumable(tmp_path):
+    import socket
+
+    with socket.socket() as s:          # a port nothing listens on once closed
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}/v1"
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, ["eval", "dataset=sim_mixed", "limit=3", "progress=false",
+                                      "backend=http", f"backend.base_url={url}",
+                                      "backend.max_retries=0", "verifier=simulated",
+                                      f"output={out}"])
+    assert result.exit_code == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.output, result.output
+    assert url in lines[0] and "backend.base_url" in lines[0]
+    assert lines[0].endswith(f"0 of 3 problems are recorded in {out / 'results.jsonl'}; "
+                             f"rerun the same command to resume.")
+    # no failed record for a fault of the server: the rerun runs every problem
+    assert (out / "results.jsonl").read_text() == ""
+    assert not (out / "summary.json").exists()
