@@ -1,9 +1,13 @@
 """How much memory a device can still give, and the check that a KV pool fits in it.
 
-Contract: :func:`available_bytes` says how many bytes a new allocation on a device can
-get now (``None``: unknown, so nothing is checked): on CPU, ``MemAvailable`` from
-``/proc/meminfo`` (what Linux can hand out without swapping), else the free physical
-pages from ``sysconf``; on CUDA, the free bytes ``torch.cuda.mem_get_info`` reports.
+Contract: :func:`available_bytes` says how many bytes a KV pool on a device can hold
+(``None``: unknown, so nothing is checked). On CPU that is the machine's physical memory
+(``MemTotal`` from ``/proc/meminfo``, else ``sysconf``): the pool lives in anonymous
+``mmap`` memory that is committed page by page as it fills, so it costs memory only as
+branches use it, and what other processes hold right now says nothing about whether it
+can be created; a pool larger than the machine can never fill and is refused. On CUDA the
+pool is allocated whole at start, so it is the free bytes ``torch.cuda.mem_get_info``
+reports now.
 :func:`check_pool_fits` raises one :class:`~ttc.registry.ConfigError` naming the setting,
 the pool it asks for and what is available, before anything is allocated (a pool beyond
 the machine would otherwise fail late: ``ENOMEM`` after minutes, or an OOM kill).
@@ -35,12 +39,12 @@ def available_bytes(device: object) -> int | None:
 def _cpu_available() -> int | None:
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
+            if line.startswith("MemTotal:"):
                 return int(line.split()[1]) * 1024       # the file counts kB
     except (OSError, ValueError, IndexError):
         pass
     try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
         return None
 
