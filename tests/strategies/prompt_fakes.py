@@ -2,7 +2,7 @@
 
 :class:`PromptGenerator` remembers the text of every prompt it was given (``root``) and
 answers each request with ``reply(prompt, index, params) -> text`` (or ``(text,
-finish)``); tokens are the words of the text, cut at ``max_tokens`` (finish
+finish)``, or ``(text, finish, logprob)`` for every token's log-probability); tokens are the words of the text, cut at ``max_tokens`` (finish
 ``MAX_TOKENS``) and at the call's ``token_limit`` (finish ``BUDGET``), as an engine would.
 Continuing a handle continues its prompt: the reply sees the same prompt text.
 :class:`StepVerifier` scores each step by a rule over its text.
@@ -45,7 +45,10 @@ class PromptGenerator:
             conts = []
             for i in range(r.n):
                 reply = self.reply(self.prompts[r.prefix], i, r.params)
-                text, finish = reply if isinstance(reply, tuple) else (reply, FinishReason.EOS)
+                if not isinstance(reply, tuple):
+                    reply = (reply, FinishReason.EOS)
+                text, finish = reply[0], reply[1]
+                logprob = reply[2] if len(reply) > 2 else self.logprob
                 words = text.split(" ")
                 if len(words) > r.params.max_tokens:
                     words, finish = words[: r.params.max_tokens], FinishReason.MAX_TOKENS
@@ -57,7 +60,7 @@ class PromptGenerator:
                 generated += len(words)
                 handle = self._new(self.prompts[r.prefix])
                 conts.append(Continuation(handle=handle, token_ids=tuple(range(len(words))),
-                                          text=text, logprobs=(self.logprob,) * len(words),
+                                          text=text, logprobs=(logprob,) * len(words),
                                           finish=finish))
             out.append(tuple(conts))
         return ExpandOutput(continuations=tuple(out),
