@@ -134,8 +134,7 @@ class SelfEval(SearchStrategy):
                 if node.text.strip():
                     ctx.offer(node, score=conf)
             ctx.release(samples, prune=False)
-            best = max([c for c in confs] + ([best] if best is not None else []),
-                       default=None)
+            best = max(confs + ([best] if best is not None else []), default=None)
             ctx.emit(step=b + 1, live=0, best_score=best,
                      note=f"{drawn} samples, best P(no improvement) {best or 0.0:.2f}")
             if best is not None and best >= cfg.threshold:
