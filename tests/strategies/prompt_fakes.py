@@ -2,8 +2,9 @@
 
 :class:`PromptGenerator` remembers the text of every prompt it was given (``root``) and
 answers each request with ``reply(prompt, index, params) -> text`` (or ``(text,
-finish)``, or ``(text, finish, logprob)`` for every token's log-probability); tokens are the words of the text, cut at ``max_tokens`` (finish
-``MAX_TOKENS``) and at the call's ``token_limit`` (finish ``BUDGET``), as an engine would.
+finish)``, or ``(text, finish, logprob)`` with every token's log-probability); tokens
+are the words of the text, cut at ``max_tokens`` (finish ``MAX_TOKENS``) and at the
+call's ``token_limit`` (finish ``BUDGET``), as an engine would.
 Continuing a handle continues its prompt: the reply sees the same prompt text.
 :class:`StepVerifier` scores each step by a rule over its text.
 """
