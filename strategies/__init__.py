@@ -11,5 +11,7 @@ from ttc.strategies import (adaptive_consistency, beam_search, dvts,  # noqa: F4
                             first_finish, particle_filtering, rpc)
 from ttc.strategies import (adaptive, astar, ets, mcts, rebase,  # noqa: F401
                             threads)
+from ttc.strategies import (compute_optimal, plan_and_budget,  # noqa: F401
+                            self_eval)
 
 __all__ = ["STRATEGIES", "SearchContext", "SearchStrategy", "StrategyConfig"]

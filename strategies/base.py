@@ -10,8 +10,9 @@ releases every handle still pinned, and turns the candidates into a
 :class:`SearchContext` holds the helpers the pseudo-code needs: ``expand`` (one engine
 call for many nodes, children added to the tree, terminal ones recognised), ``score``
 (one verifier call for many nodes, step scores stored on the nodes), ``release``
-(pruned nodes' KV freed at once), ``offer`` (a finished trajectory becomes a candidate)
-and reproducible ``seed``\\ s.
+(pruned nodes' KV freed at once), ``offer`` (a finished trajectory becomes a candidate),
+``open_prompt`` (another prompt to the same model, e.g. a planner or a join, as a pinned
+node under the root) and reproducible ``seed``\\ s.
 
 KV lifecycle::
 
@@ -165,11 +166,13 @@ class SearchContext:
 
     # -- scoring -----------------------------------------------------------------------
     def steps_of(self, node: Node) -> list[str]:
-        """The node's trajectory as verifier steps (a whole solution is split)."""
-        steps: list[str] = []
-        for n in self.tree.path(node):
-            steps.extend(split_steps(n.text, self.generation.step_delimiter))
-        return steps
+        """The node's trajectory as verifier steps (a whole solution is split).
+
+        The path's texts are joined before splitting, so a step that one expansion cut
+        (``max_tokens``) and the next one finished is one step, not two.
+        """
+        text = "".join(n.text for n in self.tree.path(node))
+        return split_steps(text, self.generation.step_delimiter)
 
     def score(self, nodes: Sequence[Node]) -> list[list[float]]:
         """Score the nodes' trajectories in one verifier call; store the last step score
@@ -199,6 +202,26 @@ class SearchContext:
             return node.score if node.score is not None else 0.0
         return aggregate_steps(scores, how)
 
+    # -- other prompts -----------------------------------------------------------------
+    def open_prompt(self, question: str, *, label: str, context: str = "") -> Node:
+        """Another prompt to the same model (a planner, a thread, a join), as a node.
+
+        The engine formats and tokenizes ``question`` as it does the problem's; the
+        returned node hangs under the root, holds the new prompt's pinned handle (so
+        ``release_all`` frees it) and can be expanded like any node. ``context`` is the
+        node's text: what of the trajectory this prompt carries (threads: the parent
+        context), so that scoring its children scores context + continuation; it has no
+        token ids of its own (the prompt is prefilled, and charged, when first expanded).
+        """
+        problem = Problem(id=self.problem.id, question=question, answer=self.problem.answer,
+                          metadata=self.problem.metadata)
+        handle = self.generator.root(problem)
+        node = self.tree.add(self.root, text=context, handle=handle)
+        node.extra["prompt"] = question
+        node.extra["label"] = label
+        self._pinned.add(node.id)
+        return node
+
     # -- lifecycle ---------------------------------------------------------------------
     def release(self, nodes: Iterable[Node], *, prune: bool = True) -> None:
         """Release the nodes' KV now (pruned, or finished and no longer needed)."""
@@ -226,7 +249,7 @@ class SearchContext:
         path = self.tree.path(node)
         tokens = sum(n.num_tokens for n in path)
         logprob = sum(n.logprob for n in path)
-        steps = tuple(n.text for n in path)
+        steps = tuple(n.text for n in path if n.text)
         answer = node.answer if node.answer is not None else extract_answer("".join(steps))
         cand = Candidate(steps=steps, answer=answer,
                          score=score if score is not None else node.score,
@@ -284,7 +307,8 @@ class SearchStrategy:
     def choose(self, ctx: SearchContext) -> Candidate | None:
         """Pick the answer; with no finished candidate, offer the best partial one."""
         if not ctx.candidates:
-            partial = [n for n in ctx.tree if n.parent is not None]
+            partial = [n for n in ctx.tree
+                       if n.parent is not None and "prompt" not in n.extra]
             if not partial:
                 return None
             best = max(partial, key=lambda n: (n.score if n.score is not None else -1.0,

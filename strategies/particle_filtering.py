@@ -19,6 +19,23 @@ with probability ∝ its final weight; the next sweep runs N-1 free particles pl
 reference, whose step-t score joins every resampling; a resampled copy of the reference
 is its path cut at step t and continues as a free particle.
 
+Parallel tempering (``tempering_ladder`` non-empty, §5.3): chains at softmax temperatures
+``(softmax_temperature, *tempering_ladder)``, coldest first, each of N particles, advance
+in lockstep (all chains' active particles in ONE expand, ONE verifier call per step).
+Chain k targets prior x r/(1-r)^(1/tau_k): hot chains keep diverse particles alive, the
+cold chain exploits. Before each step's resampling, every neighbouring pair (k, k+1),
+hottest pair first, proposes one swap of a uniformly drawn particle from each; it is
+accepted with the Metropolis probability
+
+    min(1, exp((1/tau_k - 1/tau_k+1) * (logit(r_k+1) - logit(r_k))))
+
+so a better particle always moves to the colder chain. The answer comes from the cold
+chain (the target). The swap schedule is not in the paper's text (unverified, §5.3);
+the choices here are: one proposal per pair per step, uniform draws, N particles per
+chain (the run costs about as many chains as plain PF), resampling every step (not with
+``ess_threshold``), no particle Gibbs. Swaps are recorded in ``info["pt_swaps"]``;
+``pf_trace`` entries carry their ``chain`` and ``temperature``.
+
 Every resampling decision is recorded in ``Result.info["pf_trace"]`` (step, weights,
 ESS, resampled). KV: nodes no particle points to any more are released right after
 resampling; expanded nodes are unpinned (their children hold the prefix); finished
@@ -29,11 +46,12 @@ Must NOT know: engine internals.
 
 from __future__ import annotations
 
+import math
 import random
 from collections import Counter
 from typing import Literal
 
-from pydantic import Field, PositiveInt, field_validator
+from pydantic import Field, PositiveInt, field_validator, model_validator
 
 from ttc.aggregate import Selection
 from ttc.ledger import BudgetExhausted
@@ -52,6 +70,9 @@ class ParticleFilteringConfig(StrategyConfig):
         default=None, description="None: resample every step (paper); kappa in (0, 1]: "
                                   "carry weights, resample when ESS < kappa * N")
     gibbs_iterations: PositiveInt = Field(default=1, description="> 1: particle Gibbs sweeps")
+    tempering_ladder: tuple[float, ...] = Field(
+        default=(), description="parallel tempering: softmax temperatures of the hotter "
+                                "chains, increasing (each runs n particles); () = one chain")
     selection: Selection = Selection.BEST
 
     @field_validator("softmax_temperature")
@@ -69,6 +90,29 @@ class ParticleFilteringConfig(StrategyConfig):
             raise ValueError(f"ess_threshold must be in (0, 1] or null; got {value!r}")
         return value
 
+    @model_validator(mode="after")
+    def _ladder_is_hotter(self) -> "ParticleFilteringConfig":
+        temps = (self.softmax_temperature, *self.tempering_ladder)
+        if any(b <= a for a, b in zip(temps, temps[1:])):
+            raise ValueError(f"tempering_ladder must rise strictly above softmax_temperature "
+                             f"({self.softmax_temperature}); got {list(self.tempering_ladder)}")
+        if self.tempering_ladder and (self.gibbs_iterations > 1
+                                      or self.ess_threshold is not None):
+            raise ValueError("parallel tempering resamples every step in one sweep; set "
+                             "gibbs_iterations 1 and ess_threshold null with a tempering_ladder")
+        return self
+
+
+def swap_probability(*, tau_cold: float, tau_hot: float, loglik_cold: float,
+                     loglik_hot: float) -> float:
+    """Metropolis acceptance of exchanging a cold-chain and a hot-chain particle.
+
+    Chain k targets prior x exp(loglik / tau_k), loglik = logit(r); the exchange ratio is
+    exp((1/tau_cold - 1/tau_hot) * (loglik_hot - loglik_cold)), capped at 1.
+    """
+    x = (1.0 / tau_cold - 1.0 / tau_hot) * (loglik_hot - loglik_cold)
+    return 1.0 if x >= 0 else math.exp(x)
+
 
 def _active(node: Node) -> bool:
     return node.status is not NodeStatus.TERMINAL
@@ -84,7 +128,12 @@ class ParticleFiltering(SearchStrategy):
         ctx.info["pf_trace"] = []
         reference: list[Node] | None = None
         try:
-            with first_step_guard(ctx, branches=cfg.n):
+            with first_step_guard(ctx, branches=cfg.n * (1 + len(cfg.tempering_ladder))):
+                if cfg.tempering_ladder:
+                    for node in self._tempered(ctx, rng):
+                        if node.status is NodeStatus.TERMINAL:
+                            ctx.offer(node)
+                    return
                 for sweep in range(cfg.gibbs_iterations):
                     final = self._sweep(ctx, sweep, reference, rng)
                     for node in final:
@@ -146,19 +195,23 @@ class ParticleFiltering(SearchStrategy):
                 particles = new
                 logw = [0.0] * cfg.n
             prev = [logit(_r(p)) for p in pool_of(particles)]
-            particles = self._advance(ctx, sweep, t, particles, keep_pinned)
+            particles, kids = self._advance(ctx, sweep, t, particles, keep_pinned)
             ctx.info["particles"] = [p.id for p in particles]
+            stop_if_cut(ctx, kids)
             t += 1
             ctx.emit(step=t, live=sum(_active(p) for p in particles),
                      best_score=best_score(particles), note=f"ESS {size:.1f}")
         return particles
 
     def _advance(self, ctx: SearchContext, sweep: int, t: int, particles: list[Node],
-                 keep_pinned: set[int]) -> list[Node]:
-        """One step for every active particle: one expand, copies of a node as its n."""
+                 keep_pinned: set[int]) -> tuple[list[Node], list[Node]]:
+        """One step for every active particle: one expand, copies of a node as its n.
+
+        Returns the particles after the step and the new children (for the caller's
+        budget-cut check, made once it has recorded the particles)."""
         copies = Counter(p.id for p in particles if _active(p))
         if not copies:
-            return particles
+            return particles, []
         parents = [ctx.tree[i] for i in copies]
         params = [ctx.step_params(ctx.seed("pf", sweep, t, p.id)) for p in parents]
         groups = ctx.expand(parents, n=[copies[p.id] for p in parents], params=params)
@@ -169,10 +222,69 @@ class ParticleFiltering(SearchStrategy):
         mark_step_done(ctx, new_children)
         self._release_finished(ctx, new_children, keep_pinned)
         out = [children[p.id].pop(0) if _active(p) else p for p in particles]
-        if any(c.extra.get("cut_by_budget") for c in new_children):
-            ctx.info["particles"] = [p.id for p in out]
-            stop_if_cut(ctx, new_children)
-        return out
+        return out, new_children
+
+    # -- parallel tempering --------------------------------------------------------------
+    def _tempered(self, ctx: SearchContext, rng: random.Random) -> list[Node]:
+        """Chains at rising temperatures in lockstep, with neighbour swaps; returns the
+        cold chain's final particles."""
+        cfg = self.config
+        temps = (cfg.softmax_temperature, *cfg.tempering_ladder)
+        n = cfg.n
+        ctx.info["pt_swaps"] = []
+        groups = ctx.expand([ctx.root] * len(temps), n=n,
+                            params=[ctx.step_params(ctx.seed("pf-pt", k, 0))
+                                    for k in range(len(temps))])
+        chains = [list(g) for g in groups]
+        flat = [p for ch in chains for p in ch]
+        ctx.score(flat)
+        mark_step_done(ctx, flat)
+        ctx.info["particles"] = [p.id for p in chains[0]]
+        stop_if_cut(ctx, flat)
+        self._release_finished(ctx, flat, set())
+        t = 1
+        while any(_active(p) for ch in chains for p in ch):
+            self._swap(ctx, chains, temps, t, rng)
+            before = [p for ch in chains for p in ch]
+            for k, tau in enumerate(temps):
+                pool = chains[k]
+                logw = [logit(_r(p)) for p in pool]
+                weights = softmax(logw, temperature=tau)
+                ctx.info["pf_trace"].append({
+                    "sweep": 0, "chain": k, "temperature": tau, "step": t,
+                    "nodes": [p.id for p in pool], "weights": weights, "logw": logw,
+                    "ess": ess(weights), "resampled": True})
+                chains[k] = [pool[i] for i in resample(weights, n, rng,
+                                                       scheme=cfg.resampling)]
+            kept = {p.id for ch in chains for p in ch}
+            ctx.release([p for p in before if p.id not in kept])
+            flat, kids = self._advance(ctx, 0, t, [p for ch in chains for p in ch], set())
+            chains = [flat[k * n:(k + 1) * n] for k in range(len(temps))]
+            ctx.info["particles"] = [p.id for p in chains[0]]
+            stop_if_cut(ctx, kids)
+            t += 1
+            ctx.emit(step=t, live=sum(_active(p) for p in flat),
+                     best_score=best_score(chains[0]),
+                     note=f"{sum(s['accepted'] for s in ctx.info['pt_swaps'])} swaps")
+        return chains[0]
+
+    def _swap(self, ctx: SearchContext, chains: list[list[Node]], temps: tuple[float, ...],
+              t: int, rng: random.Random) -> None:
+        """One Metropolis swap proposal per neighbouring pair of chains, hottest first."""
+        for k in reversed(range(len(chains) - 1)):
+            i = rng.randrange(len(chains[k]))
+            j = rng.randrange(len(chains[k + 1]))
+            cold, hot = chains[k][i], chains[k + 1][j]
+            lc, lh = logit(_r(cold)), logit(_r(hot))
+            prob = swap_probability(tau_cold=temps[k], tau_hot=temps[k + 1],
+                                    loglik_cold=lc, loglik_hot=lh)
+            u = rng.random()
+            accepted = u < prob
+            if accepted:
+                chains[k][i], chains[k + 1][j] = hot, cold
+            ctx.info["pt_swaps"].append({
+                "step": t, "chains": [k, k + 1], "nodes": [cold.id, hot.id],
+                "loglik": [lc, lh], "prob": prob, "u": u, "accepted": accepted})
 
     def _release_finished(self, ctx: SearchContext, nodes: list[Node], keep: set[int]) -> None:
         if self.config.gibbs_iterations > 1:

@@ -101,3 +101,60 @@ def test_budget_is_exact(cls, cfg, limit):
                        budget=Budget(max_generated_tokens=limit))
     assert res.ledger.generated_tokens <= limit
     assert gen.live_handles == 0
+
+
+def _mixed_depth_shares(res) -> list[tuple[int, int]]:
+    """Per depth where a perfect PRM's open frontier mixes right (score 1) and wrong
+    (score 0) prefixes: (children of right prefixes, children of wrong prefixes)."""
+    nodes = {n["id"]: n for n in res.tree["nodes"]}
+    by_depth: dict[int, list[dict]] = {}
+    for n in nodes.values():
+        if n["parent"] is not None and n["status"] != "terminal" and n["text"].strip():
+            by_depth.setdefault(n["depth"], []).append(n)
+    out = []
+    for frontier in by_depth.values():
+        if not any(n["children"] for n in frontier):   # the search ended before this depth
+            continue
+        right = [n for n in frontier if n["score"] == 1.0]
+        wrong = [n for n in frontier if n["score"] == 0.0]
+        if right and wrong:
+            out.append((sum(len(n["children"]) for n in right),
+                        sum(len(n["children"]) for n in wrong)))
+    return out
+
+
+def _rebase_runs(seed: int = 30) -> list[tuple[int, int]]:
+    shares = []
+    for p in problems(6, seed=seed, difficulty=(0.5, 0.9)):
+        gen, prm = world(auroc=1.0)
+        res = Rebase(RebaseConfig(width=16)).run(p, generator=gen, verifier=prm)
+        assert gen.live_handles == 0
+        shares += _mixed_depth_shares(res)
+    return shares
+
+
+def test_rebase_spends_its_width_on_high_reward_nodes():
+    """The REBASE loop gives the width to high-reward nodes (softmax, T_b = 0.2).
+
+    With a perfect PRM, wherever the open frontier mixes right and wrong prefixes, at
+    least 90% of the next depth's children hang under right ones.
+    Mutation check: with ``ttc.strategies.rebase.balanced_allocation`` monkeypatched to
+    a uniform split (``spread(width, len(rewards))``) this fails (wrong prefixes got 5-14
+    of 16 children per mixed depth); ``test_uniform_allocation_mutation_is_caught`` runs
+    that mutation on every test run and restores the function.
+    """
+    shares = _rebase_runs()
+    assert len(shares) >= 5                    # mixed frontiers occurred: not vacuous
+    for right, wrong in shares:
+        assert right >= 0.9 * (right + wrong)
+
+
+def test_uniform_allocation_mutation_is_caught(monkeypatch):
+    """The check above fails when REBASE allocates uniformly (the mutation, applied)."""
+    import ttc.strategies.rebase as rebase_module
+    from ttc.strategies.common import spread
+
+    monkeypatch.setattr(rebase_module, "balanced_allocation",
+                        lambda rewards, width, temperature: spread(width, len(rewards)))
+    shares = _rebase_runs()
+    assert any(right < 0.9 * (right + wrong) for right, wrong in shares)

@@ -21,7 +21,19 @@ VARIANTS = [
     {"name": "adaptive_consistency", "max_n": 12, "batch": 3},
     {"name": "best_of_n", "n": 6, "weight_temperature": 0.5, "selection": "weighted"},
 ]
-CONFIGS = [{"name": n} for n in STRATEGIES.names()] + VARIANTS
+# the options and strategies of issue 16's "missing algorithms"
+NEW_VARIANTS = [
+    {"name": "mcts", "n_simulations": 8, "tree_policy": "uct"},
+    {"name": "mcts", "n_simulations": 8, "value": "rollout", "dirichlet_weight": 0.25},
+    {"name": "particle_filtering", "n": 4, "tempering_ladder": [2.0, 4.0]},
+    {"name": "threads", "n_threads": 3, "keep": 1, "rounds": 2, "summary_threshold": 0},
+    {"name": "threads", "rounds": 2, "summarize": "conclusion", "summary_threshold": 0},
+    {"name": "self_eval", "max_samples": 8, "first_batch": 4, "prune_after_tokens": 20},
+    {"name": "self_eval", "probe": "lm", "max_samples": 4},
+    {"name": "plan_and_budget", "schedule": "polynomial", "total_tokens": 300},
+    {"name": "compute_optimal", "probe_samples": 2, "reuse_probe": False},
+]
+CONFIGS = [{"name": n} for n in STRATEGIES.names()] + VARIANTS + NEW_VARIANTS
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -42,6 +54,30 @@ def test_budgets_are_never_exceeded(config, tokens, calls, difficulty, seed):
     if calls is not None:
         assert result.ledger.verifier_calls <= calls
     assert gen.live_handles == 0 and gen.resident_tokens() == 0
+
+
+def _run_within(config: dict, tokens: int, calls: int | None, seed: int) -> None:
+    strategy = STRATEGIES.build({**config, "keep_tree": False},
+                                generation=GenerationConfig(seed=seed, max_tokens=600))
+    gen = SimulatedGenerator()
+    problem = Problem(id=str(seed), question="q", answer="1",
+                      metadata={"difficulty": 0.6, "num_steps": 5})
+    result = strategy.run(problem, generator=gen, verifier=SimulatedPRM(),
+                          budget=Budget(max_generated_tokens=tokens, max_verifier_calls=calls))
+    assert result.ledger.generated_tokens <= tokens
+    if calls is not None:
+        assert result.ledger.verifier_calls <= calls
+    assert gen.live_handles == 0 and gen.resident_tokens() == 0
+
+
+def test_new_strategies_and_options_keep_every_budget():
+    """Each new strategy and option, at defaults and as a variant, under tight and loose
+    token and verifier-call budgets (the sampled test above may not draw them all)."""
+    news = [{"name": n} for n in ("self_eval", "plan_and_budget", "compute_optimal",
+                                  "threads")] + NEW_VARIANTS
+    for i, config in enumerate(news):
+        for tokens, calls in ((1, None), (37, 2), (400, 5), (2500, None)):
+            _run_within(config, tokens, calls, seed=i)
 
 
 def test_a_budget_too_small_for_one_step_is_flagged(run):
