@@ -4,8 +4,18 @@ Contract: ``backend: http`` drives a running server (vLLM's OpenAI server, SGLan
 ``ttc serve``) with async httpx, through
 :class:`~ttc.engine.backends.token_handles.TokenHandleGenerator` (handles keep token ids and
 text; the server's prefix cache shares the KV; lockstep token limits; seeds per
-continuation). One ``expand`` sends its jobs concurrently, at most ``max_concurrency`` in
-flight.
+continuation).
+
+Concurrency: ``expand`` may be called from many threads at once (concurrent searches),
+and nothing is serialised: one background thread runs an asyncio loop that owns the one
+``httpx.AsyncClient`` (so the client and its connection pool are only ever used from
+that loop); each ``expand`` hands its jobs to the loop and waits, and every job of every
+caller goes out as its own request, at most ``max_concurrency`` in flight for the whole
+generator. A caller that stops waiting (an exception, Ctrl-C) has its requests
+cancelled; when one job of a call fails, the call's other requests are cancelled.
+Request bodies are built and responses parsed in the calling thread. The loop thread
+starts on the first request and stops at :meth:`HTTPGenerator.close` or when the
+generator is garbage-collected.
 
 Prompts. With ``tokenizer`` set (a HF folder or hub id; the same tokenizer as the
 served model), ``root`` applies the chat template locally and every request sends the
@@ -38,7 +48,9 @@ Must NOT know: rewards, strategies.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Literal, Sequence
+import threading
+import weakref
+from typing import Any, Awaitable, Literal, Sequence, TypeVar
 
 from pydantic import Field, PositiveInt
 
@@ -57,7 +69,7 @@ class HTTPBackendConfig(Frozen):
     tokenizer: str | None = None            # HF folder / hub id of the served model
     prompt_format: Literal["auto", "tokens", "text"] = "auto"   # auto: tokens iff tokenizer
     system_prompt: str | None = None        # with a tokenizer, None: the default; "": none
-    max_concurrency: PositiveInt = 32       # requests in flight at once
+    max_concurrency: PositiveInt = 32       # requests in flight at once, all threads
     timeout_s: float = Field(default=600.0, gt=0)
     connect_timeout_s: float = Field(default=10.0, gt=0)
     max_retries: int = Field(default=3, ge=0)
@@ -70,6 +82,60 @@ class ServerUnavailable(ConnectionError):
 
 
 _RETRY_STATUS = {408, 429, 500, 502, 503, 504}
+
+_T = TypeVar("_T")
+
+
+class _IOLoop:
+    """An asyncio loop on a daemon thread with the httpx client and gate used on it.
+
+    ``client`` and ``gate`` belong to the loop: they are touched only by coroutines
+    running on it. :meth:`run` may be called from any thread.
+    """
+
+    def __init__(self, config: HTTPBackendConfig) -> None:
+        import httpx  # noqa: PLC0415
+
+        headers = {"Content-Type": "application/json"}
+        if config.api_key:
+            headers["Authorization"] = f"Bearer {config.api_key}"
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="ttc-http-io",
+                                        daemon=True)
+        self._thread.start()
+
+        async def make() -> tuple[Any, asyncio.Semaphore]:
+            timeout = httpx.Timeout(config.timeout_s, connect=config.connect_timeout_s)
+            limits = httpx.Limits(max_connections=config.max_concurrency)
+            return (httpx.AsyncClient(timeout=timeout, limits=limits, headers=headers),
+                    asyncio.Semaphore(config.max_concurrency))
+
+        self.client, self.gate = asyncio.run_coroutine_threadsafe(make(), self.loop).result()
+        self.closed = False
+
+    def run(self, coro: Awaitable[_T]) -> _T:
+        """Run ``coro`` on the loop and wait for it; if the wait is interrupted, cancel it."""
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop)  # type: ignore[arg-type]
+        try:
+            return future.result()
+        except BaseException:
+            future.cancel()
+            raise
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if threading.current_thread() is self._thread:
+            # Collected by the loop's own thread: it cannot wait for itself; just stop.
+            self.loop.call_soon(self.loop.stop)
+            return
+        if self.loop.is_running():
+            asyncio.run_coroutine_threadsafe(self.client.aclose(), self.loop).result(timeout=10)
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(timeout=10)
+        if not self.loop.is_running():
+            self.loop.close()
 
 
 class HTTPGenerator(TokenHandleGenerator):
@@ -90,6 +156,24 @@ class HTTPGenerator(TokenHandleGenerator):
                               "(the served model's tokenizer folder or hub id).")
         self._tokens = fmt == "tokens" or (fmt == "auto" and tokenizer is not None)
         self.url = config.base_url.rstrip("/") + "/completions"
+        self._io: _IOLoop | None = None
+        self._io_lock = threading.Lock()
+
+    def close(self) -> None:
+        """Close the HTTP client and stop its loop thread (a later call starts them again)."""
+        with self._io_lock:
+            io, self._io = self._io, None
+        if io is not None:
+            io.close()
+
+    def _io_loop(self) -> _IOLoop:
+        with self._io_lock:
+            if self._io is None:
+                self._io = _IOLoop(self.config)
+                # NOTE: the finalizer holds the loop, not self, so an unused generator is
+                # still collected and its thread stopped.
+                weakref.finalize(self, self._io.close)
+            return self._io
 
     @classmethod
     def from_config(cls, config: HTTPBackendConfig) -> "HTTPGenerator":
@@ -123,7 +207,10 @@ class HTTPGenerator(TokenHandleGenerator):
         return self.tokenizer.decode(list(token_ids), skip_special_tokens=True)
 
     def _generate(self, jobs: Sequence[Job]) -> list[JobResult]:
-        return asyncio.run(self._generate_async(jobs))
+        bodies = [self.body(job) for job in jobs]
+        io = self._io_loop()
+        replies = io.run(self._post_all(io, bodies))
+        return [self._parse(job, data) for job, data in zip(jobs, replies)]
 
     # -- HTTP ------------------------------------------------------------------------------
     def body(self, job: Job) -> dict[str, Any]:
@@ -145,22 +232,20 @@ class HTTPGenerator(TokenHandleGenerator):
             body["seed"] = job.seed
         return body
 
-    async def _generate_async(self, jobs: Sequence[Job]) -> list[JobResult]:
-        import httpx  # noqa: PLC0415
+    async def _post_all(self, io: _IOLoop, bodies: list[dict[str, Any]]
+                        ) -> list[dict[str, Any]]:
+        """POST every body at once (within the shared gate); runs on ``io``'s loop."""
+        async def one(body: dict[str, Any]) -> dict[str, Any]:
+            async with io.gate:
+                return await self._post(io.client, body)
 
-        headers = {"Content-Type": "application/json"}
-        if self.config.api_key:
-            headers["Authorization"] = f"Bearer {self.config.api_key}"
-        timeout = httpx.Timeout(self.config.timeout_s, connect=self.config.connect_timeout_s)
-        limits = httpx.Limits(max_connections=self.config.max_concurrency)
-        gate = asyncio.Semaphore(self.config.max_concurrency)
-        async with httpx.AsyncClient(timeout=timeout, limits=limits, headers=headers) as client:
-            async def one(job: Job) -> JobResult:
-                async with gate:
-                    data = await self._post(client, self.body(job))
-                return self._parse(job, data)
-
-            return list(await asyncio.gather(*(one(j) for j in jobs)))
+        tasks = [asyncio.ensure_future(one(b)) for b in bodies]
+        try:
+            return list(await asyncio.gather(*tasks))
+        except BaseException:
+            for t in tasks:       # one request failed, or the caller gave up: stop the rest
+                t.cancel()
+            raise
 
     async def _post(self, client: Any, body: dict[str, Any]) -> dict[str, Any]:
         import httpx  # noqa: PLC0415

@@ -22,6 +22,14 @@ returns one :class:`JobResult` per job (in order). This class supplies:
   engine generated is counted.
 * usage: prompt tokens reported cached by the engine go to ``cached_tokens``, the rest to
   ``prefill_tokens`` (summed over jobs, as the engine ran them).
+* threads: ``expand``, ``root``, ``pin``, ``release`` and the read-back methods may be
+  called from many threads at once (concurrent searches sharing one generator). One lock
+  guards the handle table's dict operations only, never an engine call: ``expand`` copies
+  what it needs of its prefixes under the lock, calls :meth:`_generate` without it, and
+  takes it again to add the children. So :meth:`_generate` is called concurrently too,
+  and a subclass must accept that (batch the calls into one engine, or send them at once).
+  A prefix released by another thread while it is being expanded is an error, raised
+  when the children would be added.
 
     root(P) ─ h1 (tokens P+a) ─ h3 (P+a+c)      resident tokens = |P ∪ a ∪ c ∪ b|
             └ h2 (tokens P+b)                   (pinned handles and their ancestors)
@@ -96,10 +104,20 @@ class _HandleState:
     value: float | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class _Prefix:
+    """What one ``expand`` needs of a prefix handle, copied under the lock at its start."""
+
+    token_ids: tuple[int, ...]
+    text: str | None             # prompt + steps text; None when the engine takes token ids
+    prompt_len: int
+
+
 @dataclass(slots=True)
 class _Branch:
     req_index: int
     prefix: int
+    origin: _Prefix
     params: SamplingParams
     seed: int | None
     tokens: list[int] = field(default_factory=list)
@@ -120,11 +138,14 @@ class TokenHandleGenerator:
     def __init__(self) -> None:
         self._handles: dict[int, _HandleState] = {}
         self._next = 0
+        # NOTE: held only around reads and writes of _handles/_next/_peak, never across an
+        # engine call (see "threads" in the module docstring).
         self._lock = threading.Lock()
         self._peak = 0
 
     # -- subclass hooks -------------------------------------------------------------------
     def _generate(self, jobs: Sequence[Job]) -> list[JobResult]:  # pragma: no cover
+        """Run ``jobs``; called from many threads at once (see the module docstring)."""
         raise NotImplementedError
 
     def format_prompt(self, problem: Problem) -> tuple[tuple[int, ...], str]:
@@ -153,16 +174,22 @@ class TokenHandleGenerator:
                token_limit: int | None = None) -> ExpandOutput:
         if token_limit is not None and token_limit < 0:
             raise ValueError(f"token_limit must be None or >= 0; got {token_limit!r}.")
-        states = [self._live(r.prefix) for r in requests]
-        for r, st in zip(requests, states):
-            if st.ended:
-                raise ValueError(f"handle {r.prefix!r} ended (EOS); it cannot be expanded.")
+        text = not self._uses_token_prompts()
+        origins: list[_Prefix] = []
+        with self._lock:
+            for r in requests:
+                st = self._live(r.prefix)
+                if st.ended:
+                    raise ValueError(f"handle {r.prefix!r} ended (EOS); it cannot be expanded.")
+                origins.append(_Prefix(token_ids=st.token_ids,
+                                       text=self._prompt_text(r.prefix) if text else None,
+                                       prompt_len=st.prompt_len))
         branches: list[_Branch] = []
-        for i, r in enumerate(requests):
+        for i, (r, origin) in enumerate(zip(requests, origins)):
             for k in range(r.n):
                 seed = None if r.params.seed is None else derive_seed(r.params.seed, k)
-                branches.append(_Branch(req_index=i, prefix=r.prefix, params=r.params,
-                                        seed=seed))
+                branches.append(_Branch(req_index=i, prefix=r.prefix, origin=origin,
+                                        params=r.params, seed=seed))
         prefill = cached = 0
         remaining = token_limit
         live = list(branches)
@@ -224,26 +251,24 @@ class TokenHandleGenerator:
             return sum(s.own for s in self._handles.values())
 
     def token_ids(self, handle: Handle) -> list[int]:
-        return list(self._live(handle).token_ids)
+        with self._lock:
+            return list(self._live(handle).token_ids)
 
     def token_count(self, handle: Handle) -> int:
-        return len(self._live(handle).token_ids)
+        with self._lock:
+            return len(self._live(handle).token_ids)
 
     def text_of(self, handle: Handle) -> str:
         """Text generated after the prompt (the steps), as the engine decoded them."""
-        parts: list[str] = []
-        cur: int | None = handle  # type: ignore[assignment]
-        while cur is not None and self._handles[cur].parent is not None:
-            parts.append(self._handles[cur].text)
-            cur = self._handles[cur].parent
-        return "".join(reversed(parts))
+        with self._lock:
+            self._live(handle)
+            return self._text_of(handle)
 
     def prompt_text(self, handle: Handle) -> str:
         """The whole text of a handle: prompt and steps."""
-        cur: int | None = handle  # type: ignore[assignment]
-        while self._handles[cur].parent is not None:  # type: ignore[index]
-            cur = self._handles[cur].parent  # type: ignore[index]
-        return self._handles[cur].text + self.text_of(handle)  # type: ignore[index]
+        with self._lock:
+            self._live(handle)
+            return self._prompt_text(handle)
 
     # -- internals ------------------------------------------------------------------------
     def _jobs_for(self, live: list[_Branch], share: int | None
@@ -265,11 +290,8 @@ class TokenHandleGenerator:
         return jobs, owners
 
     def _job(self, b: _Branch, cap: int, n: int, seed: int | None) -> Job:
-        st = self._handles[b.prefix]
-        ids = st.token_ids + tuple(b.tokens)
-        text = None
-        if not self._uses_token_prompts():
-            text = self.prompt_text(b.prefix) + "".join(b.texts)
+        ids = b.origin.token_ids + tuple(b.tokens)
+        text = None if b.origin.text is None else b.origin.text + "".join(b.texts)
         if seed is not None and b.tokens:
             seed = derive_seed(seed, len(b.tokens))   # a resumed branch: fresh stream
         return Job(prompt_ids=ids, prompt_text=text, params=b.params, n=n, max_tokens=cap,
@@ -282,15 +304,21 @@ class TokenHandleGenerator:
                 prefill: int, cached: int) -> ExpandOutput:
         out: list[list[Continuation]] = [[] for _ in requests]
         generated = 0
+        texts = []
+        for b in branches:       # decoding needs no lock: keep it out of the critical section
+            decoded = self.decode(b.tokens)
+            texts.append(decoded if decoded is not None else "".join(b.texts))
         with self._lock:
-            for b in branches:
-                parent = self._handles[b.prefix]
-                decoded = self.decode(b.tokens)
-                text = decoded if decoded is not None else "".join(b.texts)
+            for r in requests:
+                if r.prefix not in self._handles:
+                    raise ValueError(f"handle {r.prefix!r} was released while it was being "
+                                     f"expanded; release a handle only after its expand "
+                                     f"returns.")
+            for b, text in zip(branches, texts):
                 finish = b.finish or FinishReason.MAX_TOKENS
-                st = _HandleState(token_ids=parent.token_ids + tuple(b.tokens), text=text,
+                st = _HandleState(token_ids=b.origin.token_ids + tuple(b.tokens), text=text,
                                   parent=b.prefix, own=len(b.tokens),
-                                  prompt_len=parent.prompt_len,
+                                  prompt_len=b.origin.prompt_len,
                                   ended=finish is FinishReason.EOS)
                 hid = self._new(st)
                 generated += len(b.tokens)
@@ -299,9 +327,25 @@ class TokenHandleGenerator:
                     logprobs=tuple(b.logprobs) if b.params.logprobs else (), finish=finish))
             self._peak = max(self._peak, sum(s.own for s in self._handles.values())
                              * self.kv_bytes_per_token)
+            peak = self._peak
         usage = GenerationUsage(prefill_tokens=prefill, cached_tokens=cached,
-                                generated_tokens=generated, peak_kv_bytes=self._peak)
+                                generated_tokens=generated, peak_kv_bytes=peak)
         return ExpandOutput(continuations=tuple(tuple(c) for c in out), usage=usage)
+
+    # NOTE: the helpers below read or write the handle table; call them with _lock held.
+    def _text_of(self, handle: int) -> str:
+        parts: list[str] = []
+        cur: int | None = handle
+        while cur is not None and self._handles[cur].parent is not None:
+            parts.append(self._handles[cur].text)
+            cur = self._handles[cur].parent
+        return "".join(reversed(parts))
+
+    def _prompt_text(self, handle: int) -> str:
+        cur = handle
+        while (parent := self._handles[cur].parent) is not None:
+            cur = parent
+        return self._handles[cur].text + self._text_of(handle)
 
     def _new(self, st: _HandleState) -> int:
         hid = self._next

@@ -9,7 +9,22 @@ plus one block that vLLM recomputes to get logits). ``pin``/``release`` are book
 vLLM evicts its cached blocks by LRU on its own; :meth:`kv_bytes` reports the distinct
 tokens under pinned handles x KV bytes per token.
 
-One vLLM request per sample, all sent in one ``generate`` call: ``SamplingParams(n=1,
+Concurrency: many threads (concurrent searches) may call ``expand`` at once, and their
+sequences run in one vLLM batch. One background thread, the step loop, owns
+``llm.llm_engine`` (vLLM's ``LLMEngine``): callers hand it their requests and wait; between
+engine steps it adds what arrived (new requests join the running decodes at the next
+step), steps, and hands each caller its outputs when the last of them finishes. A caller
+that stops waiting (an exception, Ctrl-C) has its requests aborted (``abort_request``);
+a request vLLM refuses (a prompt over ``max_model_len``) fails its own caller only. The
+loop runs while there is work and exits when idle; the next call starts it again. Do not
+call ``llm.generate`` on the same ``LLM`` while the generator is in use.
+
+    caller A ─ submit ─┐          step loop (owns LLMEngine)
+    caller B ─ submit ─┼─► pending ─► add_request ─► step() ─► step() ─► ...
+    caller C ─ submit ─┘                 ▲ new arrivals join here; finished requests
+                                           go back to their caller's future
+
+One vLLM request per sample, all of one call submitted together: ``SamplingParams(n=1,
 temperature, top_p, top_k, max_tokens, stop, include_stop_str_in_output=True, seed + i,
 logprobs=0)``; the sampled token's log-probability (vLLM's raw-logit logprob) becomes
 ``Continuation.logprobs``; each ``RequestOutput.num_cached_tokens`` splits that request's
@@ -26,6 +41,9 @@ Must NOT know: rewards, strategies.
 
 from __future__ import annotations
 
+import itertools
+import threading
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
@@ -71,6 +89,150 @@ def resolve_model_dir(spec: str | None) -> str:
     return str(spec)            # a hub id: vLLM downloads it
 
 
+class _Ticket:
+    """One caller's vLLM requests: submitted to the step loop, then waited on."""
+
+    __slots__ = ("items", "ids", "outputs", "future")
+
+    def __init__(self, items: list[tuple[Any, Any]]) -> None:
+        self.items = items                    # (prompt, vllm SamplingParams) per request
+        self.ids: list[str] = []              # request ids, in the order of items
+        self.outputs: dict[str, Any] = {}     # request id -> its final RequestOutput
+        self.future: Future[list[Any]] = Future()
+
+    def result(self) -> list[Any]:
+        """The final ``RequestOutput`` of every request, in submission order (blocks)."""
+        return self.future.result()
+
+
+class _EngineLoop:
+    """The step loop: the only thread that touches ``engine`` (see the module docstring).
+
+    ``submit`` and ``abort`` may be called from any thread; they only queue work under
+    ``_lock``. The loop thread adds queued requests between steps, so a new caller's
+    requests join the running batch at the next ``engine.step()``.
+    """
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine                  # vllm.v1.engine.llm_engine.LLMEngine
+        self._lock = threading.Lock()
+        self._pending: list[_Ticket] = []     # submitted, not yet added to the engine
+        self._aborts: list[_Ticket] = []      # added, to be aborted by the loop
+        self._running = False                 # a loop thread is alive (guarded by _lock)
+        self._ids = itertools.count()
+        # Loop thread only: request id -> ticket, for requests added and not finished.
+        self._in_flight: dict[str, _Ticket] = {}
+
+    def submit(self, items: list[tuple[Any, Any]]) -> _Ticket:
+        ticket = _Ticket(items)
+        if not items:
+            ticket.future.set_result([])
+            return ticket
+        with self._lock:
+            ticket.ids = [f"ttc-{next(self._ids)}" for _ in items]
+            self._pending.append(ticket)
+            if not self._running:
+                self._running = True
+                threading.Thread(target=self._run, name="ttc-vllm-step-loop",
+                                 daemon=True).start()
+        return ticket
+
+    def abort(self, ticket: _Ticket) -> None:
+        """Stop ``ticket``'s requests (its caller gave up); its future is cancelled."""
+        with self._lock:
+            if ticket in self._pending:       # never reached the engine
+                self._pending.remove(ticket)
+                ticket.future.cancel()
+                return
+            if not ticket.future.done():
+                self._aborts.append(ticket)   # the loop aborts it before its next step
+
+    # -- the loop thread ------------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            while True:
+                with self._lock:
+                    adds, self._pending = self._pending, []
+                    aborts, self._aborts = self._aborts, []
+                    if not adds and not aborts and not self._in_flight:
+                        # NOTE: decided under _lock, so a submit either lands in _pending
+                        # before this check or sees _running False and starts a new loop.
+                        self._running = False
+                        return
+                for ticket in aborts:
+                    self._abort_now(ticket)
+                for ticket in adds:
+                    self._add(ticket)
+                if self._in_flight:
+                    self._step()
+        except BaseException as err:          # a bug here must not leave callers waiting
+            with self._lock:
+                stranded = self._pending + self._aborts + list(self._in_flight.values())
+                self._pending, self._aborts, self._running = [], [], False
+            self._in_flight.clear()
+            for ticket in stranded:
+                if not ticket.future.done():
+                    ticket.future.set_exception(RuntimeError(
+                        f"the vLLM step loop stopped: {type(err).__name__}: {err}"))
+            raise
+
+    def _add(self, ticket: _Ticket) -> None:
+        added: list[str] = []
+        try:
+            for rid, (prompt, params) in zip(ticket.ids, ticket.items):
+                self.engine.add_request(rid, prompt, params)
+                added.append(rid)
+        except Exception as err:              # vLLM refused one request: fail this caller only
+            if added:
+                self.engine.abort_request(added)
+            ticket.future.set_exception(err)
+            return
+        for rid in ticket.ids:
+            self._in_flight[rid] = ticket
+
+    def _abort_now(self, ticket: _Ticket) -> None:
+        ids = [rid for rid in ticket.ids if self._in_flight.pop(rid, None) is not None]
+        if ids:
+            self.engine.abort_request(ids)
+        ticket.future.cancel()
+
+    def _step(self) -> None:
+        if not self.engine.has_unfinished_requests():
+            # step() would wait for outputs that never come (vLLM's engine core process).
+            self._fail_in_flight(RuntimeError(
+                f"vLLM reports no unfinished requests while {len(self._in_flight)} of ours "
+                f"are waiting for output."))
+            return
+        try:
+            outputs = self.engine.step()
+        except Exception as err:
+            self._fail_in_flight(RuntimeError(f"vLLM engine step failed: "
+                                              f"{type(err).__name__}: {err}"), cause=err)
+            return
+        for out in outputs:
+            if not out.finished:
+                continue
+            ticket = self._in_flight.pop(out.request_id, None)
+            if ticket is None:                # aborted, or not one of ours
+                continue
+            ticket.outputs[out.request_id] = out
+            if len(ticket.outputs) == len(ticket.ids):
+                ticket.future.set_result([ticket.outputs[rid] for rid in ticket.ids])
+
+    def _fail_in_flight(self, err: Exception, *, cause: Exception | None = None) -> None:
+        tickets = {id(t): t for t in self._in_flight.values()}.values()
+        ids = list(self._in_flight)
+        self._in_flight.clear()
+        err.__cause__ = cause
+        try:
+            self.engine.abort_request(ids)    # free what the engine may still hold
+        except Exception as abort_err:
+            err.add_note(f"aborting the requests failed too: {abort_err!r}")
+        for ticket in tickets:
+            if not ticket.future.done():
+                ticket.future.set_exception(err)
+
+
 class VLLMGenerator(TokenHandleGenerator):
     """``vllm.LLM`` behind the Generator protocol. See the module docstring."""
 
@@ -79,6 +241,7 @@ class VLLMGenerator(TokenHandleGenerator):
     def __init__(self, llm: Any, *, system_prompt: str | None = None) -> None:
         super().__init__()
         self.llm = llm
+        self._loop = _EngineLoop(llm.llm_engine)
         self.tokenizer = llm.get_tokenizer()
         self.system_prompt = system_prompt
         model_config = llm.llm_engine.model_config
@@ -118,23 +281,30 @@ class VLLMGenerator(TokenHandleGenerator):
     def _generate(self, jobs: Sequence[Job]) -> list[JobResult]:
         from vllm import SamplingParams as VSamplingParams  # noqa: PLC0415
         from vllm.inputs import TokensPrompt  # noqa: PLC0415
+        from vllm.sampling_params import RequestOutputKind  # noqa: PLC0415
 
         # One vLLM request per sample: each RequestOutput then reports its own cached
         # prompt tokens (a parent of n children reports only one child's), and child i of
         # a seeded job gets seed + i, as vLLM itself does for n > 1.
-        prompts, params, owner = [], [], []
+        items, owner = [], []
         for j, job in enumerate(jobs):
             p = job.params
             for i in range(job.n):
-                prompts.append(TokensPrompt(prompt_token_ids=list(job.prompt_ids)))
-                params.append(VSamplingParams(
-                    n=1, temperature=p.temperature, top_p=p.top_p, top_k=p.top_k,
-                    max_tokens=job.max_tokens, stop=list(p.stop),
-                    include_stop_str_in_output=True,
-                    seed=None if job.seed is None else job.seed + i,
-                    logprobs=0 if p.logprobs else None, detokenize=True))
+                items.append((TokensPrompt(prompt_token_ids=list(job.prompt_ids)),
+                              VSamplingParams(
+                                  n=1, temperature=p.temperature, top_p=p.top_p,
+                                  top_k=p.top_k, max_tokens=job.max_tokens, stop=list(p.stop),
+                                  include_stop_str_in_output=True,
+                                  seed=None if job.seed is None else job.seed + i,
+                                  logprobs=0 if p.logprobs else None, detokenize=True,
+                                  output_kind=RequestOutputKind.FINAL_ONLY)))
                 owner.append(j)
-        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        ticket = self._loop.submit(items)
+        try:
+            outputs = ticket.result()
+        except BaseException:
+            self._loop.abort(ticket)          # no-op when the ticket already failed
+            raise
         samples: list[list[Sample]] = [[] for _ in jobs]
         cached = [0] * len(jobs)
         prompt_tokens = [0] * len(jobs)

@@ -1,10 +1,14 @@
-"""The HTTP backend against a real ``ttc serve`` (simulated backend) on 127.0.0.1."""
+"""The HTTP backend against a real ``ttc serve`` (simulated backend) on 127.0.0.1, and
+against a fake completions server that proves concurrent calls overlap."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import socket
 import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -125,3 +129,151 @@ def test_config_errors():
         HTTPGenerator(HTTPBackendConfig(base_url="localhost:8000"))
     with pytest.raises(ConfigError, match="tokenizer"):
         HTTPGenerator(HTTPBackendConfig(prompt_format="tokens"))
+
+
+# -- concurrency: a fake OpenAI server that proves requests overlap -----------------------
+
+class _FakeCompletions(ThreadingHTTPServer):
+    """``/v1/completions`` answering deterministically from (prompt, seed, index).
+
+    With ``barrier`` set, each request waits there until ``barrier.parties`` requests are
+    in flight at once; if that never happens within the barrier's timeout the request
+    gets a 400 saying so. ``max_in_flight`` is the most requests it ever held at once.
+    """
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _FakeHandler)
+        self.url = f"http://127.0.0.1:{self.server_address[1]}/v1"
+        self.barrier: threading.Barrier | None = None
+        self.lock = threading.Lock()
+        self.in_flight = 0
+        self.max_in_flight = 0
+
+
+class _FakeHandler(BaseHTTPRequestHandler):
+    server: _FakeCompletions
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def do_POST(self) -> None:  # noqa: N802  (http.server's name)
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        srv = self.server
+        with srv.lock:
+            srv.in_flight += 1
+            srv.max_in_flight = max(srv.max_in_flight, srv.in_flight)
+        try:
+            if srv.barrier is not None:
+                srv.barrier.wait()
+            reply, status = _fake_completion(body), 200
+        except threading.BrokenBarrierError:
+            reply = {"error": {"message": f"fewer than {srv.barrier.parties} requests were "
+                                          f"ever in flight at once"}}
+            status = 400
+        finally:
+            with srv.lock:
+                srv.in_flight -= 1
+        data = json.dumps(reply).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+def _fake_completion(body: dict) -> dict:
+    choices = []
+    for i in range(body["n"]):
+        digest = hashlib.sha256(f"{body['prompt']}|{body.get('seed')}|{i}".encode()).digest()
+        ids = [b % 50 for b in digest[:body["max_tokens"]]]
+        choices.append({"index": i, "text": "".join(f"<{t}>" for t in ids),
+                        "finish_reason": "length",
+                        "logprobs": {"tokens": [f"token_id:{t}" for t in ids],
+                                     "token_logprobs": [-0.5] * len(ids)}})
+    return {"choices": choices, "usage": {"prompt_tokens": 3, "completion_tokens": 0}}
+
+
+@pytest.fixture()
+def fake():
+    s = _FakeCompletions()
+    threading.Thread(target=s.serve_forever, daemon=True).start()
+    yield s
+    s.shutdown()
+    s.server_close()
+
+
+def _fake_gen(fake: _FakeCompletions, *, max_concurrency: int = 32) -> HTTPGenerator:
+    return HTTPGenerator(HTTPBackendConfig(base_url=fake.url, max_concurrency=max_concurrency,
+                                           max_retries=0))
+
+
+def _expand_in_threads(gen: HTTPGenerator, questions: list[str], params: SamplingParams
+                       ) -> list[list[str]]:
+    out: list[list[str] | BaseException] = [[] for _ in questions]
+
+    def work(i: int) -> None:
+        try:
+            root = gen.root(Problem(question=questions[i]))
+            conts = gen.expand([ExpandRequest(prefix=root, n=1, params=params)])
+            out[i] = [c.text for c in conts.continuations[0]]
+        except BaseException as err:  # noqa: BLE001  (re-raised in the test thread)
+            out[i] = err
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(questions))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    for r in out:
+        if isinstance(r, BaseException):
+            raise r
+    return out  # type: ignore[return-value]
+
+
+def test_concurrent_expands_from_threads_are_in_flight_together(fake):
+    k = 4
+    gen = _fake_gen(fake)
+    questions = [f"Question {i}?" for i in range(k)]
+    params = SamplingParams(temperature=0.8, max_tokens=6, seed=3)
+    alone = [_expand_in_threads(gen, [q], params)[0] for q in questions]
+    fake.barrier = threading.Barrier(k, timeout=30)    # releases only with k in flight
+    together = _expand_in_threads(gen, questions, params)
+    assert together == alone                           # each thread got its own answers
+    assert fake.max_in_flight == k
+    gen.close()
+
+
+def test_one_expands_jobs_are_in_flight_together(fake):
+    gen = _fake_gen(fake)
+    root = gen.root(Problem(question="Fan out."))
+    params = SamplingParams(temperature=0.8, max_tokens=5, seed=9)   # seeded: one job each
+    alone = [c.text for c in gen.expand([ExpandRequest(prefix=root, n=4, params=params)])
+             .continuations[0]]
+    fake.barrier = threading.Barrier(4, timeout=30)
+    out = gen.expand([ExpandRequest(prefix=root, n=4, params=params)])
+    assert [c.text for c in out.continuations[0]] == alone
+    assert fake.max_in_flight == 4
+    gen.close()
+
+
+def test_max_concurrency_bounds_requests_in_flight_across_threads(fake):
+    gen = _fake_gen(fake, max_concurrency=2)
+    fake.barrier = threading.Barrier(2, timeout=30)    # progress needs 2 in flight at once
+    _expand_in_threads(gen, [f"Q{i}" for i in range(6)], SamplingParams(max_tokens=3))
+    assert fake.max_in_flight == 2                     # 3 would exceed the shared cap
+    gen.close()
+
+
+def test_close_stops_the_io_thread_and_a_later_call_restarts_it(fake):
+    gen = _fake_gen(fake)
+    root = gen.root(Problem(question="Q"))
+    params = SamplingParams(max_tokens=2, seed=1)
+    first = gen.expand([ExpandRequest(prefix=root, n=1, params=params)])
+    io_thread = gen._io._thread
+    gen.close()
+    assert not io_thread.is_alive()
+    again = gen.expand([ExpandRequest(prefix=root, n=1, params=params)])
+    assert again.continuations[0][0].text == first.continuations[0][0].text
+    gen.close()

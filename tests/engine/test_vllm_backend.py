@@ -2,13 +2,17 @@
 
 Checks greedy tokens against transformers and the native engine, seeds, logprobs, stop
 strings, the ledger's cached/prefilled split from vLLM's prefix cache, token limits, and
-one strategy giving the same greedy result on the native and vLLM backends; then the HTTP
-backend against vLLM's own OpenAI server.
+one strategy giving the same greedy result on the native and vLLM backends; concurrent
+expand calls from many threads running in one vLLM batch (with the results they get
+alone), aborts and refusals that touch only their own caller; then the HTTP backend
+against vLLM's own OpenAI server.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
+import threading
 import socket
 import subprocess
 import sys
@@ -167,6 +171,117 @@ def test_same_strategy_same_greedy_result_on_native_hf_and_vllm(gen, native, hfg
     steps = [[c.steps for c in r.candidates] for r in results]
     assert steps[0] and steps[0][0] and steps[0] == steps[1] == steps[2]
     assert len({r.ledger.generated_tokens for r in results}) == 1
+
+
+def _expand_one(gen, question: str, params: SamplingParams, n: int) -> list[tuple[int, ...]]:
+    root = gen.root(Problem(question=question))
+    out = gen.expand([ExpandRequest(prefix=root, n=n, params=params)])
+    conts = out.continuations[0]
+    gen.release([root] + [c.handle for c in conts])
+    return [c.token_ids for c in conts]
+
+
+def test_concurrent_expands_join_one_running_batch_and_match_solo_results(gen, monkeypatch):
+    k, tokens = 4, 16
+    calls = [(f"Thread {i} asks: what is {i} + 5?",
+              _greedy(tokens) if i % 2 == 0
+              else SamplingParams(temperature=1.0, max_tokens=tokens, seed=100 + i),
+              1 + i % 2) for i in range(k)]                  # 1 + 2 + 1 + 2 = 6 requests
+    loop, engine = gen._loop, gen._loop.engine
+    real_step, real_submit = engine.step, loop.submit
+    unfinished: list[int] = []                  # vLLM's unfinished requests before each step
+
+    def counting_step():
+        unfinished.append(engine.get_num_unfinished_requests())
+        return real_step()
+
+    monkeypatch.setattr(engine, "step", counting_step)
+    solo, solo_steps = [], 0
+    for question, params, n in calls:
+        unfinished.clear()
+        solo.append(_expand_one(gen, question, params, n))
+        solo_steps += len(unfinished)
+    # Premise: no sequence ends early, so every request is still running at step 2.
+    assert all(len(t) == tokens for ts in solo for t in ts)
+
+    # The first step waits until all k callers have submitted: the others then join the
+    # running batch at the next step. A generator that serialised callers never gets
+    # there (one caller at a time waits in expand), and the gate gives up after 120 s.
+    submitted = threading.Semaphore(0)
+    all_in = threading.Event()
+
+    def submit(items):
+        ticket = real_submit(items)
+        submitted.release()
+        return ticket
+
+    def gated_step():
+        if not unfinished and all(submitted.acquire(timeout=120) for _ in range(k)):
+            all_in.set()
+        return counting_step()
+
+    unfinished.clear()
+    monkeypatch.setattr(loop, "submit", submit)
+    monkeypatch.setattr(engine, "step", gated_step)
+    with concurrent.futures.ThreadPoolExecutor(k) as pool:
+        together = list(pool.map(lambda c: _expand_one(gen, *c), calls))
+    assert all_in.is_set(), "the callers' requests never reached the engine together"
+    assert together == solo                      # batching changes nothing a caller sees
+    assert max(unfinished) == sum(n for _, _, n in calls)   # all six in vLLM at once
+    assert len(unfinished) < solo_steps          # shared steps, not one caller after another
+
+
+def test_a_caller_that_gives_up_has_its_requests_aborted(gen, monkeypatch):
+    from ttc.engine.backends import vllm as backend
+
+    class GaveUp(Exception):
+        pass
+
+    loop, engine = gen._loop, gen._loop.engine
+    real_step, real_submit = engine.step, loop.submit
+    tickets, stepped = [], threading.Event()
+
+    def submit(items):
+        tickets.append(real_submit(items))
+        return tickets[-1]
+
+    def step():
+        out = real_step()
+        stepped.set()
+        return out
+
+    def give_up(self):                 # the caller's wait ends in an exception mid-decode
+        assert stepped.wait(timeout=120)
+        raise GaveUp
+
+    monkeypatch.setattr(loop, "submit", submit)
+    monkeypatch.setattr(engine, "step", step)
+    monkeypatch.setattr(backend._Ticket, "result", give_up)
+    root = gen.root(Problem(question=QUESTION))
+    long = SamplingParams(temperature=1.0, max_tokens=600, seed=1)
+    with pytest.raises(GaveUp):
+        gen.expand([ExpandRequest(prefix=root, n=2, params=long)])
+    concurrent.futures.wait([tickets[0].future], timeout=120)
+    assert tickets[0].future.cancelled()         # aborted, not run to its 600 tokens
+    assert engine.get_num_unfinished_requests() == 0
+    monkeypatch.undo()
+    out = gen.expand([ExpandRequest(prefix=root, n=1, params=_greedy(4))])
+    assert out.continuations[0][0].num_tokens > 0   # the loop still serves later callers
+    gen.release([root, out.continuations[0][0].handle])
+
+
+def test_a_refused_request_fails_only_its_caller(gen):
+    from vllm.exceptions import VLLMValidationError
+
+    params = _greedy(12)
+    alone = _expand_one(gen, QUESTION, params, 1)
+    too_long = "count with me " * 400                # > 1024 tokens: over max_model_len
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        ok = pool.submit(_expand_one, gen, QUESTION, params, 1)
+        bad = pool.submit(_expand_one, gen, too_long, params, 1)
+        with pytest.raises(VLLMValidationError, match="maximum context length"):
+            bad.result(timeout=300)
+        assert ok.result(timeout=300) == alone
 
 
 def _free_port() -> int:
