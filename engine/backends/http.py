@@ -204,7 +204,8 @@ class HTTPGenerator(TokenHandleGenerator):
     def decode(self, token_ids: Sequence[int]) -> str | None:
         if self.tokenizer is None or not self._tokens:
             return None
-        return self.tokenizer.decode(list(token_ids), skip_special_tokens=True)
+        with self.tokenizer_lock:
+            return self.tokenizer.decode(list(token_ids), skip_special_tokens=True)
 
     def _generate(self, jobs: Sequence[Job]) -> list[JobResult]:
         bodies = [self.body(job) for job in jobs]
@@ -297,7 +298,8 @@ class HTTPGenerator(TokenHandleGenerator):
                 if self.tokenizer is None:
                     raise RuntimeError(f"{self.url} returned no token ids; set "
                                        f"backend.tokenizer to the served model's tokenizer.")
-                ids = tuple(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+                with self.tokenizer_lock:
+                    ids = tuple(self.tokenizer(text, add_special_tokens=False)["input_ids"])
                 lps = lps if len(lps) == len(ids) else ()
             samples.append(Sample(token_ids=ids, text=text, logprobs=lps, finish=finish))
         usage = data.get("usage") or {}

@@ -134,6 +134,7 @@ class TokenHandleGenerator:
     # True when the engine gives child i of a seeded n-sample job the seed ``seed + i``
     # (vLLM): seeded samples of one request then travel as one job.
     seeded_n_as_offsets: bool = False
+    thread_safe = True        # many searches may call one instance at once (ttc.sharing)
 
     def __init__(self) -> None:
         self._handles: dict[int, _HandleState] = {}
@@ -141,6 +142,9 @@ class TokenHandleGenerator:
         # NOTE: held only around reads and writes of _handles/_next/_peak, never across an
         # engine call (see "threads" in the module docstring).
         self._lock = threading.Lock()
+        # NOTE: fast tokenizers are not safe to call from several threads at once
+        # ("Already borrowed"); every tokenizer call of a subclass goes under this lock.
+        self.tokenizer_lock = threading.Lock()
         self._peak = 0
 
     # -- subclass hooks -------------------------------------------------------------------
@@ -160,8 +164,9 @@ class TokenHandleGenerator:
         """The problem through ``tokenizer``'s chat template with this backend's system prompt."""
         from ttc.engine.prompting import format_prompt  # noqa: PLC0415  (transformers)
 
-        ids = tuple(format_prompt(tokenizer, problem, system_prompt=self.system_prompt))
-        return ids, tokenizer.decode(list(ids))
+        with self.tokenizer_lock:
+            ids = tuple(format_prompt(tokenizer, problem, system_prompt=self.system_prompt))
+            return ids, tokenizer.decode(list(ids))
 
     # -- Generator protocol ---------------------------------------------------------------
     def root(self, problem: Problem) -> Handle:

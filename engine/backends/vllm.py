@@ -276,7 +276,8 @@ class VLLMGenerator(TokenHandleGenerator):
         return self.chat_prompt(self.tokenizer, problem)
 
     def decode(self, token_ids: Sequence[int]) -> str:
-        return self.tokenizer.decode(list(token_ids), skip_special_tokens=True)
+        with self.tokenizer_lock:
+            return self.tokenizer.decode(list(token_ids), skip_special_tokens=True)
 
     def _generate(self, jobs: Sequence[Job]) -> list[JobResult]:
         from vllm import SamplingParams as VSamplingParams  # noqa: PLC0415
