@@ -35,6 +35,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
+from ttc.engine.handles import HandleTable
 from ttc.engine.prompting import DEFAULT_SYSTEM_PROMPT, eos_ids, format_prompt
 from ttc.engine.native.sampling import RowParams, sample, seeded_generator
 from ttc.types import (Continuation, ExpandOutput, ExpandRequest, FinishReason,
@@ -119,8 +120,7 @@ class HFGenerator:
         self.max_position = int(getattr(model.config.get_text_config(), "max_position_embeddings",
                                         None) or 1 << 62)
         self._check_full_attention()
-        self._handles: dict[int, _HandleState] = {}
-        self._next_handle = 0
+        self._handles: HandleTable[_HandleState] = HandleTable()
         self._calls = 0
         self._peak = 0
 
@@ -149,16 +149,10 @@ class HFGenerator:
     # ------------------------------------------------------------------ handles
 
     def _new_handle(self, state: _HandleState) -> int:
-        h = self._next_handle
-        self._next_handle += 1
-        self._handles[h] = state
-        return h
+        return self._handles.add(state)
 
     def _state(self, handle: Handle) -> _HandleState:
-        try:
-            return self._handles[handle]  # type: ignore[index]
-        except (KeyError, TypeError):
-            raise ValueError(f"unknown or released handle {handle!r}.") from None
+        return self._handles.get(handle)
 
     def root(self, problem: Problem) -> Handle:
         return self.handle_for_tokens(format_prompt(self.tokenizer, problem,
@@ -190,7 +184,7 @@ class HFGenerator:
         for h in handles:
             self._state(h)
         for h in handles:
-            self._handles.pop(h, None)  # type: ignore[arg-type]
+            self._handles.pop(h)
 
     def kv_bytes(self) -> int:
         seen: set[int] = set()

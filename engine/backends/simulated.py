@@ -38,6 +38,7 @@ from typing import Literal, Sequence
 from pydantic import Field, PositiveInt
 
 from ttc.registry import BACKENDS
+from ttc.engine.handles import HandleTable
 from ttc.types import (Continuation, ExpandOutput, ExpandRequest, FinishReason, Frozen,
                        GenerationUsage, Handle, Problem)
 
@@ -111,6 +112,7 @@ class _Seq:
     value: float | None = None
     computed: bool = False          # prompt handles: prefilled already
     children: int = 0
+    words: tuple[str, ...] = ()     # the words this handle added to its parent
 
 
 @dataclass
@@ -128,10 +130,8 @@ class SimulatedGenerator:
 
     def __init__(self, config: SimulatedBackendConfig | None = None) -> None:
         self.config = config or SimulatedBackendConfig()
-        self._seqs: dict[int, _Seq] = {}
-        self._next_id = 0
+        self._seqs: HandleTable[_Seq] = HandleTable()
         self._models: dict[tuple[str, str], ProblemModel] = {}
-        self._words: dict[int, tuple[str, ...]] = {}
         self.peak_kv_bytes = 0
         self.modelled_seconds = 0.0
 
@@ -201,7 +201,7 @@ class SimulatedGenerator:
         outputs: list[tuple[Continuation, ...]] = []
         generated = 0
         for req, ds in zip(requests, drafts):
-            parent = self._seqs[req.prefix]
+            parent = self._seqs.get(req.prefix)
             conts = []
             for d in ds:
                 generated += len(d.words)
@@ -225,11 +225,11 @@ class SimulatedGenerator:
 
     def release(self, handles: Sequence[Handle]) -> None:
         for h in handles:
-            seq = self._seqs.get(h)
+            seq = self._seqs.find(h)
             if seq is None:
                 continue
             seq.pinned = False
-        self._free_unreachable()
+        self._seqs.sweep()
 
     def kv_bytes(self) -> int:
         return self.resident_tokens() * self.config.kv_bytes_per_token
@@ -247,7 +247,7 @@ class SimulatedGenerator:
         out: list[list[float]] = []
         for h in handles:
             seq = self._live(h)
-            words = self._words.get(h, ())
+            words = seq.words
             if seq.ended and words:
                 key: tuple[object, ...] = ("answer", words[-1])
             elif seq.correct:
@@ -268,10 +268,10 @@ class SimulatedGenerator:
     def _first_error(self, handle: int) -> int:
         """The earliest ancestor of a wrong handle whose step was wrong."""
         first = handle
-        cur = self._seqs[handle].parent
-        while cur is not None and not self._seqs[cur].correct:
-            first = cur
-            cur = self._seqs[cur].parent
+        for hid, seq in list(self._seqs.lineage(handle))[1:]:
+            if seq.correct:
+                break
+            first = hid
         return first
 
     # -- introspection for tests and benches -------------------------------------------
@@ -283,48 +283,27 @@ class SimulatedGenerator:
         return sum(1 for s in self._seqs.values() if s.pinned)
 
     def text_of(self, handle: Handle) -> str:
+        self._seqs.get(handle)                     # a clear error for a dead handle
         words: list[str] = []
-        cur: int | None = handle
-        while cur is not None and self._seqs[cur].parent is not None:
-            words[:0] = self._words[cur]
-            cur = self._seqs[cur].parent
+        for _, seq in self._seqs.lineage(handle):  # type: ignore[arg-type]
+            if seq.parent is not None:
+                words[:0] = seq.words
         return " ".join(words)
 
     # -- internals ---------------------------------------------------------------------
     def _new(self, seq: _Seq, words: tuple[str, ...] = ()) -> int:
-        hid = self._next_id
-        self._next_id += 1
-        self._seqs[hid] = seq
-        self._words[hid] = words
-        return hid
+        seq.words = words
+        return self._seqs.add(seq)
 
     def _live(self, handle: Handle) -> _Seq:
-        seq = self._seqs.get(handle)  # type: ignore[arg-type]
+        seq = self._seqs.find(handle)
         if seq is None or not (seq.pinned or self._has_pinned_descendant(handle)):
             raise ValueError(f"handle {handle!r} is not live (released or never issued).")
         return seq
 
     def _has_pinned_descendant(self, handle: Handle) -> bool:
-        return any(self._is_ancestor(handle, h) for h, s in self._seqs.items() if s.pinned)
-
-    def _is_ancestor(self, anc: Handle, h: int | None) -> bool:
-        while h is not None:
-            if h == anc:
-                return True
-            h = self._seqs[h].parent
-        return False
-
-    def _free_unreachable(self) -> None:
-        keep: set[int] = set()
-        for hid, seq in self._seqs.items():
-            if seq.pinned:
-                cur: int | None = hid
-                while cur is not None and cur not in keep:
-                    keep.add(cur)
-                    cur = self._seqs[cur].parent
-        for hid in [h for h in self._seqs if h not in keep]:
-            del self._seqs[hid]
-            self._words.pop(hid, None)
+        return any(handle in (h for h, _ in self._seqs.lineage(hid))
+                   for hid, s in self._seqs.items() if s.pinned)
 
     def _draft(self, seq: _Seq, req: ExpandRequest, rng: random.Random) -> _Draft:
         """Plan one continuation: whole steps until a stop, EOS or max_tokens."""

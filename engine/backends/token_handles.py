@@ -44,6 +44,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+from ttc.engine.handles import HandleTable
 from ttc.types import (Continuation, ExpandOutput, ExpandRequest, FinishReason,
                        GenerationUsage, Handle, Problem, SamplingParams)
 
@@ -137,9 +138,8 @@ class TokenHandleGenerator:
     thread_safe = True        # many searches may call one instance at once (ttc.sharing)
 
     def __init__(self) -> None:
-        self._handles: dict[int, _HandleState] = {}
-        self._next = 0
-        # NOTE: held only around reads and writes of _handles/_next/_peak, never across an
+        self._handles: HandleTable[_HandleState] = HandleTable()
+        # NOTE: held only around reads and writes of _handles and _peak, never across an
         # engine call (see "threads" in the module docstring).
         self._lock = threading.Lock()
         # NOTE: fast tokenizers are not safe to call from several threads at once
@@ -242,10 +242,10 @@ class TokenHandleGenerator:
     def release(self, handles: Sequence[Handle]) -> None:
         with self._lock:
             for h in handles:
-                st = self._handles.get(h)  # type: ignore[arg-type]
+                st = self._handles.find(h)
                 if st is not None:
                     st.pinned = False
-            self._free_unreachable()
+            self._handles.sweep()
 
     def kv_bytes(self) -> int:
         return self.resident_tokens() * self.kv_bytes_per_token
@@ -339,41 +339,18 @@ class TokenHandleGenerator:
 
     # NOTE: the helpers below read or write the handle table; call them with _lock held.
     def _text_of(self, handle: int) -> str:
-        parts: list[str] = []
-        cur: int | None = handle
-        while cur is not None and self._handles[cur].parent is not None:
-            parts.append(self._handles[cur].text)
-            cur = self._handles[cur].parent
+        parts = [st.text for _, st in self._handles.lineage(handle) if st.parent is not None]
         return "".join(reversed(parts))
 
     def _prompt_text(self, handle: int) -> str:
-        cur = handle
-        while (parent := self._handles[cur].parent) is not None:
-            cur = parent
-        return self._handles[cur].text + self._text_of(handle)
+        *_, (_, root) = self._handles.lineage(handle)
+        return root.text + self._text_of(handle)
 
     def _new(self, st: _HandleState) -> int:
-        hid = self._next
-        self._next += 1
-        self._handles[hid] = st
-        return hid
+        return self._handles.add(st)
 
     def _live(self, handle: Handle) -> _HandleState:
-        st = self._handles.get(handle)  # type: ignore[arg-type]
-        if st is None:
-            raise ValueError(f"handle {handle!r} is not live (released or never issued).")
-        return st
-
-    def _free_unreachable(self) -> None:
-        keep: set[int] = set()
-        for hid, st in self._handles.items():
-            if st.pinned:
-                cur: int | None = hid
-                while cur is not None and cur not in keep:
-                    keep.add(cur)
-                    cur = self._handles[cur].parent
-        for hid in [h for h in self._handles if h not in keep]:
-            del self._handles[hid]
+        return self._handles.get(handle)
 
 
 def kv_bytes_per_token(hf_config: Any, dtype_bytes: int) -> int:

@@ -58,6 +58,7 @@ from typing import Any, Iterator, Sequence
 import torch
 from torch import Tensor
 
+from ttc.engine.handles import HandleTable
 from ttc.engine.native.config import NativeBackendConfig
 from ttc.engine.prompting import eos_ids
 from ttc.engine.native.kv_cache import KVCacheFull, Node, PagePool, RadixTree
@@ -217,8 +218,7 @@ class NativeEngine:
         self.seed = seed
         self.threads = threads
         self._calls = 0
-        self._handles: dict[int, _HandleState] = {}
-        self._next_handle = 0
+        self._handles: HandleTable[_HandleState] = HandleTable()
         self._lock = TicketLock()
         self._wake = threading.Condition(threading.Lock())
         self._thread: threading.Thread | None = None
@@ -276,15 +276,12 @@ class NativeEngine:
 
     # -- handles ----------------------------------------------------------------------
     def _new_handle(self, node: Node, tail: Sequence[int], prompt_len: int) -> int:
-        hid = self._next_handle
-        self._next_handle += 1
         self.tree.pin(node)
-        self._handles[hid] = _HandleState(node=node, tail=tuple(tail), pinned=True,
-                                          prompt_len=prompt_len)
-        return hid
+        return self._handles.add(_HandleState(node=node, tail=tuple(tail), pinned=True,
+                                              prompt_len=prompt_len))
 
     def _state(self, handle: Handle) -> _HandleState:
-        st = self._handles.get(handle)  # type: ignore[arg-type]
+        st = self._handles.find(handle)
         if st is None or not st.node.alive:
             raise ValueError(f"handle {handle!r} is not live (released, evicted or never issued).")
         return st
@@ -334,7 +331,7 @@ class NativeEngine:
         """Unpin but keep the KV as evictable cache (lowest value evicted first)."""
         with self._lock:
             for h in handles:
-                st = self._handles.get(h)  # type: ignore[arg-type]
+                st = self._handles.find(h)
                 if st is not None and st.pinned and st.node.alive:
                     st.pinned = False
                     self.tree.unpin(st.node, value=value)
@@ -344,7 +341,7 @@ class NativeEngine:
         """End handles; KV that no pinned handle shares is freed at once."""
         with self._lock:
             for h in handles:
-                st = self._handles.pop(h, None)  # type: ignore[arg-type]
+                st = self._handles.pop(h)
                 if st is not None:
                     self._drop_state(st)
 
@@ -494,7 +491,7 @@ class NativeEngine:
                     computed += len(tail)
                     fut: Future = Future()
                     futures.append(fut)
-                    self._prefill(self._handles[hid], keep_hidden=True,
+                    self._prefill(self._handles.get(hid), keep_hidden=True,
                                   on_hidden=_resolver(fut))
             except BaseException:
                 self._release_locked(hids, futures)
@@ -510,7 +507,7 @@ class NativeEngine:
 
     def _release_locked(self, hids: Sequence[int], futures: Sequence[Future]) -> None:
         for hid in hids:
-            st = self._handles.pop(hid, None)
+            st = self._handles.pop(hid)
             if st is None:
                 continue
             if st.task is not None:

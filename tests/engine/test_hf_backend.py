@@ -172,9 +172,9 @@ def test_release_frees_kv(gen):
     gen.pin([root], value=0.5)
     gen.release([root])
     assert gen.kv_bytes() == 0
-    with pytest.raises(ValueError, match="unknown or released handle"):
+    with pytest.raises(ValueError, match="is not live"):
         _one(gen, root, GREEDY)
-    with pytest.raises(ValueError, match="unknown or released handle"):
+    with pytest.raises(ValueError, match="is not live"):
         gen.release([root])
 
 
