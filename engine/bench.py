@@ -18,18 +18,23 @@ B = 16. The first shape's keys carry no suffix; the others end in ``_b<B>``.
 ``cotenant=N`` (N > 0) also measures the native engine with N busy processes (plain
 Python loops, started and killed by this module, always in a ``finally``; each also exits
 when this process does) running beside it, on the same engine object, right after the
-idle runs, with two thread settings: the fixed default (torch's thread count at start)
-and ``threads="auto"`` resolved by :func:`ttc.engine.native.threads.choose_threads` in the
-same conditions (idle, then with the co-tenants running). Extra keys per shape:
-``tokens_per_s_native_auto``, ``tokens_per_s_native_cotenant``,
-``tokens_per_s_native_auto_cotenant``; ratios ``tokens_per_s_cotenant_over_idle`` (fixed
-threads), ``tokens_per_s_cotenant_over_idle_auto``, ``tokens_per_s_auto_over_fixed_cotenant``
-(what ``auto`` buys under co-tenants) and ``tokens_per_s_auto_over_fixed_idle``.
+idle runs of each shape, with two thread settings: the fixed default (torch's thread
+count at start) and ``threads="auto"`` resolved by
+:func:`ttc.engine.native.threads.choose_threads` in the same conditions (idle, then with
+the co-tenants running). Extra keys per shape: ``tokens_per_s_native_auto``,
+``tokens_per_s_native_cotenant``, ``tokens_per_s_native_auto_cotenant``; the counts
+``auto`` chose (``threads_auto_idle``, ``threads_auto_cotenant``); the 1-minute load
+average before the idle runs and with the co-tenants started (``load_avg_1m_idle``,
+``load_avg_1m_cotenant``: "idle" means no co-tenant of ours, not an idle machine).
+Ratios: ``tokens_per_s_cotenant_over_idle`` (fixed threads),
+``tokens_per_s_cotenant_over_idle_auto``, ``tokens_per_s_auto_over_fixed_cotenant`` (what
+``auto`` buys under co-tenants) and ``tokens_per_s_auto_over_fixed_idle``.
 Must NOT know: strategies, rewards.
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -121,6 +126,11 @@ def _use_threads(gen: Any, n: int) -> None:
     apply_threads(n)
 
 
+def _load_avg() -> float | None:
+    """The 1-minute load average (other tenants' processes count too), where known."""
+    return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
+
+
 def _suffix(index: int, branches: int) -> str:
     return "" if index == 0 else f"_b{branches}"
 
@@ -183,7 +193,12 @@ def _native_runs(native: Any, problem: Problem, *, branch_counts: tuple[int, ...
                  params: SamplingParams, fixed_threads: int, cotenant: int,
                  report: BenchReport) -> dict[str, dict]:
     """Native timings per shape: idle with the fixed thread count, and with ``cotenant``
-    > 0 also idle with ``auto`` and both settings beside the co-tenants."""
+    > 0 also idle with ``auto`` and both settings beside the co-tenants.
+
+    Per shape the four runs follow each other (fixed, auto idle; auto, fixed with the
+    co-tenants), so that a change in other tenants' load between shapes does not enter a
+    ratio; ``auto`` is resolved afresh before each pair, as an engine starting then would.
+    """
     from ttc.engine.native.threads import choose_threads  # noqa: PLC0415
 
     warm = Problem(question="Warm up.")
@@ -196,29 +211,31 @@ def _native_runs(native: Any, problem: Problem, *, branch_counts: tuple[int, ...
                           new_tokens=params.max_tokens, params=params)
 
     runs: dict[str, dict] = {}
-    auto_idle = choose_threads("auto") if cotenant else fixed_threads
     for i, b in enumerate(branch_counts):
         sfx = _suffix(i, b)
+        report.metrics[f"load_avg_1m_idle{sfx}"] = _load_avg()
         runs[f"native{sfx}"] = timed(fixed_threads, b)
-        if cotenant:
-            runs[f"native_auto{sfx}"] = timed(auto_idle, b)
-    if cotenant:
+        if not cotenant:
+            continue
+        auto_idle = choose_threads("auto")
+        runs[f"native_auto{sfx}"] = timed(auto_idle, b)
         with cotenants(cotenant):
+            report.metrics[f"load_avg_1m_cotenant{sfx}"] = _load_avg()
             auto_busy = choose_threads("auto")
-            for i, b in enumerate(branch_counts):
-                sfx = _suffix(i, b)
-                runs[f"native_cotenant{sfx}"] = timed(fixed_threads, b)
-                runs[f"native_auto_cotenant{sfx}"] = timed(auto_busy, b)
-        report.metrics.update({"cotenant_processes": cotenant, "threads_fixed": fixed_threads,
-                               "threads_auto_idle": auto_idle,
-                               "threads_auto_cotenant": auto_busy})
+            runs[f"native_auto_cotenant{sfx}"] = timed(auto_busy, b)
+            runs[f"native_cotenant{sfx}"] = timed(fixed_threads, b)
+        report.metrics.update({f"threads_auto_idle{sfx}": auto_idle,
+                               f"threads_auto_cotenant{sfx}": auto_busy})
+    if cotenant:
+        report.metrics.update({"cotenant_processes": cotenant, "threads_fixed": fixed_threads})
         report.notes.append(
-            f"co-tenants: {cotenant} busy Python loop(s) beside the cotenant runs (same engine, "
-            f"right after the idle runs); threads fixed = torch's start-up count "
-            f"({fixed_threads}), auto = choose_threads('auto') resolved idle ({auto_idle}) and "
-            f"with the co-tenants running ({auto_busy}), applied on the thread running the "
-            f"model. An engine resolves auto once, at start: this is auto when the co-tenant "
-            f"is already there.")
+            f"co-tenants: {cotenant} busy Python loop(s) beside the cotenant runs (same engine; "
+            f"per shape: fixed and auto idle, then auto and fixed with the co-tenants); "
+            f"threads fixed = torch's start-up count ({fixed_threads}), auto = "
+            f"choose_threads('auto') resolved just before each pair (threads_auto_*), applied "
+            f"on the thread running the model. An engine resolves auto once, at start: this is "
+            f"auto when the co-tenant is already there. 'idle' means no co-tenant of ours; "
+            f"other tenants' load is in load_avg_1m_*.")
     _use_threads(native, fixed_threads)
     return runs
 
