@@ -4,7 +4,8 @@ Contract: ``run(quick=..., backends=...)`` loads the in-process engine once (``n
 the default native backend config, i.e. the embedded SmolLM2-135M; ``simulated`` for
 plumbing checks) and the first GSM8K test questions shipped with ttc
 (``ttc.evals.datasets``). For each strategy (self-consistency n=4; beam search n=4,
-width 4) and each K (1, 2, 4, 8; ``--quick``: 1, 2, 4 with fewer tokens) it starts K
+width 4; at most 96 new tokens per branch per call, see :func:`search_specs`) and each K
+(1, 2, 4, 8; ``--quick``: 1, 2, 4 and 64 tokens) it starts K
 threads; thread k runs one search on question k with
 ``strategy.run(problem, generator=engine, verifier=..., budget=...)``, which meters the
 engine through its own ledger as the pipeline does, and all K share the one engine.
@@ -44,15 +45,28 @@ from typing import Any, Sequence
 from ttc.bench import BenchReport
 
 BACKENDS_ALLOWED = ("native", "simulated", "vllm")
-FULL = {"ks": (1, 2, 4, 8), "max_step_tokens": 96, "beam_iterations": 4}
-QUICK = {"ks": (1, 2, 4), "max_step_tokens": 32, "beam_iterations": 2}
+FULL = {"ks": (1, 2, 4, 8), "max_step_tokens": 96, "beam_steps": 4}
+QUICK = {"ks": (1, 2, 4), "max_step_tokens": 64, "beam_steps": 2}
 
 
-def strategy_configs(beam_iterations: int) -> dict[str, dict[str, Any]]:
-    """The searches run K at a time, by report label."""
-    return {"self_consistency": {"name": "self_consistency", "n": 4, "keep_tree": False},
-            "beam": {"name": "beam", "n": 4, "width": 4, "num_iterations": beam_iterations,
-                     "keep_tree": False}}
+def search_specs(*, max_step_tokens: int, beam_steps: int) -> dict[str, dict[str, Any]]:
+    """The searches run K at a time, by report label: strategy config, generation
+    settings and generated-token budget of one search (plain dicts: they travel as JSON).
+
+    No call generates more than ``max_step_tokens`` per branch: self-consistency samples
+    4 whole solutions of at most that many tokens; beam search (4 children of the 1 kept
+    beam per step) steps of at most that many, until its budget of ``beam_steps`` full
+    steps is spent (its last, whole-solution iteration is never reached).
+    """
+    t = max_step_tokens
+    return {
+        "self_consistency": {
+            "strategy": {"name": "self_consistency", "n": 4, "keep_tree": False},
+            "generation": {"max_tokens": t, "seed": 0}, "budget_tokens": 4 * t},
+        "beam": {
+            "strategy": {"name": "beam", "n": 4, "width": 4, "keep_tree": False},
+            "generation": {"max_step_tokens": t, "seed": 0},
+            "budget_tokens": 4 * t * beam_steps}}
 
 
 class SerializedGenerator:
@@ -77,9 +91,9 @@ class SerializedGenerator:
 
 
 def measure(generator: Any, problems: Sequence[Any], *, ks: Sequence[int],
-            strategies: dict[str, dict[str, Any]], generation: dict[str, Any],
-            budget_tokens: int, threads: int | None) -> dict[str, Any]:
-    """Run each strategy with K concurrent searches for each K on ``generator``.
+            searches: dict[str, dict[str, Any]], threads: int | None) -> dict[str, Any]:
+    """Run each search of ``searches`` (:func:`search_specs`) K at a time, for each K, on
+    ``generator``.
 
     Returns ``{"serialized": bool, "runs": {label: {K: figures}}}`` with figures
     ``{"seconds", "generated", "expand_calls", "search_seconds_mean"}``. ``threads``:
@@ -94,28 +108,28 @@ def measure(generator: Any, problems: Sequence[Any], *, ks: Sequence[int],
         raise ValueError(f"K={max(ks)} needs {max(ks)} problems; got {len(problems)}.")
     serialized = not getattr(generator, "thread_safe", False)
     shared = SerializedGenerator(generator) if serialized else generator
-    gen_cfg = GenerationConfig.model_validate(generation)
-    budget = Budget(max_generated_tokens=budget_tokens)
 
     def one_search(label: str, problem: Any) -> tuple[Any, float]:
         if serialized and threads is not None:
             from ttc.engine.native.threads import apply_threads  # noqa: PLC0415
 
             apply_threads(threads)
-        strategy = STRATEGIES.build(strategies[label], generation=gen_cfg)
+        spec = searches[label]
+        strategy = STRATEGIES.build(
+            spec["strategy"], generation=GenerationConfig.model_validate(spec["generation"]))
         verifier = VERIFIERS.build({"name": "simulated"}, generator=shared)
         t0 = time.perf_counter()
-        result = strategy.run(problem, generator=shared, verifier=verifier, budget=budget)
+        result = strategy.run(problem, generator=shared, verifier=verifier,
+                              budget=Budget(max_generated_tokens=spec["budget_tokens"]))
         return result, time.perf_counter() - t0
 
     # Warm-up (first-call costs stay out of K=1): a short self-consistency search.
-    warm_gen = {**generation, "max_tokens": 4, "max_step_tokens": 4}
     STRATEGIES.build({"name": "self_consistency", "n": 2, "keep_tree": False},
-                     generation=GenerationConfig.model_validate(warm_gen)).run(
+                     generation=GenerationConfig(max_tokens=4)).run(
         problems[0], generator=shared, verifier=VERIFIERS.build({"name": "none"}),
         budget=Budget(max_generated_tokens=16))
     runs: dict[str, dict[int, dict[str, float]]] = {}
-    for label in strategies:
+    for label in searches:
         runs[label] = {}
         for k in ks:
             with ThreadPoolExecutor(max_workers=k, thread_name_prefix=f"bench-{label}") as pool:
@@ -169,18 +183,13 @@ def run(*, quick: bool, backends: tuple[str, ...] = ("native", "vllm")) -> Bench
                          f"with vllm (e.g. native,vllm); got {','.join(backends)!r}.")
     shape = QUICK if quick else FULL
     ks = shape["ks"]
-    strategies = strategy_configs(shape["beam_iterations"])
-    generation = {"max_step_tokens": shape["max_step_tokens"],
-                  "max_tokens": shape["max_step_tokens"], "seed": 0}
-    # Large enough never to bind: beam generates at most n children x steps x tokens.
-    budget_tokens = 4 * shape["max_step_tokens"] * (shape["beam_iterations"] + 1)
+    searches = search_specs(max_step_tokens=shape["max_step_tokens"],
+                            beam_steps=shape["beam_steps"])
     problems = load_problems(dataset_config("gsm8k"), limit=max(ks))
     report = BenchReport(name="concurrency")
     report.metrics = {"backend": local[0], "ks": list(ks), "dataset": "gsm8k",
                       "max_new_tokens_per_step": shape["max_step_tokens"],
-                      "strategies": {k: {f: v for f, v in c.items() if f != "keep_tree"}
-                                     for k, c in strategies.items()},
-                      "verifier": "simulated", "budget_tokens_per_search": budget_tokens}
+                      "searches": searches, "verifier": "simulated"}
     threads = None
     if local[0] == "native":
         from ttc.engine.native.config import NativeBackendConfig  # noqa: PLC0415
@@ -193,8 +202,7 @@ def run(*, quick: bool, backends: tuple[str, ...] = ("native", "vllm")) -> Bench
     else:
         generator = BACKENDS.build({"name": "simulated"})
     report.metrics["load_avg_1m_start"] = round(os.getloadavg()[0], 2)
-    figures = measure(generator, problems, ks=ks, strategies=strategies,
-                      generation=generation, budget_tokens=budget_tokens, threads=threads)
+    figures = measure(generator, problems, ks=ks, searches=searches, threads=threads)
     report.metrics["load_avg_1m_end"] = round(os.getloadavg()[0], 2)
     add_figures(report, figures, ks=ks)
     report.notes.append(_lock_note(local[0], figures["serialized"], threads))
@@ -203,8 +211,7 @@ def run(*, quick: bool, backends: tuple[str, ...] = ("native", "vllm")) -> Bench
                         "phase's wall seconds; beam uses the simulated PRM (no model).")
     del generator
     if "vllm" in backends:
-        _add_vllm_column(report, problems=problems, ks=ks, strategies=strategies,
-                         generation=generation, budget_tokens=budget_tokens)
+        _add_vllm_column(report, problems=problems, ks=ks, searches=searches)
     return report
 
 
@@ -220,8 +227,7 @@ def _lock_note(backend: str, serialized: bool, threads: int | None) -> str:
 
 
 def _add_vllm_column(report: BenchReport, *, problems: Sequence[Any], ks: Sequence[int],
-                     strategies: dict[str, dict[str, Any]], generation: dict[str, Any],
-                     budget_tokens: int, timeout_s: float = 3600.0) -> None:
+                     searches: dict[str, dict[str, Any]], timeout_s: float = 3600.0) -> None:
     """The same work on ``backend: vllm`` in the vLLM environment, as ``*_vllm_*`` keys."""
     import subprocess  # noqa: PLC0415
 
@@ -235,8 +241,7 @@ def _add_vllm_column(report: BenchReport, *, problems: Sequence[Any], ks: Sequen
         return
     job = json.dumps({"model_dir": str(resolve_folder(None)[0]), "ks": list(ks),
                       "problems": [p.model_dump(mode="json") for p in problems],
-                      "strategies": strategies, "generation": generation,
-                      "budget_tokens": budget_tokens})
+                      "searches": searches})
     env = {**os.environ, **{k: os.environ.get(k, v) for k, v in CPU_ENV.items()}}
     try:
         proc = subprocess.run([python, "-m", "ttc.evals.bench_concurrency"], input=job,
@@ -266,9 +271,7 @@ def _main() -> None:
     job = json.loads(sys.stdin.read())
     gen = VLLMGenerator.from_config(VLLMBackendConfig(model=job["model_dir"], dtype="bfloat16"))
     problems = [Problem.model_validate(p) for p in job["problems"]]
-    figures = measure(gen, problems, ks=job["ks"], strategies=job["strategies"],
-                      generation=job["generation"], budget_tokens=job["budget_tokens"],
-                      threads=None)
+    figures = measure(gen, problems, ks=job["ks"], searches=job["searches"], threads=None)
     print(json.dumps({"concurrency": figures}), flush=True)
 
 

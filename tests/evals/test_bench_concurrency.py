@@ -42,11 +42,23 @@ def test_quick_run_on_the_simulated_backend_reports_every_k_and_the_ratios(no_vl
     assert report.machine["python"]
 
 
-def test_full_settings_cover_k_1_to_8():
+def test_full_settings_cover_k_1_to_8_with_at_most_96_tokens_per_call():
     assert bc.FULL["ks"] == (1, 2, 4, 8) and bc.FULL["max_step_tokens"] == 96
-    cfgs = bc.strategy_configs(4)
-    assert cfgs["self_consistency"]["n"] == 4
-    assert (cfgs["beam"]["n"], cfgs["beam"]["width"]) == (4, 4)
+    specs = bc.search_specs(max_step_tokens=96, beam_steps=4)
+    sc, beam = specs["self_consistency"], specs["beam"]
+    assert sc["strategy"]["n"] == 4 and sc["generation"]["max_tokens"] == 96
+    assert (beam["strategy"]["n"], beam["strategy"]["width"]) == (4, 4)
+    assert beam["generation"]["max_step_tokens"] == 96
+    assert beam["budget_tokens"] == 4 * 96 * 4       # 4 full steps of 4 children
+
+
+def test_no_search_call_generates_more_than_the_step_cap_per_branch():
+    gen = _CountingGenerator(thread_safe=False)
+    # 128 > the simulated steps' ~40 tokens: steps end at the delimiter and beam goes on
+    # (a step cut by its token cap ends the trajectory)
+    _measure(gen, ks=(1,), max_step_tokens=128)
+    assert gen.max_tokens_asked and max(gen.max_tokens_asked) <= 128
+    assert gen.beam_calls >= 2                       # one beam search ran several steps
 
 
 class _CountingGenerator(SimulatedGenerator):
@@ -56,10 +68,14 @@ class _CountingGenerator(SimulatedGenerator):
         super().__init__(SimulatedBackendConfig())
         self.thread_safe = thread_safe
         self.active = self.max_active = 0
+        self.max_tokens_asked: list[int] = []
+        self.beam_calls = 0
         self._count = threading.Lock()
 
     def expand(self, requests, *, token_limit=None):
         with self._count:
+            self.max_tokens_asked += [r.params.max_tokens for r in requests]
+            self.beam_calls += any(r.params.stop for r in requests)   # step calls stop at \n\n
             self.active += 1
             self.max_active = max(self.max_active, self.active)
         time.sleep(0.002)            # widen the window in which calls could overlap
@@ -70,11 +86,10 @@ class _CountingGenerator(SimulatedGenerator):
                 self.active -= 1
 
 
-def _measure(gen, ks=(1, 4)):
+def _measure(gen, ks=(1, 4), *, max_step_tokens=8):
     problems = load_problems(dataset_config("gsm8k"), limit=max(ks))
-    return bc.measure(gen, problems, ks=ks, strategies=bc.strategy_configs(2),
-                      generation={"max_step_tokens": 8, "max_tokens": 8, "seed": 0},
-                      budget_tokens=128, threads=None)
+    searches = bc.search_specs(max_step_tokens=max_step_tokens, beam_steps=2)
+    return bc.measure(gen, problems, ks=ks, searches=searches, threads=None)
 
 
 def test_an_engine_that_is_not_thread_safe_gets_one_call_at_a_time():
@@ -121,5 +136,4 @@ def test_too_few_problems_for_k_is_an_error():
     problems = load_problems(dataset_config("gsm8k"), limit=2)
     with pytest.raises(ValueError, match="K=4 needs 4 problems; got 2"):
         bc.measure(SimulatedGenerator(SimulatedBackendConfig()), problems, ks=(1, 4),
-                   strategies=bc.strategy_configs(1), generation={}, budget_tokens=64,
-                   threads=None)
+                   searches=bc.search_specs(max_step_tokens=8, beam_steps=1), threads=None)
