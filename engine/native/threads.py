@@ -3,10 +3,11 @@
 Contract: :func:`choose_threads` turns the ``backend.threads`` setting into a count. A
 positive int is kept as given. ``"auto"`` starts from the CPUs this process may run on
 (``os.sched_getaffinity``; ``os.cpu_count()`` where that does not exist), then runs a
-short probe (:func:`probe_speedup`, ~0.1-0.3 s: alternating timings of a fixed bf16 MLP
-workload with n threads and with 1): when n threads do not take clearly less time than 1
-(ratio above :data:`CLEARLY_FASTER`), some of those CPUs are held by another process and
-the answer is 1. :func:`apply_threads` sets the count (``torch.set_num_threads``) and
+short probe (:func:`probe_speedup`: alternating timings of a fixed bf16 MLP workload with
+n threads and with 1; ~0.1 s on free cores, up to ~1 s on loaded ones, plus torch's
+one-time oneDNN set-up if nothing ran before it): when n threads do not take clearly
+less time than 1 (ratio above :data:`CLEARLY_FASTER`), some of those CPUs are held by
+another process and the answer is 1. :func:`apply_threads` sets the count (``torch.set_num_threads``) and
 must be called on the thread that runs the model.
 
 Why: a decode step is ~1500 small ops, and with n threads every parallel op waits at a
@@ -39,8 +40,11 @@ from typing import Callable, Literal
 ThreadsSetting = int | Literal["auto"]
 
 # "auto" keeps n threads only when they take at most this share of the 1-thread time on
-# the probe. Idle here: 2 threads take 0.55-0.80 of 1 thread's time; with one co-tenant
-# loop 1.2-30x (the barrier waits above).
+# the probe. Measured on the 2-core machine: 0.59-0.66 with no other load (an earlier
+# 5 ms-per-timing version of the probe); this version: 1.0-1.9 with one co-tenant loop or
+# with other tenants' load average >= 3, and 2 threads chosen at load 1.6. Single
+# timings of a few ms went either way under a co-tenant (0.1-30x): they can fall between
+# its time slices, hence ~20 ms timings and a median.
 CLEARLY_FASTER = 0.85
 PROBE_PAIRS = 5           # (1-thread, n-thread) timings, alternating; the median decides
 PROBE_ROWS_PER_THREAD = 16
