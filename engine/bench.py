@@ -1,9 +1,10 @@
 """Engine benchmark: native shared-prefix engine vs the HF transformers backend, same work.
 
-Contract: ``run(quick=...)`` loads the embedded SmolLM2-135M once (``load_model(None)``),
-builds a problem whose formatted prompt is exactly ``P`` tokens, and asks each backend
-for ``B`` continuations of ``S`` new tokens (same :class:`~ttc.types.SamplingParams`,
-through the Generator protocol: ``root`` then one ``expand``). Reported side by side:
+Contract: ``run(quick=..., backends=..., cotenant=N)`` loads the embedded SmolLM2-135M once
+(``load_model(None)``), builds a problem whose formatted prompt is exactly ``P`` tokens,
+and asks each backend for ``B`` continuations of ``S`` new tokens (same
+:class:`~ttc.types.SamplingParams`, through the Generator protocol: ``root`` then one
+``expand``), for each shape. Reported side by side:
 
 * ``tokens_per_s_*``: generated tokens / wall seconds of root + expand (prefill included);
 * ``kv_bytes_native``: the native engine's peak resident KV (pages in use);
@@ -11,14 +12,34 @@ through the Generator protocol: ``root`` then one ``expand``). Reported side by 
 * ``kv_bytes_bound = (P + generated tokens) * bytes per token``: every distinct token
   stored once (the prompt once, each branch's suffix once).
 
-Full run: P = 1024, B = 16, S = 64; quick: P = 256, B = 4, S = 16.
+Shapes: full run P = 1024, S = 64, B = 16 and B = 64; quick: P = 256, S = 16, B = 4 and
+B = 16. The first shape's keys carry no suffix; the others end in ``_b<B>``.
+
+``cotenant=N`` (N > 0) also measures the native engine with N busy processes (plain
+Python loops, started and killed by this module, always in a ``finally``; each also exits
+when this process does) running beside it, on the same engine object, right after the
+idle runs of each shape, with two thread settings: the fixed default (torch's thread
+count at start) and ``threads="auto"`` resolved by
+:func:`ttc.engine.native.threads.choose_threads` in the same conditions (idle, then with
+the co-tenants running). Extra keys per shape: ``tokens_per_s_native_auto``,
+``tokens_per_s_native_cotenant``, ``tokens_per_s_native_auto_cotenant``; the counts
+``auto`` chose (``threads_auto_idle``, ``threads_auto_cotenant``); the 1-minute load
+average before the idle runs and with the co-tenants started (``load_avg_1m_idle``,
+``load_avg_1m_cotenant``: "idle" means no co-tenant of ours, not an idle machine).
+Ratios: ``tokens_per_s_cotenant_over_idle`` (fixed threads),
+``tokens_per_s_cotenant_over_idle_auto``, ``tokens_per_s_auto_over_fixed_cotenant`` (what
+``auto`` buys under co-tenants) and ``tokens_per_s_auto_over_fixed_idle``.
 Must NOT know: strategies, rewards.
 """
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 from ttc.bench import BenchReport
 from ttc.types import ExpandRequest, Problem, SamplingParams
@@ -61,25 +82,79 @@ def _timed_run(gen: Any, problem: Problem, *, branches: int, new_tokens: int,
 
 
 ENGINE_BACKENDS = ("native", "hf", "vllm")
+FULL_SHAPES = (1024, (16, 64), 64)       # prompt tokens, branch counts, new tokens
+QUICK_SHAPES = (256, (4, 16), 16)
+
+# A co-tenant: a plain busy loop that also exits when its parent (this bench) is gone.
+_BUSY_LOOP = ("import os\nparent = os.getppid()\nwhile os.getppid() == parent:\n"
+              "    for _ in range(200000):\n        pass\n")
 
 
-def run(*, quick: bool, backends: tuple[str, ...] = ENGINE_BACKENDS) -> BenchReport:
+@contextmanager
+def cotenants(n: int) -> Iterator[list[subprocess.Popen]]:
+    """``n`` busy Python processes for the duration of the block; killed on exit."""
+    procs: list[subprocess.Popen] = []
+    try:
+        for _ in range(n):
+            procs.append(subprocess.Popen([sys.executable, "-I", "-S", "-c", _BUSY_LOOP],
+                                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                          stderr=subprocess.DEVNULL))
+        time.sleep(0.3)                  # interpreters started and spinning
+        for p in procs:
+            if p.poll() is not None:
+                raise RuntimeError(f"a co-tenant process exited at start (code {p.returncode}).")
+        yield procs
+    finally:
+        for p in procs:
+            p.kill()
+        for p in procs:
+            p.wait()
+
+
+def _use_threads(gen: Any, n: int) -> None:
+    """Run ``gen``'s model on ``n`` torch threads.
+
+    torch's count is per OS thread (engine/native/threads.py). This engine runs the model
+    on the thread calling ``expand``, so the count is applied here; an engine that runs it
+    on a thread of its own takes the count through its ``set_threads(n)`` when it has one.
+    """
+    from ttc.engine.native.threads import apply_threads  # noqa: PLC0415
+
+    setter = getattr(gen, "set_threads", None)
+    if callable(setter):
+        setter(n)
+    apply_threads(n)
+
+
+def _load_avg() -> float | None:
+    """The 1-minute load average (other tenants' processes count too), where known."""
+    return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
+
+
+def _suffix(index: int, branches: int) -> str:
+    return "" if index == 0 else f"_b{branches}"
+
+
+def run(*, quick: bool, backends: tuple[str, ...] = ENGINE_BACKENDS,
+        cotenant: int = 0) -> BenchReport:
     """Native vs HF (vs vLLM when its environment exists) on the same work, in one run."""
     import torch  # noqa: PLC0415
 
-    from ttc.engine.backends.hf import HFBackendConfig  # noqa: PLC0415
-    from ttc.engine.native.engine import NativeGenerator  # noqa: PLC0415
     from ttc.engine.native.config import NativeBackendConfig  # noqa: PLC0415
+    from ttc.engine.native.engine import NativeGenerator  # noqa: PLC0415
     from ttc.registry import BACKENDS  # noqa: PLC0415
 
     unknown = [b for b in backends if b not in ENGINE_BACKENDS]
     if unknown or not backends:
         raise ValueError(f"--backends must be a comma list of {', '.join(ENGINE_BACKENDS)}; "
                          f"got {','.join(backends)!r}.")
-    prompt_tokens, branches, new_tokens = (256, 4, 16) if quick else (1024, 16, 64)
+    if isinstance(cotenant, bool) or not isinstance(cotenant, int) or cotenant < 0:
+        raise ValueError(f"--cotenant must be a number of busy processes >= 0; got {cotenant!r}.")
+    if cotenant and "native" not in backends:
+        raise ValueError("--cotenant measures the native engine; add native to --backends.")
+    prompt_tokens, branch_counts, new_tokens = QUICK_SHAPES if quick else FULL_SHAPES
     params = SamplingParams(temperature=0.8, top_p=1.0, max_tokens=new_tokens, seed=0)
-    warm = Problem(question="Warm up.")
-    warm_params = params.model_copy(update={"max_tokens": 2})
+    fixed_threads = torch.get_num_threads()
     # The native engine also fixes the prompt (its tokenizer) and the KV bytes per token.
     native: NativeGenerator = BACKENDS.build(
         NativeBackendConfig(dtype="bfloat16", device="cpu", kv_memory_gb=1.0))
@@ -87,61 +162,145 @@ def run(*, quick: bool, backends: tuple[str, ...] = ENGINE_BACKENDS) -> BenchRep
     p = len(native.format(problem))
     bytes_per_token = native.model.kv_bytes_per_token()
     report = BenchReport(name="engine")
-    report.metrics = {"prompt_tokens": p, "branches": branches, "max_new_tokens": new_tokens,
-                      "dtype": "bfloat16", "torch_threads": torch.get_num_threads(),
-                      "kv_bytes_per_token": bytes_per_token}
+    report.metrics = {"prompt_tokens": p, "branches": list(branch_counts),
+                      "max_new_tokens": new_tokens, "dtype": "bfloat16",
+                      "torch_threads": fixed_threads, "kv_bytes_per_token": bytes_per_token}
     runs: dict[str, dict] = {}
     if "native" in backends:
-        _timed_run(native, warm, branches=2, new_tokens=2, params=warm_params)
-        runs["native"] = _timed_run(native, problem, branches=branches,
-                                    new_tokens=new_tokens, params=params)
+        runs.update(_native_runs(native, problem, branch_counts=branch_counts, params=params,
+                                 fixed_threads=fixed_threads, cotenant=cotenant,
+                                 report=report))
     del native
     if "hf" in backends:
-        hf = BACKENDS.build(HFBackendConfig(dtype="bfloat16", device="cpu"))
-        _timed_run(hf, warm, branches=2, new_tokens=2, params=warm_params)
-        runs["hf"] = _timed_run(hf, problem, branches=branches, new_tokens=new_tokens,
-                                params=params)
-        del hf
-    for name, r in runs.items():
+        runs.update(_hf_runs(problem, branch_counts=branch_counts, params=params))
+    for key, r in runs.items():
         report.metrics.update({
-            f"generated_tokens_{name}": r["generated"], f"seconds_{name}": round(r["seconds"], 3),
-            f"tokens_per_s_{name}": round(r["generated"] / r["seconds"], 2),
-            f"kv_bytes_{name}": int(r["peak_kv_bytes"])})
-    if "native" in runs:
-        bound = (p + runs["native"]["generated"]) * bytes_per_token
-        report.metrics["kv_bytes_bound"] = int(bound)
-        report.ratios["kv_native_over_bound"] = round(runs["native"]["peak_kv_bytes"] / bound, 4)
-    if "native" in runs and "hf" in runs:
-        report.ratios["tokens_per_s_native_over_hf"] = round(
-            report.metrics["tokens_per_s_native"] / report.metrics["tokens_per_s_hf"], 3)
-        report.ratios["kv_hf_over_native"] = round(
-            runs["hf"]["peak_kv_bytes"] / max(runs["native"]["peak_kv_bytes"], 1), 3)
+            f"generated_tokens_{key}": r["generated"], f"seconds_{key}": round(r["seconds"], 3),
+            f"tokens_per_s_{key}": round(r["generated"] / r["seconds"], 2)})
+        if "auto" not in key and "cotenant" not in key:   # peaks are running maxima:
+            report.metrics[f"kv_bytes_{key}"] = int(r["peak_kv_bytes"])   # first runs only
+    for i, b in enumerate(branch_counts):
+        _shape_ratios(report, runs, sfx=_suffix(i, b), prompt_tokens=p,
+                      bytes_per_token=bytes_per_token)
     report.notes.append("wall time covers root + one expand (prompt prefill included); "
                         "same SamplingParams (temperature 0.8, seed 0) for every backend.")
     if "vllm" in backends:
-        _add_vllm_column(report, problem=problem, branches=branches, params=params)
+        _add_vllm_column(report, problem=problem, branch_counts=branch_counts, params=params)
     return report
 
 
-def _add_vllm_column(report: BenchReport, *, problem: Problem, branches: int,
-                     params: SamplingParams) -> None:
+def _native_runs(native: Any, problem: Problem, *, branch_counts: tuple[int, ...],
+                 params: SamplingParams, fixed_threads: int, cotenant: int,
+                 report: BenchReport) -> dict[str, dict]:
+    """Native timings per shape: idle with the fixed thread count, and with ``cotenant``
+    > 0 also idle with ``auto`` and both settings beside the co-tenants.
+
+    Per shape the four runs follow each other (fixed, auto idle; auto, fixed with the
+    co-tenants), so that a change in other tenants' load between shapes does not enter a
+    ratio; ``auto`` is resolved afresh before each pair, as an engine starting then would.
+    """
+    from ttc.engine.native.threads import choose_threads  # noqa: PLC0415
+
+    warm = Problem(question="Warm up.")
+    warm_params = params.model_copy(update={"max_tokens": 2})
+
+    def timed(threads: int, branches: int) -> dict:
+        _use_threads(native, threads)
+        _timed_run(native, warm, branches=2, new_tokens=2, params=warm_params)
+        return _timed_run(native, problem, branches=branches,
+                          new_tokens=params.max_tokens, params=params)
+
+    runs: dict[str, dict] = {}
+    for i, b in enumerate(branch_counts):
+        sfx = _suffix(i, b)
+        report.metrics[f"load_avg_1m_idle{sfx}"] = _load_avg()
+        runs[f"native{sfx}"] = timed(fixed_threads, b)
+        if not cotenant:
+            continue
+        auto_idle = choose_threads("auto")
+        runs[f"native_auto{sfx}"] = timed(auto_idle, b)
+        with cotenants(cotenant):
+            report.metrics[f"load_avg_1m_cotenant{sfx}"] = _load_avg()
+            auto_busy = choose_threads("auto")
+            runs[f"native_auto_cotenant{sfx}"] = timed(auto_busy, b)
+            runs[f"native_cotenant{sfx}"] = timed(fixed_threads, b)
+        report.metrics.update({f"threads_auto_idle{sfx}": auto_idle,
+                               f"threads_auto_cotenant{sfx}": auto_busy})
+    if cotenant:
+        report.metrics.update({"cotenant_processes": cotenant, "threads_fixed": fixed_threads})
+        report.notes.append(
+            f"co-tenants: {cotenant} busy Python loop(s) beside the cotenant runs (same engine; "
+            f"per shape: fixed and auto idle, then auto and fixed with the co-tenants); "
+            f"threads fixed = torch's start-up count ({fixed_threads}), auto = "
+            f"choose_threads('auto') resolved just before each pair (threads_auto_*), applied "
+            f"on the thread running the model. An engine resolves auto once, at start: this is "
+            f"auto when the co-tenant is already there. 'idle' means no co-tenant of ours; "
+            f"other tenants' load is in load_avg_1m_*.")
+    _use_threads(native, fixed_threads)
+    return runs
+
+
+def _hf_runs(problem: Problem, *, branch_counts: tuple[int, ...],
+             params: SamplingParams) -> dict[str, dict]:
+    from ttc.engine.backends.hf import HFBackendConfig  # noqa: PLC0415
+    from ttc.registry import BACKENDS  # noqa: PLC0415
+
+    hf = BACKENDS.build(HFBackendConfig(dtype="bfloat16", device="cpu"))
+    _timed_run(hf, Problem(question="Warm up."), branches=2, new_tokens=2,
+               params=params.model_copy(update={"max_tokens": 2}))
+    # Shapes in increasing B: the backend's peak KV is a running maximum.
+    return {f"hf{_suffix(i, b)}": _timed_run(hf, problem, branches=b,
+                                             new_tokens=params.max_tokens, params=params)
+            for i, b in enumerate(branch_counts)}
+
+
+def _shape_ratios(report: BenchReport, runs: dict[str, dict], *, sfx: str,
+                  prompt_tokens: int, bytes_per_token: int) -> None:
+    m = report.metrics
+
+    def ratio(name: str, num: str, den: str, digits: int = 3) -> None:
+        if f"tokens_per_s_{num}{sfx}" in m and f"tokens_per_s_{den}{sfx}" in m:
+            report.ratios[f"{name}{sfx}"] = round(
+                m[f"tokens_per_s_{num}{sfx}"] / m[f"tokens_per_s_{den}{sfx}"], digits)
+
+    if f"native{sfx}" in runs:
+        native = runs[f"native{sfx}"]
+        bound = (prompt_tokens + native["generated"]) * bytes_per_token
+        m[f"kv_bytes_bound{sfx}"] = int(bound)
+        report.ratios[f"kv_native_over_bound{sfx}"] = round(native["peak_kv_bytes"] / bound, 4)
+    if f"native{sfx}" in runs and f"hf{sfx}" in runs:
+        ratio("tokens_per_s_native_over_hf", "native", "hf")
+        report.ratios[f"kv_hf_over_native{sfx}"] = round(
+            runs[f"hf{sfx}"]["peak_kv_bytes"] / max(runs[f"native{sfx}"]["peak_kv_bytes"], 1), 3)
+    ratio("tokens_per_s_cotenant_over_idle", "native_cotenant", "native")
+    ratio("tokens_per_s_cotenant_over_idle_auto", "native_auto_cotenant", "native_auto")
+    ratio("tokens_per_s_auto_over_fixed_cotenant", "native_auto_cotenant", "native_cotenant")
+    ratio("tokens_per_s_auto_over_fixed_idle", "native_auto", "native")
+
+
+def _add_vllm_column(report: BenchReport, *, problem: Problem,
+                     branch_counts: tuple[int, ...], params: SamplingParams) -> None:
     """vLLM (prefix caching) on the same work, run in its own environment when present."""
     from ttc.engine.loader import resolve_folder  # noqa: PLC0415
-    from ttc.engine.vllm_bench import measure_vllm  # noqa: PLC0415
+    from ttc.engine.vllm_bench import measure_vllm_shapes  # noqa: PLC0415
 
-    vl, note = measure_vllm(model_dir=str(resolve_folder(None)[0]), question=problem.question,
-                            branches=branches, params=params.model_dump(mode="json"))
+    figures, note = measure_vllm_shapes(
+        model_dir=str(resolve_folder(None)[0]), question=problem.question,
+        branch_counts=list(branch_counts), params=params.model_dump(mode="json"))
     report.notes.append(note)
-    if vl is None:
+    if figures is None:
         return
-    tps = vl["generated"] / vl["seconds"]
-    report.metrics.update({
-        "generated_tokens_vllm": vl["generated"], "seconds_vllm": round(vl["seconds"], 3),
-        "tokens_per_s_vllm": round(tps, 2), "prefill_tokens_vllm": vl["prefill_tokens"],
-        "cached_tokens_vllm": vl["cached_tokens"]})
-    for other in ("native", "hf"):
-        if f"tokens_per_s_{other}" in report.metrics:
-            report.ratios[f"tokens_per_s_vllm_over_{other}"] = round(
-                tps / report.metrics[f"tokens_per_s_{other}"], 3)
+    for i, (b, vl) in enumerate(zip(branch_counts, figures)):
+        sfx = _suffix(i, b)
+        tps = vl["generated"] / vl["seconds"]
+        report.metrics.update({
+            f"generated_tokens_vllm{sfx}": vl["generated"],
+            f"seconds_vllm{sfx}": round(vl["seconds"], 3), f"tokens_per_s_vllm{sfx}": round(tps, 2),
+            f"prefill_tokens_vllm{sfx}": vl["prefill_tokens"],
+            f"cached_tokens_vllm{sfx}": vl["cached_tokens"]})
+        for other in ("native", "hf"):
+            if f"tokens_per_s_{other}{sfx}" in report.metrics:
+                report.ratios[f"tokens_per_s_vllm_over_{other}{sfx}"] = round(
+                    tps / report.metrics[f"tokens_per_s_{other}{sfx}"], 3)
     report.notes.append("vLLM: bf16, enforce_eager, block_size 32, prefix caching, 2 OMP "
                         "threads; its KV is vLLM's own block pool (not compared).")

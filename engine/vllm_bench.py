@@ -5,10 +5,11 @@ transformers), so :func:`measure_vllm` runs this module as a script with that
 environment's Python (``$TTC_VLLM_PYTHON``, else ``.venv-vllm/bin/python`` of the
 current folder, else the current interpreter when it can import vllm) and reads one
 JSON line back. The script builds ``backend: vllm`` (bf16, prefix caching, the CPU
-settings of docs/backends.md), warms up, then times ``root`` + one ``expand`` of
-``branches`` continuations of the given question with the given sampling parameters,
-exactly as the bench times the other backends: ``{"seconds", "generated",
-"peak_kv_bytes", "prefill_tokens", "cached_tokens", "prompt_tokens"}``.
+settings of docs/backends.md) once, warms up, then for each branch count times ``root`` +
+one ``expand`` of that many continuations of the given question with the given sampling
+parameters, exactly as the bench times the other backends: ``{"seconds", "generated",
+"peak_kv_bytes", "prefill_tokens", "cached_tokens", "prompt_tokens"}`` per count
+(:func:`measure_vllm_shapes`; :func:`measure_vllm` for one count).
 Returns ``None`` (with the reason) when no vLLM environment is found.
 Must NOT know: strategies, rewards.
 """
@@ -45,11 +46,21 @@ def vllm_python() -> str | None:
 def measure_vllm(*, model_dir: str, question: str, branches: int, params: dict[str, Any],
                  timeout_s: float = 900.0) -> tuple[dict[str, Any] | None, str]:
     """Run the vLLM timing in a vLLM environment; (figures or None, a note)."""
+    figures, note = measure_vllm_shapes(model_dir=model_dir, question=question,
+                                        branch_counts=[branches], params=params,
+                                        timeout_s=timeout_s)
+    return (None if figures is None else figures[0]), note
+
+
+def measure_vllm_shapes(*, model_dir: str, question: str, branch_counts: list[int],
+                        params: dict[str, Any], timeout_s: float = 900.0
+                        ) -> tuple[list[dict[str, Any]] | None, str]:
+    """One vLLM start-up, one timing per branch count; (figures in order or None, a note)."""
     python = vllm_python()
     if python is None:
         return None, "vLLM column skipped: no vLLM environment (set TTC_VLLM_PYTHON or create .venv-vllm)."
-    job = json.dumps({"model_dir": model_dir, "question": question, "branches": branches,
-                      "params": params})
+    job = json.dumps({"model_dir": model_dir, "question": question,
+                      "branch_counts": list(branch_counts), "params": params})
     env = {**os.environ, **{k: os.environ.get(k, v) for k, v in CPU_ENV.items()}}
     try:
         proc = subprocess.run([python, "-m", "ttc.engine.vllm_bench"], input=job, text=True,
@@ -74,15 +85,23 @@ def _main() -> None:
     w = gen.expand([ExpandRequest(prefix=warm, n=2, params=params.model_copy(
         update={"max_tokens": 2}))])
     gen.release([c.handle for c in w.continuations[0]] + [warm])
-    t0 = time.perf_counter()
-    root = gen.root(Problem(question=job["question"]))
-    out = gen.expand([ExpandRequest(prefix=root, n=job["branches"], params=params)])
-    seconds = time.perf_counter() - t0
-    peak = max(out.usage.peak_kv_bytes, gen.kv_bytes())
-    print(json.dumps({"vllm": {
-        "seconds": seconds, "generated": out.usage.generated_tokens, "peak_kv_bytes": peak,
-        "prefill_tokens": out.usage.prefill_tokens, "cached_tokens": out.usage.cached_tokens,
-        "prompt_tokens": gen.token_count(root)}}), flush=True)
+    figures = []
+    for branches in job["branch_counts"]:
+        # Cold prompt each time, as for the native engine (its release frees the pages).
+        reset = getattr(gen.llm, "reset_prefix_cache", None)
+        if callable(reset):
+            reset()
+        t0 = time.perf_counter()
+        root = gen.root(Problem(question=job["question"]))
+        out = gen.expand([ExpandRequest(prefix=root, n=branches, params=params)])
+        seconds = time.perf_counter() - t0
+        peak = max(out.usage.peak_kv_bytes, gen.kv_bytes())
+        figures.append({
+            "seconds": seconds, "generated": out.usage.generated_tokens, "peak_kv_bytes": peak,
+            "prefill_tokens": out.usage.prefill_tokens,
+            "cached_tokens": out.usage.cached_tokens, "prompt_tokens": gen.token_count(root)})
+        gen.release([c.handle for c in out.continuations[0]] + [root])
+    print(json.dumps({"vllm": figures}), flush=True)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ BENCHMARKS: dict[str, str] = {
     "engine": "ttc.engine.bench:run",
     "attention": "ttc.engine.native.kernels.bench:run",
     "prm": "ttc.verifiers.bench:run",
+    "concurrency": "ttc.evals.bench_concurrency:run",
 }
 
 

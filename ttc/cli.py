@@ -294,18 +294,24 @@ def show_config(
 @app.command()
 @user_errors
 def bench(
-    name: str = typer.Argument(..., help="Benchmark name: overhead, engine, attention, prm."),
+    name: str = typer.Argument(
+        ..., help="Benchmark name: overhead, engine, attention, prm, concurrency."),
     quick: bool = typer.Option(False, "--quick", help="A short run."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the report as JSON."),
     backends: Optional[str] = typer.Option(None, "--backends",
                                            help="engine: comma list of native,hf,vllm."),
+    cotenant: Optional[int] = typer.Option(
+        None, "--cotenant", help="engine: also measure beside N busy processes."),
 ) -> None:
     """Run a named benchmark; prints its metrics and side-by-side ratios."""
     from ttc.bench import run_benchmark
 
-    options = {}
+    # Only the options given are passed: a benchmark that does not take one refuses it.
+    options: dict[str, object] = {}
     if backends is not None:
         options["backends"] = tuple(b.strip() for b in backends.split(",") if b.strip())
+    if cotenant is not None:
+        options["cotenant"] = cotenant
     report = run_benchmark(name, quick=quick, json_path=json_path, options=options)
     typer.echo(json.dumps({"name": report.name, "metrics": report.metrics,
                            "ratios": report.ratios, "notes": report.notes}, indent=2))

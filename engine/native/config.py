@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, PositiveInt
+from pydantic import Field, PositiveInt, field_validator
+from pydantic_core import PydanticCustomError
 
+from ttc.engine.native.threads import is_threads_setting
 from ttc.registry import BACKENDS
 from ttc.types import Frozen
 
@@ -30,6 +32,17 @@ class NativeBackendConfig(Frozen):
     max_batch_tokens: PositiveInt = 2048  # prefill tokens per forward when nothing decodes
     prefill_chunk_tokens: PositiveInt = 256  # prefill tokens per step while branches decode
     seed: int = 0                         # for requests without a seed
+    # torch intra-op threads of the thread that runs the model (engine/native/threads.py):
+    # "auto" = the CPUs of this process's affinity mask, or 1 when a short probe finds
+    # them held by another process (n threads not clearly faster than 1); an int pins it.
+    threads: int | Literal["auto"] = "auto"
+
+    @field_validator("threads", mode="before")
+    @classmethod
+    def _threads_positive_or_auto(cls, value: object) -> object:
+        if is_threads_setting(value):
+            return value
+        raise PydanticCustomError("threads", "must be a positive integer or 'auto'")
 
 
 @BACKENDS.register(NativeBackendConfig)

@@ -58,6 +58,11 @@ def test_budget_caps_generated_tokens():
     (["bench", "nope"], "unknown benchmark 'nope'"),
     (["bench", "overhead", "--backends", "native"], "takes no --backends option"),
     (["bench", "engine", "--backends", "native,tgi"], "--backends must be a comma list"),
+    (["bench", "overhead", "--cotenant", "1"], "takes no --cotenant option"),
+    (["bench", "engine", "--cotenant", "-1"], "--cotenant must be a number of busy processes"),
+    (["bench", "engine", "--backends", "hf", "--cotenant", "1"], "add native to --backends"),
+    (["bench", "concurrency", "--cotenant", "1"], "takes no --cotenant option"),
+    (["bench", "concurrency", "--backends", "hf"], "--backends for concurrency must be"),
 ])
 def test_user_errors_are_one_line_and_exit_2(args, message):
     result = runner.invoke(app, args)
