@@ -37,12 +37,12 @@ from __future__ import annotations
 import json
 import os
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Sequence
 
 from ttc.bench import BenchReport
+from ttc.sharing import shared_generator
 
 BACKENDS_ALLOWED = ("native", "simulated", "vllm")
 FULL = {"ks": (1, 2, 4, 8), "max_step_tokens": 96, "beam_steps": 4}
@@ -69,27 +69,6 @@ def search_specs(*, max_step_tokens: int, beam_steps: int) -> dict[str, dict[str
             "budget_tokens": 4 * t * beam_steps}}
 
 
-class SerializedGenerator:
-    """Every method call of ``inner`` under one lock: K threads may share an engine that
-    is not thread-safe. Attributes that are not methods pass through unlocked."""
-
-    thread_safe = True
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-        self._lock = threading.RLock()
-
-    def __getattr__(self, name: str) -> Any:
-        attr = getattr(self.inner, name)
-        if not callable(attr):
-            return attr
-
-        def locked(*args: Any, **kwargs: Any) -> Any:
-            with self._lock:
-                return attr(*args, **kwargs)
-        return locked
-
-
 def measure(generator: Any, problems: Sequence[Any], *, ks: Sequence[int],
             searches: dict[str, dict[str, Any]], threads: int | None) -> dict[str, Any]:
     """Run each search of ``searches`` (:func:`search_specs`) K at a time, for each K, on
@@ -107,7 +86,7 @@ def measure(generator: Any, problems: Sequence[Any], *, ks: Sequence[int],
     if max(ks) > len(problems):
         raise ValueError(f"K={max(ks)} needs {max(ks)} problems; got {len(problems)}.")
     serialized = not getattr(generator, "thread_safe", False)
-    shared = SerializedGenerator(generator) if serialized else generator
+    shared = shared_generator(generator)         # ttc.sharing: a lock per call if unsafe
 
     def one_search(label: str, problem: Any) -> tuple[Any, float]:
         if serialized and threads is not None:

@@ -66,6 +66,7 @@ from ttc.engine.native.memory import check_pool_fits
 from ttc.engine.native.model import NativeModel, from_hf
 from ttc.engine.native.runner import ModelRunner
 from ttc.engine.native.scheduler import Branch, DecodeJob, PrefillTask, Scheduler
+from ttc.engine.native.threads import apply_threads, choose_threads
 from ttc.registry import ConfigError
 from ttc.types import (Continuation, ExpandOutput, ExpandRequest, GenerationUsage, Handle,
                        Problem, SamplingParams, TokenEvent)
@@ -246,8 +247,7 @@ class NativeEngine:
             self._wake.notify_all()
 
     def _loop(self) -> None:
-        if self.threads is not None:
-            torch.set_num_threads(self.threads)
+        applied = None
         with torch.inference_mode():
             while True:
                 with self._wake:
@@ -255,11 +255,22 @@ class NativeEngine:
                         self._wake.wait()
                     if self._closed:
                         return
+                if self.threads is not None and self.threads != applied:
+                    # NOTE: torch's thread count is per OS thread (engine/native/threads.py):
+                    # it must be set here, on the thread that runs the model.
+                    apply_threads(self.threads)
+                    applied = self.threads
                 with self._lock:
                     try:
                         self.scheduler.step()
                     except Exception as err:  # noqa: BLE001  (a step broke: fail its work)
                         self.scheduler.fail_all(err)
+
+    def set_threads(self, n: int) -> None:
+        """Run the model on ``n`` torch threads from the next step on."""
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise ValueError(f"set_threads needs a positive integer; got {n!r}.")
+        self.threads = n
 
     def close(self) -> None:
         """Stop the step loop (pending work fails); the engine cannot be used after."""
@@ -782,13 +793,7 @@ def _resolver(fut: Future) -> Any:
 
 def resolve_threads(setting: Any) -> int | None:
     """The engine's torch thread count from ``backend.threads`` (None: torch's default)."""
-    if setting is None:
-        return None
-    try:
-        from ttc.engine.native.threads import choose_threads  # noqa: PLC0415
-    except ImportError:
-        return setting if isinstance(setting, int) else None
-    return choose_threads(setting)
+    return None if setting is None else choose_threads(setting)
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
@@ -827,7 +832,7 @@ class NativeGenerator(NativeEngine):
                           kv_memory_gb=config.kv_memory_gb,
                           max_batch_tokens=config.max_batch_tokens,
                           prefill_chunk=config.prefill_chunk_tokens, seed=config.seed,
-                          threads=resolve_threads(getattr(config, "threads", None)))
+                          threads=resolve_threads(config.threads))
         from ttc.engine.prompting import DEFAULT_SYSTEM_PROMPT  # noqa: PLC0415
 
         # None: the default system prompt; "": none (the hf backend's rule).
