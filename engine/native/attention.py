@@ -296,6 +296,10 @@ def decode_attention_torch(q: Tensor, k_cache: Tensor, v_cache: Tensor, plan: De
     if plan.max_prefix_pages == 0:
         return o_s.to(q.dtype)
     # Prefix part: one matrix-matrix product per group over its shared prefix.
+    if _batch_groups(plan):
+        o_p, lse_p = _prefix_batched(qg, k_cache, v_cache, plan, scale=scale)
+        o, _ = merge_states(o_p, lse_p, o_s, lse_s)
+        return o.to(q.dtype)
     if plan.num_groups == 1:    # one group holds every branch: no scatter needed
         o_p = lse_p = None
     else:
@@ -333,6 +337,62 @@ def decode_attention_torch(q: Tensor, k_cache: Tensor, v_cache: Tensor, plan: De
         return o_s.to(q.dtype)
     o, _ = merge_states(o_p, lse_p, o_s, lse_s)
     return o.to(q.dtype)
+
+
+def _batch_groups(plan: DecodePlan) -> bool:
+    """Run every group's prefix in ONE padded attention call instead of a loop?
+
+    Worth it with several groups (many concurrent searches, each its own prompt): the
+    loop costs ~15 small ops per group per layer. Only when every group has a prefix
+    and padding to the longest costs at most twice the keys of the loop.
+    """
+    lens = plan.group_prefix_lens_list
+    if plan.num_groups < 2 or min(lens) == 0:
+        return False
+    return plan.num_groups * plan.max_prefix_pages * plan.page_size <= 2 * sum(lens) + \
+        plan.num_groups * plan.page_size
+
+
+def _prefix_batched(qg: Tensor, k_cache: Tensor, v_cache: Tensor, plan: DecodePlan, *,
+                    scale: float) -> tuple[Tensor, Tensor]:
+    """Every group's queries against its own prefix, as one batch padded to the longest
+    prefix and the largest group. qg: [num_branches, num_kv_heads, rep, head_dim]; returns
+    o [num_branches, num_heads, head_dim] and lse [num_branches, num_heads] (float32)."""
+    num_branches, num_kv_heads, rep, head_dim = qg.shape
+    num_groups, ps = plan.num_groups, plan.page_size
+    memo = plan.memo.get("batched_prefix")
+    if memo is None:
+        starts = plan.group_starts_list
+        size = max(starts[g + 1] - starts[g] for g in range(num_groups))
+        # slot of every branch in the padded [num_groups * size] layout; padding rows read
+        # an extra zero query (index num_branches) and are dropped afterwards
+        gather = [num_branches] * (num_groups * size)
+        slots = []
+        for g in range(num_groups):
+            for j, b in enumerate(range(starts[g], starts[g + 1])):
+                gather[g * size + j] = b
+                slots.append(g * size + j)
+        keys = plan.max_prefix_pages * ps
+        pos = torch.arange(keys, device=qg.device)
+        valid = pos.unsqueeze(0) < plan.group_prefix_lens.unsqueeze(1).to(pos.dtype)
+        mask = torch.zeros(valid.shape, dtype=qg.dtype, device=qg.device).masked_fill(
+            ~valid, float("-inf"))[:, None, None, :]          # [groups, 1, 1, keys]
+        memo = (size, torch.tensor(gather, device=qg.device),
+                torch.tensor(slots, device=qg.device), mask)
+        plan.memo["batched_prefix"] = memo
+    size, gather, slots, mask = memo
+    padded = torch.cat([qg, qg.new_zeros((1, num_kv_heads, rep, head_dim))])
+    # [groups, size, kv, rep, d] -> [groups, kv, size * rep, d]
+    qp = padded.index_select(0, gather).reshape(num_groups, size, num_kv_heads, rep, head_dim)
+    qp = qp.permute(0, 2, 1, 3, 4).reshape(num_groups, num_kv_heads, size * rep, head_dim)
+    kp = _gather_pages(k_cache, plan.group_prefix_pages)   # [groups, keys, kv, d]
+    vp = _gather_pages(v_cache, plan.group_prefix_pages)
+    o, lse = _attend(qp, kp.transpose(1, 2), vp.transpose(1, 2), scale=scale, mask=mask)
+    o = o.reshape(num_groups, num_kv_heads, size, rep, head_dim).permute(0, 2, 1, 3, 4)
+    o = o.reshape(num_groups * size, num_kv_heads * rep, head_dim).index_select(0, slots)
+    lse = lse.reshape(num_groups, num_kv_heads, size, rep).permute(0, 2, 1, 3)
+    lse = lse.reshape(num_groups * size, num_kv_heads * rep).index_select(0, slots)
+    return o, lse
 
 
 def extend_attention_torch(q: Tensor, k_cache: Tensor, v_cache: Tensor, plan: ExtendPlan, *,

@@ -156,6 +156,7 @@ class DecodeJob:
     on_error: Callable[[BaseException], None]
     seq: int = 0
     branches: list[Branch] = field(default_factory=list)
+    shared: Node | None = None   # deepest node every prefix of the job descends from
     generated: int = 0
     recomputed: int = 0          # tokens run again after a preemption (charged as prefill)
     started: bool = False
@@ -341,9 +342,6 @@ class Scheduler:
             seed = params.seed if params.seed is not None else job.seeds[request]
             if seed is not None:
                 gen = seeded_generator(seed, index)
-        top = node
-        while top.parent is not None and top.parent is not self.tree.root:
-            top = top.parent
         table = self.tree.page_table(node)
         ps = self.page_size
         return Branch(job=job, request=request, index=index, prefix=node, params=params,
@@ -351,7 +349,7 @@ class Scheduler:
                       tracker=StopTracker(self.tokenizer, params.stop,
                                           track_text=r.on_token is not None),
                       rules=[spec.start() for spec in params.stop_rules],
-                      group_key=id(top), base_pages=table[: node.end // ps], base_len=node.end,
+                      group_key=id(job.shared), base_pages=table[: node.end // ps], base_len=node.end,
                       top_k=max([params.top_logprobs] + [s.top_k for s in params.stop_rules]))
 
     def _start_jobs(self) -> None:
@@ -361,6 +359,7 @@ class Scheduler:
         nodes = []
         node_row: dict[int, int] = {}
         for job in jobs:
+            job.shared = _deepest_common(job.prefixes)
             job.branches = [self._new_branch(job, i, j) for i, r in enumerate(job.requests)
                             for j in range(r.n)]
             for node in job.prefixes:
@@ -686,6 +685,24 @@ class Scheduler:
                         self.pool.free(b.own_pages)
                         b.own_pages = []
                 _call_safely(job.on_error, err)
+
+
+def _deepest_common(nodes: Sequence[Node]) -> Node:
+    """The deepest tree node that every one of ``nodes`` is (or descends from)."""
+    def path(n: Node) -> list[Node]:
+        out = []
+        while n is not None:
+            out.append(n)
+            n = n.parent
+        return out[::-1]
+    common = path(nodes[0])
+    for n in nodes[1:]:
+        p = path(n)
+        k = 0
+        while k < min(len(common), len(p)) and common[k] is p[k]:
+            k += 1
+        common = common[:k]
+    return common[-1]
 
 
 def _call_safely(fn: Callable[[BaseException], None], err: BaseException) -> None:

@@ -151,3 +151,40 @@ def test_fused_cpu_path_equals_reference_ops():
     o_ref, lse_ref = _attend_reference(q, k, v, scale=0.3, mask=mask)
     torch.testing.assert_close(o, o_ref, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(lse, lse_ref, atol=1e-5, rtol=1e-5)
+
+
+def test_many_groups_run_their_prefixes_in_one_padded_batch():
+    """Eight searches, each its own prompt (group), as concurrent searches give: the torch
+    path batches all prefixes in one call; the result equals plain attention."""
+    from ttc.engine.native.attention import _batch_groups
+
+    g = torch.Generator().manual_seed(3)
+    ps, kv_heads, heads, head_dim = 4, 2, 6, 32
+    k_cache = torch.randn(300, ps, kv_heads, head_dim, generator=g)
+    v_cache = torch.randn(300, ps, kv_heads, head_dim, generator=g)
+    free = iter(torch.randperm(300, generator=g).tolist())
+    sizes, gp, gl, sp, sl, seqs = [], [], [], [], [], []
+    for grp in range(8):
+        plen = 20 + 3 * grp                        # 20..41 tokens, uneven last pages
+        pages = [next(free) for _ in range(-(-plen // ps))]
+        sizes.append(1 + grp % 3)
+        gp.append(pages)
+        gl.append(plen)
+        for j in range(sizes[-1]):
+            n = 1 + (grp + 2 * j) % 9
+            own = [next(free) for _ in range(-(-n // ps))]
+            sp.append(own)
+            sl.append(n)
+            seqs.append((pages, plen, own, n))
+    plan = plan_decode(group_sizes=sizes, group_prefix_pages=gp, group_prefix_lens=gl,
+                       suffix_pages=sp, suffix_lens=sl, page_size=ps)
+    assert _batch_groups(plan)
+    q = torch.randn(len(sl), heads, head_dim, generator=g)
+    scale = 1 / math.sqrt(head_dim)
+    out = decode_attention(q, k_cache, v_cache, plan, scale=scale, impl="torch")
+    for b, (pages, plen, own, n) in enumerate(seqs):
+        idx = torch.tensor(pages + own, dtype=torch.long)
+        keep = list(range(plen)) + [len(pages) * ps + i for i in range(n)]
+        k = k_cache[idx].reshape(-1, kv_heads, head_dim)[keep]
+        v = v_cache[idx].reshape(-1, kv_heads, head_dim)[keep]
+        torch.testing.assert_close(out[b], _dense(q[b], k, v, scale), atol=1e-5, rtol=1e-5)
