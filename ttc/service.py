@@ -210,6 +210,7 @@ class TTCService:
         self.verifier = shared_verifier(verifier if verifier is not None else VERIFIERS.build(
             config.verifier, generator=self.generator))
         self.raw = RawPrefixes(self.generator, max_handles=self.limits.max_raw_handles)
+        self.cancelled = 0          # raw requests cancelled because their client left
 
     def close(self) -> None:
         """Release the raw-completion handles kept for continuations."""
@@ -372,6 +373,7 @@ class TTCService:
                 return job.result()
             if client_gone():
                 job.cancel()
+                self.cancelled += 1
                 raise Disconnected("the client closed the connection; its request was "
                                    "cancelled.")
 
