@@ -27,8 +27,8 @@ bookkeeping only (simulated, vLLM, HTTP: the KV lives elsewhere), handles stay p
 at most ``max_raw_handles`` are kept, oldest released first. Strategy runs release every
 handle they made before they return (``SearchStrategy.run``).
 
-Must NOT know: HTTP, sockets or headers (``ttc.server``), engine internals (pages, the
-tree), concrete error classes of engines, Hydra.
+Must NOT know: sockets, headers or body framing (``ttc.server``; it knows HTTP statuses
+only), engine internals (pages, the tree), concrete error classes of engines, Hydra.
 """
 
 from __future__ import annotations

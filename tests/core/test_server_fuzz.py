@@ -115,7 +115,8 @@ def raw_requests(draw) -> bytes:
         hdrs["Content-Length"] = str(len(body))
     if draw(st.booleans()):
         hdrs["Connection"] = "close"
-    head = [f"{draw(methods)} {draw(paths)} {draw(st.sampled_from(['HTTP/1.1', 'HTTP/1.0', 'HTTP/2', '']))}"]
+    version = draw(st.sampled_from(["HTTP/1.1", "HTTP/1.0", "HTTP/2", ""]))
+    head = [f"{draw(methods)} {draw(paths)} {version}"]
     head += [f"{k}: {v}" for k, v in hdrs.items()]
     return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
 
