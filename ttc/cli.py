@@ -401,20 +401,37 @@ def serve(
     api_key: Optional[str] = typer.Option(None, "--api-key", envvar="TTC_API_KEY",
                                           help="Require 'Authorization: Bearer KEY'."),
     verbose: bool = typer.Option(False, "--verbose", help="Log every request."),
+    max_width: int = typer.Option(64, "--max-width",
+                                  help="Largest N in model '<strategy>-N' and raw n."),
+    max_tokens: int = typer.Option(32768, "--max-tokens",
+                                   help="Largest max_tokens a request may ask (a search's "
+                                        "token budget; a raw completion's length)."),
+    max_connections: int = typer.Option(256, "--max-connections",
+                                        help="Connections open at once; more get a 503."),
+    read_timeout: float = typer.Option(30.0, "--read-timeout",
+                                       help="Seconds a connection may stay silent."),
+    max_body_bytes: int = typer.Option(1 << 20, "--max-body-bytes",
+                                       help="Largest request body."),
 ) -> None:
     """Serve strategies as an OpenAI-compatible API (model = strategy[-N], or raw)."""
-    from ttc.server import make_server
+    from ttc.server import ServerLimits, make_server
 
     if not 0 <= port <= 65535:
         raise UsageError(f"--port must be in [0, 65535]; got {port}.")
+    limits = ServerLimits(max_width=max_width, max_tokens=max_tokens,
+                          max_connections=max_connections, read_timeout_s=read_timeout,
+                          max_body_bytes=max_body_bytes)
     config = run_config(_merge_overrides([], overrides or []))
     try:
-        server = make_server(config, host=host, port=port, api_key=api_key, verbose=verbose)
+        server = make_server(config, host=host, port=port, api_key=api_key, verbose=verbose,
+                             limits=limits)
     except ConfigError as err:
         if isinstance(err.__cause__, OSError):      # the address could not be bound
             raise UsageError(f"{str(err).rstrip('.')}; choose another --host or --port "
                              f"(or stop what is using it).") from err
         raise
+    for line in server.warnings():
+        typer.echo(line, err=True)
     typer.echo(f"ttc serve: {server.url} (backend {config.backend.name}; GET /v1/models)")
     try:
         server.serve_forever()

@@ -1,11 +1,11 @@
 """``ttc serve``: an OpenAI-compatible HTTP server whose model names are search strategies.
 
-Contract: :func:`make_server` builds one backend and one verifier from a
-:class:`~ttc.config.RunConfig` and serves them with the standard library's
-``ThreadingHTTPServer`` (one thread per connection; 127.0.0.1 by default):
+Contract: :func:`make_server` builds one :class:`~ttc.service.TTCService` (one backend and
+one verifier from a :class:`~ttc.config.RunConfig`) and serves it with the standard
+library's ``ThreadingHTTPServer`` (one thread per connection; 127.0.0.1 by default):
 
 * ``GET /v1/models``: every registered strategy (``beam``, ``best_of_n``, ``astar``, ...)
-  plus ``raw`` (plain completions from the backend);
+  plus ``raw`` (plain completions from the backend); ``GET /health``;
 * ``POST /v1/chat/completions`` and ``POST /v1/completions`` with ``model`` =
   ``<strategy>`` or ``<strategy>-<N>``: the last user message (or the prompt) is solved by
   that strategy; ``N`` sets the strategy's width (its ``n``, else ``k``, ``max_n``,
@@ -18,235 +18,99 @@ Contract: :func:`make_server` builds one backend and one verifier from a
   (kept in the text when ``include_stop_str_in_output``), ``seed``, ``logprobs``
   (``return_tokens_as_token_ids`` gives ``token_id:N`` tokens). A prompt that equals an
   earlier prompt plus one of its completions continues that handle (the backend's
-  prefix cache serves it); the last 4096 such handles are kept, older ones released.
+  prefix cache serves it; the KV is kept only as evictable cache: :mod:`ttc.service`).
 
 Concurrency: every request runs on its own thread against ONE generator and ONE verifier
 (:mod:`ttc.sharing`). The native engine is a continuous-batching step loop, so the
-branches of every concurrent search and raw completion decode in the same batch, step by
-step, with each search's token budget applied to its own requests; backends that are
-not thread-safe are called one call at a time.
+branches of every concurrent search and raw completion decode in the same batch.
 
-Errors are JSON ``{"error": {"message", "type", "param", "code"}}``: 400 for a bad body
-(named field and what is allowed), 401 for a missing/wrong API key (when one is set),
-404 for an unknown path or model, 405 for a wrong method, 500 for a backend failure.
-Must NOT know: engine internals, Hydra.
+Transport rules (this module), each bounded by :class:`~ttc.service.ServerLimits`:
+
+* the API key (when set) is compared in constant time before any body byte is read;
+* a body is read by ``Content-Length`` or ``Transfer-Encoding: chunked`` (both at once, or
+  another coding, is refused), at most ``max_body_bytes`` (413), JSON nested at most
+  ``max_json_depth`` deep (400);
+* every connection has a read timeout (an idle keep-alive connection is closed; a body
+  that stops arriving gets a 408); at most ``max_connections`` are open at once, and
+  one more is answered 503 and closed without a thread;
+* every status carries a JSON body ``{"error": {"message", "type", "param", "code"}}``,
+  including the standard library's own (400, 414, 431, ...); unknown methods get 405;
+* a response left unread is dropped when the client is gone; a raw completion whose
+  client disconnects is cancelled (its KV freed) on engines that can cancel.
+
+Must NOT know: engine internals, strategies' fields, Hydra. What a request means
+(models, widths, budgets, raw handles) is :mod:`ttc.service`'s.
 """
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
 import json
 import re
+import select
+import socket
+import sys
 import threading
 import time
-import uuid
-from collections import OrderedDict
+import traceback
+from collections import deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from ttc.config import RunConfig
-from ttc.registry import BACKENDS, STRATEGIES, VERIFIERS, ConfigError
-from ttc.sharing import shared_generator, shared_verifier
-from ttc.types import ExpandRequest, FinishReason, Handle, Problem, SamplingParams
+from ttc.registry import ConfigError
+from ttc.service import Disconnected, RequestError, ServerLimits, TTCService, error_reply
 
-RAW_MODEL = "raw"
-WIDTH_FIELDS = ("n", "k", "max_n", "num_particles", "num_trees", "num_threads")
-MAX_BODY_BYTES = 1 << 20
-_MODEL_RE = re.compile(r"^([a-z_][a-z0-9_]*?)(?:-(\d+))?$")
+__all__ = ["TTCServer", "make_server", "exposure_warning", "ServerLimits", "TTCService"]
 
-
-class RequestError(Exception):
-    """A client error: HTTP status, message, and the offending field."""
-
-    def __init__(self, status: int, message: str, *, param: str | None = None,
-                 kind: str = "invalid_request_error") -> None:
-        super().__init__(message)
-        self.status, self.message, self.param, self.kind = status, message, param, kind
+ROUTES = {"/v1/models": "GET", "/v1/completions": "POST", "/v1/chat/completions": "POST",
+          "/health": "GET"}
+_ALLOW = "GET, POST"
+_METHODS = ("this server takes GET (" + ", ".join(p for p, m in ROUTES.items() if m == "GET")
+            + ") and POST (" + ", ".join(p for p, m in ROUTES.items() if m == "POST") + ")")
+_DIGITS = re.compile(r"[0-9]{1,15}")
+_HEX = re.compile(rb"[0-9a-fA-F]{1,8}")
+_MAX_TRAILERS = 32
+_REFUSED_LINGER_S = 1.0     # a refused connection's socket is drained and closed after this
 
 
-# -- the service ------------------------------------------------------------------------
-class TTCService:
-    """What the HTTP handler calls: model listing, strategy runs, raw completions."""
-
-    def __init__(self, config: RunConfig, *, generator: Any = None, verifier: Any = None,
-                 max_handles: int = 4096) -> None:
-        self.config = config
-        inner = generator if generator is not None else BACKENDS.build(config.backend)
-        self.generator = shared_generator(inner)
-        self.verifier = shared_verifier(verifier if verifier is not None else VERIFIERS.build(
-            config.verifier, generator=self.generator))
-        self._texts: OrderedDict[str, Handle] = OrderedDict()
-        self._texts_lock = threading.Lock()
-        self.max_handles = max_handles
-
-    # models
-    def models(self) -> dict[str, Any]:
-        names = [RAW_MODEL] + STRATEGIES.names()
-        return {"object": "list", "data": [
-            {"id": n, "object": "model", "created": 0, "owned_by": "ttc"} for n in names]}
-
-    def strategy_for(self, model: Any) -> Any:
-        if not isinstance(model, str) or not model:
-            raise RequestError(400, "model must be a strategy name such as 'beam-8' or "
-                               "'best_of_n-16', or 'raw'.", param="model")
-        m = _MODEL_RE.match(model)
-        if m is None or m.group(1) not in STRATEGIES:
-            raise RequestError(404, f"unknown model {model!r}; available: "
-                               f"{', '.join(STRATEGIES.names())} (optionally -N), or raw.",
-                               param="model", kind="not_found_error")
-        name, width = m.group(1), m.group(2)
-        data: dict[str, Any] = {"name": name}
-        if name == self.config.strategy.name:
-            data = self.config.strategy.model_dump()
-        if width is not None:
-            cls = STRATEGIES.config_class(name)
-            fld = next((f for f in WIDTH_FIELDS if f in cls.model_fields), None)
-            if fld is None:
-                raise RequestError(400, f"model {model!r}: strategy {name!r} has no width to "
-                                   f"set; use {name!r} alone.", param="model")
-            data[fld] = int(width)
-        try:
-            return STRATEGIES.build(data, generation=self.config.generation)
-        except ConfigError as err:
-            raise RequestError(400, f"model {model!r}: {err}", param="model") from err
-
-    # strategies
-    def solve(self, model: str, question: str, max_tokens: int | None) -> dict[str, Any]:
-        strategy = self.strategy_for(model)
-        budget = self.config.budget
-        if max_tokens is not None:
-            budget = budget.model_copy(update={"max_generated_tokens": max_tokens})
-        problem = Problem(id="serve", question=question)
-        result = strategy.run(problem, generator=self.generator, verifier=self.verifier,
-                              budget=budget)
-        led = result.ledger
-        return {"text": result.text or (result.candidates[0].text if result.candidates else ""),
-                "finish_reason": "length" if result.budget_exhausted else "stop",
-                "usage": {"prompt_tokens": led.prefill_tokens + led.cached_tokens,
-                          "completion_tokens": led.generated_tokens,
-                          "total_tokens": led.prefill_tokens + led.cached_tokens
-                          + led.generated_tokens,
-                          "prompt_tokens_details": {"cached_tokens": led.cached_tokens}},
-                "ttc": {"answer": result.answer, "strategy": result.strategy,
-                        "candidate_answers": [c.answer for c in result.candidates],
-                        "budget_exhausted": result.budget_exhausted,
-                        "ledger": led.model_dump(mode="json")}}
-
-    # raw completions
-    def complete(self, body: dict[str, Any]) -> dict[str, Any]:
-        prompt = body.get("prompt")
-        if not isinstance(prompt, str) or not prompt:
-            raise RequestError(400, "prompt must be a non-empty string for model 'raw'.",
-                               param="prompt")
-        n = _int(body, "n", 1, lo=1, hi=256)
-        params = _sampling(body)
-        with self._texts_lock:
-            handle = self._texts.get(prompt)
-            if handle is not None:
-                self._texts.move_to_end(prompt)
-        if handle is None:
-            handle = self.generator.root(Problem(question=prompt))
-            self._remember(prompt, handle)
-        out = self.generator.expand([ExpandRequest(prefix=handle, n=n, params=params)])
-        keep_stop = bool(body.get("include_stop_str_in_output") or body.get("no_stop_trim"))
-        as_ids = bool(body.get("return_tokens_as_token_ids"))
-        choices = []
-        for i, c in enumerate(out.continuations[0]):
-            self._remember(prompt + c.text, c.handle)
-            stop = next((s for s in params.stop if c.text.endswith(s)), None) \
-                if c.finish is FinishReason.STOP else None
-            text = c.text if keep_stop or stop is None else c.text[:-len(stop)]
-            choice: dict[str, Any] = {
-                "index": i, "text": text, "stop_reason": stop,
-                "finish_reason": "stop" if c.finish in (FinishReason.STOP, FinishReason.EOS)
-                else "length", "logprobs": None}
-            if body.get("logprobs") is not None:
-                choice["logprobs"] = {
-                    "tokens": [f"token_id:{t}" if as_ids else str(t) for t in c.token_ids],
-                    "token_logprobs": list(c.logprobs) if c.logprobs else
-                    [None] * len(c.token_ids)}
-            choices.append(choice)
-        u = out.usage
-        return {"choices": choices, "usage": {
-            "prompt_tokens": u.prefill_tokens + u.cached_tokens,
-            "completion_tokens": u.generated_tokens,
-            "total_tokens": u.prefill_tokens + u.cached_tokens + u.generated_tokens,
-            "prompt_tokens_details": {"cached_tokens": u.cached_tokens}}}
-
-    def _remember(self, text: str, handle: Handle) -> None:
-        evicted = []
-        with self._texts_lock:
-            old = self._texts.pop(text, None)
-            if old is not None and old != handle:
-                evicted.append(old)
-            self._texts[text] = handle
-            while len(self._texts) > self.max_handles:
-                evicted.append(self._texts.popitem(last=False)[1])
-        if evicted:
-            self.generator.release(evicted)
-
-
-def _int(body: dict[str, Any], key: str, default: int | None, *, lo: int, hi: int) -> int:
-    value = body.get(key, default)
-    if value is None:
-        return default  # type: ignore[return-value]
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        raise RequestError(400, f"{key} must be an integer in [{lo}, {hi}]; got {value!r}.",
-                           param=key)
-    return value
-
-
-def _float(body: dict[str, Any], key: str, default: float, *, lo: float, hi: float) -> float:
-    value = body.get(key, default)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, int | float) or not lo <= value <= hi:
-        raise RequestError(400, f"{key} must be a number in [{lo}, {hi}]; got {value!r}.",
-                           param=key)
-    return float(value)
-
-
-def _sampling(body: dict[str, Any]) -> SamplingParams:
-    stop = body.get("stop") or ()
-    if isinstance(stop, str):
-        stop = (stop,)
-    if not isinstance(stop, list | tuple) or not all(isinstance(s, str) and s for s in stop):
-        raise RequestError(400, f"stop must be a non-empty string or a list of them; got "
-                           f"{body.get('stop')!r}.", param="stop")
-    seed = body.get("seed")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise RequestError(400, f"seed must be an integer; got {seed!r}.", param="seed")
-    return SamplingParams(temperature=_float(body, "temperature", 1.0, lo=0.0, hi=2.0),
-                          top_p=_float(body, "top_p", 1.0, lo=1e-6, hi=1.0),
-                          top_k=max(0, _int(body, "top_k", 0, lo=-1, hi=1 << 20)),
-                          max_tokens=_int(body, "max_tokens", 16, lo=1, hi=1 << 20),
-                          stop=tuple(stop), seed=seed, logprobs=body.get("logprobs") is not None)
-
-
-def _chat_question(body: dict[str, Any]) -> str:
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise RequestError(400, "messages must be a non-empty list of {role, content} objects.",
-                           param="messages")
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant") \
-                or not isinstance(m.get("content"), str):
-            raise RequestError(400, f"messages[{i}] must be an object with role system, user "
-                               f"or assistant and a string content; got {m!r}.",
-                               param=f"messages[{i}]")
-    if messages[-1]["role"] != "user" or not messages[-1]["content"].strip():
-        raise RequestError(400, "the last message must be a non-empty user message (the "
-                           "question).", param="messages")
-    return messages[-1]["content"]
-
-
-# -- HTTP ------------------------------------------------------------------------------
 class _Handler(BaseHTTPRequestHandler):
     server: "TTCServer"
     protocol_version = "HTTP/1.1"
 
+    # -- framing ---------------------------------------------------------------------
+    def setup(self) -> None:
+        self.timeout = self.server.limits.read_timeout_s   # read by StreamRequestHandler
+        super().setup()
+
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
         if self.server.verbose:
             super().log_message(format, *args)
+
+    def send_error(self, code: int, message: str | None = None,
+                   explain: str | None = None) -> None:
+        """The standard library's errors (bad request line, headers too long, unknown
+        method) as JSON; the connection closes, since its stream may be out of step."""
+        self.close_connection = True
+        self._no_http09()
+        if code == 501:                          # no do_<METHOD>: an unknown method
+            err = RequestError(405, f"method {str(self.command)[:20]!r} is not allowed; "
+                               f"{_METHODS}.")
+        else:
+            err = RequestError(code, message or "the request could not be parsed.")
+        self._send(err.status, err.reply())
+
+    def parse_request(self) -> bool:
+        ok = super().parse_request()
+        self._no_http09()
+        return ok
+
+    def _no_http09(self) -> None:
+        # HTTP/0.9 replies have no status line or headers; every reply here has both.
+        if self.request_version == "HTTP/0.9":
+            self.request_version = "HTTP/1.0"
+            self.close_connection = True
 
     def do_GET(self) -> None:  # noqa: N802
         self._dispatch("GET")
@@ -255,105 +119,196 @@ class _Handler(BaseHTTPRequestHandler):
         self._dispatch("POST")
 
     def _dispatch(self, method: str) -> None:
-        self._raw = self._read_raw()      # always consumed, so keep-alive stays in sync
+        self._body_left = _has_body(self.headers)   # True until the body is consumed
         try:
-            self._check_key()
+            self._check_key()                         # NOTE: before any body byte is read
             path = self.path.split("?", 1)[0].rstrip("/")
-            routes = {"/v1/models": "GET", "/v1/completions": "POST",
-                      "/v1/chat/completions": "POST", "/health": "GET"}
-            if path not in routes:
-                raise RequestError(404, f"unknown path {path!r}; available: "
-                                   f"{', '.join(routes)}.", kind="not_found_error")
-            if routes[path] != method:
-                raise RequestError(405, f"{path} takes {routes[path]}, not {method}.")
+            if path not in ROUTES:
+                raise RequestError(404, f"unknown path {path[:80]!r}; available: "
+                                   f"{', '.join(ROUTES)}.", kind="not_found_error")
+            if ROUTES[path] != method:
+                raise RequestError(405, f"{path} takes {ROUTES[path]}, not {method}.")
             if path == "/health":
                 return self._send(200, {"status": "ok"})
             if path == "/v1/models":
                 return self._send(200, self.server.service.models())
-            body = self._body()
-            self._send(200, self._post(path, body))
-        except RequestError as err:
-            self._send(err.status, {"error": {"message": err.message, "type": err.kind,
-                                              "param": err.param, "code": err.status}})
-        except Exception as err:  # noqa: BLE001  (a backend failure: one JSON 500)
-            self._send(500, {"error": {"message": f"{type(err).__name__}: {err}",
-                                       "type": "server_error", "param": None, "code": 500}})
+            body = parse_json(self._read_body_in_time(),
+                              max_depth=self.server.limits.max_json_depth)
+            reply = self.server.service.post(path, body, client_gone=self._client_gone)
+            self._send(200, reply)
+        except Disconnected:
+            self.close_connection = True               # nobody is left to answer
+        except Exception as err:  # noqa: BLE001  (every failure is one JSON reply)
+            reply = error_reply(err)
+            if reply.status == 500:                    # a bug: the operator hears of it
+                sys.stderr.write(f"ttc serve: {self.command} {self.path[:80]}: "
+                                 f"{reply.message}\n")
+                if self.server.verbose:
+                    traceback.print_exc()
+            self._send_error(reply)
+
+    def _send_error(self, err: RequestError) -> None:
+        self._send(err.status, err.reply())
 
     def _check_key(self) -> None:
         key = self.server.api_key
-        if key and self.headers.get("Authorization", "") != f"Bearer {key}":
+        if not key:
+            return
+        sent = self.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
+        want = f"Bearer {key}".encode("utf-8", "surrogateescape")
+        if not hmac.compare_digest(sent, want):
             raise RequestError(401, "missing or wrong API key; send 'Authorization: Bearer "
                                "<key>'.", kind="authentication_error")
 
-    def _read_raw(self) -> bytes | None:
-        length = self.headers.get("Content-Length")
-        if length is None or not length.isdigit():
-            return None
-        if int(length) > MAX_BODY_BYTES:
-            self.close_connection = True
-            return None
-        return self.rfile.read(int(length))
-
-    def _body(self) -> dict[str, Any]:
-        length = self.headers.get("Content-Length")
-        if length is None or not length.isdigit():
-            raise RequestError(400, "the request needs a JSON body with a Content-Length.")
-        if int(length) > MAX_BODY_BYTES:
-            raise RequestError(400, f"the body has {length} bytes; at most {MAX_BODY_BYTES}.")
-        raw = self._raw or b""
+    # -- the body --------------------------------------------------------------------
+    def _read_body_in_time(self) -> bytes:
+        """The body; after any failure to read it the connection closes (out of step)."""
         try:
-            body = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as err:
-            raise RequestError(400, f"the body is not valid JSON ({err}).") from err
-        if not isinstance(body, dict):
-            raise RequestError(400, "the body must be a JSON object.")
-        if body.get("stream"):
-            raise RequestError(400, "stream=true is not supported; omit it.", param="stream")
-        return body
+            return self._read_body()
+        except RequestError:
+            self.close_connection = True
+            raise
+        except TimeoutError as err:
+            self.close_connection = True
+            raise RequestError(408, f"the request body did not arrive within "
+                               f"{self.server.limits.read_timeout_s:g} s (the server's "
+                               f"--read-timeout).") from err
+        except ConnectionError as err:
+            raise Disconnected("the client closed the connection mid-body.") from err
 
-    def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        service = self.server.service
-        model = body.get("model")
-        created = int(time.time())
-        if path == "/v1/completions" and model == RAW_MODEL:
-            out = service.complete(body)
-            return {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion",
-                    "created": created, "model": model, **out}
-        if path == "/v1/chat/completions":
-            question = _chat_question(body)
+    def _read_body(self) -> bytes:
+        limit = self.server.limits.max_body_bytes
+        coding = self.headers.get("Transfer-Encoding")
+        lengths = self.headers.get_all("Content-Length") or []
+        if coding is not None:
+            if lengths:
+                raise RequestError(400, "the request has both Content-Length and "
+                                   "Transfer-Encoding; send one of them.")
+            if coding.strip().lower() != "chunked":
+                raise RequestError(400, f"Transfer-Encoding {coding[:40]!r} is not "
+                                   f"supported; send 'chunked' or a Content-Length.")
+            data = self._read_chunked(limit)
         else:
-            question = body.get("prompt")
-            if not isinstance(question, str) or not question.strip():
-                raise RequestError(400, "prompt must be a non-empty string (the question).",
-                                   param="prompt")
-        if body.get("n", 1) != 1:
-            raise RequestError(400, f"n must be 1 for a strategy model (the strategy samples "
-                               f"its own branches); got {body.get('n')!r}.", param="n")
-        max_tokens = _int(body, "max_tokens", None, lo=1, hi=1 << 30)
-        if path == "/v1/chat/completions" and model == RAW_MODEL:
-            raise RequestError(400, "model 'raw' serves /v1/completions only.", param="model")
-        out = service.solve(model, question, max_tokens)
-        if path == "/v1/chat/completions":
-            choice = {"index": 0, "message": {"role": "assistant", "content": out["text"]},
-                      "finish_reason": out["finish_reason"]}
-            obj = "chat.completion"
-        else:
-            choice = {"index": 0, "text": out["text"], "finish_reason": out["finish_reason"],
-                      "logprobs": None}
-            obj = "text_completion"
-        return {"id": f"ttc-{uuid.uuid4().hex}", "object": obj, "created": created,
-                "model": model, "choices": [choice], "usage": out["usage"], "ttc": out["ttc"]}
+            if not lengths:
+                raise RequestError(411, "the request needs a JSON body with a Content-Length "
+                                   "(or Transfer-Encoding: chunked).")
+            if len(set(lengths)) > 1 or not _DIGITS.fullmatch(lengths[0].strip()):
+                raise RequestError(400, f"Content-Length must be one non-negative integer; "
+                                   f"got {', '.join(lengths)[:60]!r}.")
+            n = int(lengths[0])
+            if n > limit:
+                raise RequestError(413, f"the body has {n} bytes; at most {limit} (the "
+                                   f"server's --max-body-bytes).")
+            data = self.rfile.read(n)
+            if len(data) < n:
+                raise Disconnected("the client closed the connection mid-body.")
+        self._body_left = False
+        return data
 
+    def _read_chunked(self, limit: int) -> bytes:
+        chunks, total = [], 0
+        while True:
+            line = self.rfile.readline(1024)
+            if not line:
+                raise Disconnected("the client closed the connection mid-body.")
+            size = line.split(b";", 1)[0].strip()
+            if not line.endswith(b"\n") or not _HEX.fullmatch(size):
+                raise RequestError(400, f"a chunk size must be a hexadecimal number on its "
+                                   f"own line; got {line[:40]!r}.")
+            n = int(size, 16)
+            if n == 0:
+                break
+            total += n
+            if total > limit:
+                raise RequestError(413, f"the chunked body passed {limit} bytes (the "
+                                   f"server's --max-body-bytes).")
+            data = self.rfile.read(n)
+            if len(data) < n:
+                raise Disconnected("the client closed the connection mid-body.")
+            chunks.append(data)
+            if self.rfile.readline(3) not in (b"\r\n", b"\n"):
+                raise RequestError(400, "a chunk must end with CRLF right after its data.")
+        for _ in range(_MAX_TRAILERS):               # trailer lines, then an empty line
+            if self.rfile.readline(8192) in (b"\r\n", b"\n", b""):
+                break
+        else:
+            raise RequestError(400, f"a chunked body may end with at most {_MAX_TRAILERS} "
+                               f"trailer lines.")
+        return b"".join(chunks)
+
+    def _client_gone(self) -> bool:
+        """True when the client has closed its end (or reset it) while we compute."""
+        try:
+            readable, _, _ = select.select([self.connection], [], [], 0)
+            if not readable:
+                return False
+            return self.connection.recv(1, socket.MSG_PEEK) == b""
+        except (OSError, ValueError):
+            return True
+
+    # -- the reply -------------------------------------------------------------------
     def _send(self, status: int, data: dict[str, Any]) -> None:
+        if getattr(self, "_body_left", False):
+            self.close_connection = True           # the unread body would be a next request
         payload = json.dumps(data).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            if status == 405:
+                self.send_header("Allow", _ALLOW)
+            if self.close_connection:
+                self.send_header("Connection", "close")
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(payload)
+        except OSError:      # the client is gone (reset, broken pipe, timed out): nobody
+            self.close_connection = True           # is left to tell
+
+
+def parse_json(raw: bytes, *, max_depth: int) -> dict[str, Any]:
+    """A request body as a JSON object; 400 for anything else, naming what is wrong."""
+    try:
+        body = json.loads(raw)
+    except RecursionError:
+        body = None
+        depth = max_depth + 1
+    except (ValueError, UnicodeDecodeError) as err:
+        raise RequestError(400, f"the body is not valid JSON ({str(err)[:120]}).") from err
+    else:
+        depth = _depth(body, max_depth)
+    if depth > max_depth:
+        raise RequestError(400, f"the body's JSON is nested more than {max_depth} levels "
+                           f"deep; at most {max_depth} are allowed.")
+    if not isinstance(body, dict):
+        raise RequestError(400, f"the body must be a JSON object; got a JSON "
+                           f"{type(body).__name__}.")
+    return body
+
+
+def _depth(value: Any, stop_at: int) -> int:
+    """Nesting depth of decoded JSON (a scalar is 0), counted up to ``stop_at + 1``."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, dict | list):
+            d += 1
+            deepest = max(deepest, d)
+            if deepest > stop_at:
+                return deepest
+            stack.extend((c, d) for c in (v.values() if isinstance(v, dict) else v))
+    return deepest
+
+
+def _has_body(headers: Any) -> bool:
+    length = headers.get("Content-Length")
+    return headers.get("Transfer-Encoding") is not None or (
+        length is not None and length.strip() not in ("", "0"))
 
 
 class TTCServer(ThreadingHTTPServer):
+    """The HTTP server: one thread per connection, at most ``limits.max_connections``."""
+
     daemon_threads = True
     request_queue_size = 256
 
@@ -361,22 +316,114 @@ class TTCServer(ThreadingHTTPServer):
                  api_key: str | None = None, verbose: bool = False) -> None:
         super().__init__(address, _Handler)
         self.service = service
+        self.limits = service.limits
         self.api_key = api_key
         self.verbose = verbose
+        self._slots = threading.BoundedSemaphore(self.limits.max_connections)
+        self._refused: deque[tuple[float, socket.socket]] = deque()
+        self.refused = 0                           # connections answered 503 (a counter)
 
     @property
     def url(self) -> str:
         host, port = self.server_address[:2]
         return f"http://{host}:{port}/v1"
 
+    def warnings(self) -> list[str]:
+        """What an operator must hear at start-up (printed by ``ttc serve``)."""
+        text = exposure_warning(self.server_address[0], self.server_address[1], self.api_key)
+        return [text] if text else []
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self._refuse(request)
+            return
+        try:
+            super().process_request(request, client_address)   # starts the thread
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def _refuse(self, sock: socket.socket) -> None:
+        """Answer 503 on the accepting thread (no handler thread) and close the socket a
+        moment later (after draining it, so the client reads the reply, not a reset)."""
+        self.refused += 1
+        err = RequestError(503, f"the server already holds its maximum of "
+                           f"{self.limits.max_connections} connections (--max-connections); "
+                           f"retry shortly.", kind="server_busy")
+        payload = json.dumps(err.reply()).encode()
+        head = (f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(payload)}\r\nRetry-After: 1\r\nConnection: close\r\n"
+                f"\r\n").encode()
+        try:
+            sock.setblocking(False)
+            sock.send(head + payload)              # a fresh socket's buffer takes it
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        self._refused.append((time.monotonic() + _REFUSED_LINGER_S, sock))
+        if len(self._refused) > self.limits.max_connections:
+            _drain_close(self._refused.popleft()[1])
+
+    def service_actions(self) -> None:
+        """Called by ``serve_forever`` between polls: close refused sockets whose time is up."""
+        now = time.monotonic()
+        while self._refused and self._refused[0][0] <= now:
+            _drain_close(self._refused.popleft()[1])
+
+    def server_close(self) -> None:
+        while self._refused:
+            _drain_close(self._refused.popleft()[1])
+        super().server_close()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A connection that broke outside a request (the client vanished): one line when
+        verbose, never a traceback."""
+        err = sys.exc_info()[1]
+        if self.verbose or not isinstance(err, OSError):
+            sys.stderr.write(f"ttc serve: connection from {client_address[0]} ended: "
+                             f"{type(err).__name__}: {err}\n")
+
+
+def _drain_close(sock: socket.socket) -> None:
+    try:
+        while sock.recv(65536):
+            pass
+    except OSError:
+        pass
+    try:
+        sock.close()
+    except OSError:
+        pass
+
+
+def exposure_warning(host: str, port: int, api_key: str | None) -> str | None:
+    """A loud line when the server listens beyond loopback with no API key, else None."""
+    if api_key:
+        return None
+    try:
+        loopback = ipaddress.ip_address(host.split("%", 1)[0]).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if loopback:
+        return None
+    return (f"WARNING: ttc serve listens on {host}:{port} with no API key: anyone who can "
+            f"reach this address can run searches on this machine; set --api-key (or "
+            f"TTC_API_KEY), or bind --host 127.0.0.1.")
+
 
 def make_server(config: RunConfig, *, host: str = "127.0.0.1", port: int = 8000,
                 api_key: str | None = None, generator: Any = None, verifier: Any = None,
-                verbose: bool = False) -> TTCServer:
+                verbose: bool = False, limits: ServerLimits | None = None) -> TTCServer:
     """A ready (not yet serving) server; call ``serve_forever()`` or run it in a thread."""
     if not 0 <= port <= 65535:
         raise ConfigError(f"port must be in [0, 65535]; got {port!r}.")
-    service = TTCService(config, generator=generator, verifier=verifier)
+    service = TTCService(config, generator=generator, verifier=verifier, limits=limits)
     try:
         return TTCServer((host, port), service, api_key=api_key, verbose=verbose)
     except OSError as err:

@@ -1,33 +1,29 @@
-"""``ttc serve`` on the simulated backend: models, strategy answers, validation, load."""
+"""``ttc serve`` on the simulated backend: models, strategy answers, validation, load,
+and the transport rules (key before body, chunked bodies, limits, timeouts, JSON errors)."""
 
 from __future__ import annotations
 
 import json
-import threading
+import socket
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
+from server_helpers import chunked, connect, exchange, read_all, request, start, stop
 
-from ttc.config import load_run_config
-from ttc.server import make_server
-
-CONFIG = {"backend": "simulated", "verifier": "simulated", "strategy": "best_of_n"}
+from ttc.server import ServerLimits, exposure_warning
 
 
 def _start(**kwargs):
-    server = make_server(load_run_config(CONFIG), port=0, **kwargs)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    return server
+    return start(**kwargs)
 
 
 @pytest.fixture(scope="module")
 def server():
-    s = _start()
+    s = start()
     yield s
-    s.shutdown()
-    s.server_close()
+    stop(s)
 
 
 def _post(server, path, body, **kw):
@@ -193,3 +189,202 @@ def test_readme_serve_command_on_the_native_backend_answers_a_chat():
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+# -- transport rules (issue 20: server hardening) ---------------------------------------
+RAW = json.dumps({"model": "raw", "prompt": "Q?", "max_tokens": 5, "seed": 3}).encode()
+
+
+def _json_error(reply, status):
+    assert reply.status == status, (reply.status, reply.body[:300])
+    assert reply.headers["content-type"] == "application/json"
+    err = reply.json()["error"]
+    assert err["code"] == status and err["message"]
+    return err
+
+
+def test_api_key_is_checked_before_the_body_is_read():
+    """A wrong key gets its 401 while the announced 500 KB body never arrives (before, the
+    server waited for the whole body first), and the connection is closed."""
+    s = start(api_key="sekret", limits=ServerLimits(read_timeout_s=60))
+    try:
+        data = request("POST", "/v1/completions", headers={
+            "Content-Length": "500000", "Authorization": "Bearer wrong"}, close=False)
+        [reply] = exchange(s, data, timeout=20)
+        err = _json_error(reply, 401)
+        assert err["type"] == "authentication_error"
+        assert reply.headers["connection"] == "close"
+        odd = request("GET", "/v1/models", headers={"Authorization": "Bearer s\xe9kret"})
+        [reply] = exchange(s, odd)                    # a non-ASCII header: 401, not 500
+        _json_error(reply, 401)
+    finally:
+        stop(s)
+
+
+def test_a_chunked_body_is_read_and_the_connection_stays_in_step(server):
+    first = request("POST", "/v1/completions", chunked(RAW),
+                    headers={"Transfer-Encoding": "chunked"}, close=False)
+    second = request("GET", "/v1/models")
+    replies = exchange(server, first + second)
+    assert [r.status for r in replies] == [200, 200]
+    assert replies[0].json()["object"] == "text_completion"
+    assert replies[1].json()["object"] == "list"
+    with httpx.Client(timeout=20) as client:       # httpx sends a generator body chunked
+        r = client.post(server.url + "/completions", content=iter([RAW[:9], RAW[9:]]))
+        assert r.status_code == 200 and r.json()["choices"]
+
+
+@pytest.mark.parametrize("body,headers,status,words", [
+    (chunked(b"x" * 3000, size=1000), {"Transfer-Encoding": "chunked"}, 413, "2048 bytes"),
+    (b"zz\r\nxx\r\n0\r\n\r\n", {"Transfer-Encoding": "chunked"}, 400, "hexadecimal"),
+    (chunked(RAW), {"Transfer-Encoding": "chunked", "Content-Length": "5"}, 400, "both"),
+    (RAW, {"Transfer-Encoding": "gzip"}, 400, "'gzip' is not supported"),
+    (b"", {"Content-Length": "9999"}, 413, "9999 bytes; at most 2048"),
+    (RAW, {"Content-Length": "-5"}, 400, "Content-Length must be"),
+    (None, {}, 411, "Content-Length"),
+])
+def test_bodies_are_framed_or_refused_in_json(body, headers, status, words):
+    s = start(limits=ServerLimits(max_body_bytes=2048))
+    try:
+        replies = exchange(s, request("POST", "/v1/completions", body, headers=headers,
+                                      close=False))
+        assert len(replies) == 1                   # nothing parsed as a second request
+        assert words in _json_error(replies[0], status)["message"]
+    finally:
+        stop(s)
+
+
+def test_every_status_has_a_json_body(server):
+    for method in ("PUT", "DELETE", "PATCH", "OPTIONS"):
+        [reply] = exchange(server, request(method, "/v1/completions", RAW))
+        assert method in _json_error(reply, 405)["message"]
+        assert reply.headers["allow"] == "GET, POST"
+    [head] = exchange(server, request("HEAD", "/v1/models"))
+    assert head.status == 405 and head.body == b""   # HEAD: status and headers only
+    [garbage] = exchange(server, b"NOT A REQUEST LINE AT ALL\r\n\r\n")
+    _json_error(garbage, 400)
+    [long_url] = exchange(server, request("GET", "/" + "a" * 70000))
+    _json_error(long_url, 414)
+    [headers] = exchange(server, request("GET", "/v1/models",
+                                         headers={f"X-{i}": "y" for i in range(120)}))
+    _json_error(headers, 431)
+
+
+def test_malformed_and_too_deep_json_are_400(server):
+    deep = b"[" * 200_000 + b"]" * 200_000                 # 400 KB (was a RecursionError)
+    [reply] = exchange(server, request("POST", "/v1/completions", deep))
+    assert "nested more than 32 levels" in _json_error(reply, 400)["message"]
+    x: object = 1
+    for _ in range(32):
+        x = [x]
+    nested = json.dumps({"model": "raw", "prompt": "Q?", "x": x}).encode()   # 33 levels
+    [reply] = exchange(server, request("POST", "/v1/completions", nested))
+    assert "nested more than 32 levels" in _json_error(reply, 400)["message"]
+    for bad, words in ((b"\xff\xfe\x00", "not valid JSON"), (b"[1, 2]", "a JSON list"),
+                       (b"1" * 5000, "not valid JSON"), (b"", "not valid JSON")):
+        [reply] = exchange(server, request("POST", "/v1/completions", bad))
+        assert words in _json_error(reply, 400)["message"]
+
+
+def test_widths_and_budgets_are_bounded_with_a_clear_400(server):
+    r = _post(server, "/chat/completions", {
+        "model": "best_of_n-100000", "messages": [{"role": "user", "content": "Q?"}]})
+    assert r.status_code == 400
+    assert "width must be in [1, 64] (the server's --max-width); got 100000" in r.text
+    r = _post(server, "/completions", {"model": "raw", "prompt": "Q", "n": 65})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "n" and "--max-width" in r.text
+    for body in ({"model": "raw", "prompt": "Q", "max_tokens": 32769},
+                 {"model": "beam", "prompt": "Q", "max_tokens": 10 ** 9}):
+        r = _post(server, "/completions", body)
+        assert r.status_code == 400 and "--max-tokens" in r.json()["error"]["message"]
+    r = _post(server, "/completions", {"model": "raw", "prompt": "Q", "stop": ["s"] * 17})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "stop"
+
+
+def test_configured_maxima_bound_width_and_the_default_budget():
+    s = start(limits=ServerLimits(max_width=4, max_tokens=60))
+    try:
+        assert _post(s, "/completions", {"model": "best_of_n-5", "prompt": "Q?"}).status_code == 400
+        r = _post(s, "/completions", {"model": "best_of_n-4", "prompt": "Q?"})  # no max_tokens
+        assert r.status_code == 200, r.text
+        assert 0 < r.json()["ttc"]["ledger"]["generated_tokens"] <= 60   # config says 4096
+    finally:
+        stop(s)
+
+
+def _wait_closed(sock: socket.socket, deadline_s: float) -> bool:
+    sock.settimeout(deadline_s)
+    try:
+        return read_all(sock) == b""
+    except TimeoutError:
+        return False
+
+
+def test_idle_connections_time_out_and_the_connection_count_is_capped():
+    s = start(limits=ServerLimits(max_connections=2, read_timeout_s=1.0))
+    try:
+        idle = [connect(s), connect(s)]
+        time.sleep(0.2)                             # both accepted, each holding a thread
+        r = httpx.get(s.url + "/models", timeout=20)
+        assert r.status_code == 503 and r.headers["retry-after"] == "1"
+        assert "maximum of 2 connections" in r.json()["error"]["message"]
+        assert all(_wait_closed(c, 20) for c in idle)   # closed by the server's read timeout
+        deadline = time.monotonic() + 20
+        while (r := httpx.get(s.url + "/models", timeout=20)).status_code == 503:
+            assert time.monotonic() < deadline, "a slot was never freed"
+            time.sleep(0.1)
+        assert r.status_code == 200 and s.refused >= 1
+    finally:
+        for c in idle:
+            c.close()
+        stop(s)
+
+
+def test_a_body_that_stops_arriving_gets_408():
+    s = start(limits=ServerLimits(read_timeout_s=0.5))
+    try:
+        data = request("POST", "/v1/completions", headers={"Content-Length": "100"},
+                       close=False) + b'{"model": '
+        [reply] = exchange(s, data)
+        assert "--read-timeout" in _json_error(reply, 408)["message"]
+    finally:
+        stop(s)
+
+
+def test_binding_beyond_loopback_without_a_key_warns():
+    for host in ("0.0.0.0", "::", "192.168.1.5", "example.org"):
+        line = exposure_warning(host, 8000, None)
+        assert line.startswith("WARNING:") and "--api-key" in line and host in line
+    for host, key in (("127.0.0.1", None), ("::1", None), ("localhost", None),
+                      ("127.0.0.2", None), ("0.0.0.0", "k")):
+        assert exposure_warning(host, 8000, key) is None
+
+
+def test_serve_prints_the_warning_and_checks_its_limits(monkeypatch):
+    from typer.testing import CliRunner
+
+    import ttc.server
+    from ttc.cli import app
+
+    class Fake:
+        url = "http://0.0.0.0:1/v1"
+
+        def warnings(self):
+            return [exposure_warning("0.0.0.0", 1, None)]
+
+        def serve_forever(self):
+            raise KeyboardInterrupt
+
+        def server_close(self):
+            pass
+
+    seen = {}
+    monkeypatch.setattr(ttc.server, "make_server",
+                        lambda config, **kw: seen.update(kw) or Fake())
+    result = CliRunner().invoke(app, ["serve", "--host", "0.0.0.0", "--max-width", "8",
+                                      "backend=simulated", "verifier=simulated"])
+    assert result.exit_code == 0, result.output
+    assert result.stderr.startswith("WARNING: ttc serve listens on 0.0.0.0:1 with no API key")
+    assert seen["limits"].max_width == 8 and seen["host"] == "0.0.0.0"
+    bad = CliRunner().invoke(app, ["serve", "--max-width", "0"])
+    assert bad.exit_code == 2 and "--max-width must be a positive integer; got 0." in bad.output
