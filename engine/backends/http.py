@@ -39,8 +39,11 @@ prefilled.
 
 Failures: connection errors, timeouts, 429 and 5xx are retried ``max_retries`` times with
 exponential backoff (``backoff_s * 2**attempt``); then :class:`ServerUnavailable` (a
-``ConnectionError``) names the URL and the last error. Other 4xx raise ``ValueError``
-with the server's message. Nothing already returned is lost: the caller (an eval run)
+``ConnectionError``) names the URL and the last error. ``deadline_s`` bounds one request
+over all its attempts and waits (``timeout_s`` bounds one attempt): past it, the request
+fails with :class:`ServerUnavailable` naming both settings. A reply that is not the JSON
+of a completion (garbage, a proxy's HTML page) is retried like a 5xx, then named in one
+line. Other 4xx raise ``ValueError`` with the server's message. Nothing already returned is lost: the caller (an eval run)
 keeps the records it wrote.
 Must NOT know: rewards, strategies.
 """
@@ -70,7 +73,8 @@ class HTTPBackendConfig(Frozen):
     prompt_format: Literal["auto", "tokens", "text"] = "auto"   # auto: tokens iff tokenizer
     system_prompt: str | None = None        # with a tokenizer, None: the default; "": none
     max_concurrency: PositiveInt = 32       # requests in flight at once, all threads
-    timeout_s: float = Field(default=600.0, gt=0)
+    timeout_s: float = Field(default=600.0, gt=0)       # one attempt
+    deadline_s: float = Field(default=900.0, gt=0)      # one request, all attempts and waits
     connect_timeout_s: float = Field(default=10.0, gt=0)
     max_retries: int = Field(default=3, ge=0)
     backoff_s: float = Field(default=0.5, ge=0)
@@ -249,6 +253,17 @@ class HTTPGenerator(TokenHandleGenerator):
             raise
 
     async def _post(self, client: Any, body: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return await asyncio.wait_for(self._attempts(client, body),
+                                          timeout=self.config.deadline_s)
+        except asyncio.TimeoutError:
+            raise ServerUnavailable(
+                f"no completion from {self.url} within backend.deadline_s="
+                f"{self.config.deadline_s:g} s (each attempt may take backend.timeout_s="
+                f"{self.config.timeout_s:g} s); check the server, or raise the deadline."
+            ) from None
+
+    async def _attempts(self, client: Any, body: dict[str, Any]) -> dict[str, Any]:
         import httpx  # noqa: PLC0415
 
         last = ""
@@ -266,7 +281,14 @@ class HTTPGenerator(TokenHandleGenerator):
             if resp.status_code >= 400:
                 raise ValueError(f"{self.url} refused the request (HTTP {resp.status_code}): "
                                  f"{_error_message(resp)}")
-            return resp.json()
+            try:
+                data = resp.json()
+            except ValueError:
+                data = None
+            if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
+                last = f"the reply is not a completion: {resp.text[:80]!r}"
+                continue
+            return data
         raise ServerUnavailable(f"could not get a completion from {self.url} after "
                                 f"{self.config.max_retries + 1} attempts; last error: {last}.")
 

@@ -277,3 +277,68 @@ def test_close_stops_the_io_thread_and_a_later_call_restarts_it(fake):
     again = gen.expand([ExpandRequest(prefix=root, n=1, params=params)])
     assert again.continuations[0][0].text == first.continuations[0][0].text
     gen.close()
+
+
+# -- fault injection: a server that hangs or answers garbage -----------------------------
+
+class _Misbehaving(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, mode: str) -> None:
+        super().__init__(("127.0.0.1", 0), _MisbehavingHandler)
+        self.url = f"http://127.0.0.1:{self.server_address[1]}/v1"
+        self.mode = mode
+        self.release = threading.Event()
+        self.requests = 0
+
+
+class _MisbehavingHandler(BaseHTTPRequestHandler):
+    server: _Misbehaving
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def do_POST(self) -> None:  # noqa: N802
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.server.requests += 1
+        if self.server.mode == "slow":
+            self.server.release.wait(30)        # hangs until the test ends
+        body = b"<html>502 from a proxy</html>" if self.server.mode == "garbage" \
+            else b'{"object": "error"}'
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@pytest.mark.parametrize("mode", ["garbage", "not_a_completion"])
+def test_a_server_answering_garbage_fails_in_one_line_after_retries(mode):
+    srv = _Misbehaving("garbage" if mode == "garbage" else "json")
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        g = HTTPGenerator.from_config(HTTPBackendConfig(base_url=srv.url, max_retries=1,
+                                                        backoff_s=0.01))
+        with pytest.raises(ServerUnavailable, match="not a completion") as info:
+            g.expand([ExpandRequest(prefix=g.root(Problem(question="Q")), n=1, params=STEP)])
+        assert "\n" not in str(info.value) and srv.requests == 2
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_a_hanging_server_is_bounded_by_the_total_deadline():
+    srv = _Misbehaving("slow")
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        # each attempt may take 5 s and there are 4 attempts; the request may take 1 s
+        g = HTTPGenerator.from_config(HTTPBackendConfig(base_url=srv.url, timeout_s=5,
+                                                        max_retries=3, deadline_s=1.0))
+        t0 = time.perf_counter()
+        with pytest.raises(ServerUnavailable, match="backend.deadline_s=1 s") as info:
+            g.expand([ExpandRequest(prefix=g.root(Problem(question="Q")), n=1, params=STEP)])
+        assert time.perf_counter() - t0 < 4.5 and "\n" not in str(info.value)
+    finally:
+        srv.release.set()
+        srv.shutdown()
+        srv.server_close()
