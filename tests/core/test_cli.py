@@ -94,12 +94,9 @@ def _one_error_line(result):
 
 
 def _dead_url():
-    import socket
-
-    with socket.socket() as s:          # a port nothing listens on once closed
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"http://127.0.0.1:{port}/v1"
+    # port 9 (discard): nothing listens there, and unlike a closed ephemeral port no other
+    # test's server can take it meanwhile
+    return "http://127.0.0.1:9/v1"
 
 
 def test_tree_naming_a_folder_is_refused_before_solving(tmp_path, monkeypatch):

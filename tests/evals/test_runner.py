@@ -330,11 +330,9 @@ def test_an_interrupted_run_leaves_a_summary_of_exactly_the_records_written(tmp_
 
 
 def test_server_unavailable_through_eval_is_one_line_and_keeps_the_folder_resumable(tmp_path):
-    import socket
-
-    with socket.socket() as s:          # a port nothing listens on once closed
-        s.bind(("127.0.0.1", 0))
-        url = f"http://127.0.0.1:{s.getsockname()[1]}/v1"
+    # port 9 (discard): nothing listens there, and unlike a closed ephemeral port no other
+    # test's server can take it meanwhile
+    url = "http://127.0.0.1:9/v1"
     out = tmp_path / "run"
     result = CliRunner().invoke(app, ["eval", "dataset=sim_mixed", "limit=3", "progress=false",
                                       "backend=http", f"backend.base_url={url}",
