@@ -93,6 +93,7 @@ from ttc.registry import ConfigError, format_validation_error
 from ttc.types import Frozen, Problem, Result
 
 RUN_KEYS = ("backend", "verifier", "strategy", "generation", "budget")
+_BUILD_LOCK = threading.Lock()        # pipelines are built one at a time (see pipeline())
 EVAL_KEYS = ("dataset", "limit", "output", "concurrency", "save_tree", "progress",
              "fresh_engine", "executor", "share_engine", "retry_failed")
 RESULTS = "results.jsonl"
@@ -394,7 +395,10 @@ def run_eval(plan: EvalPlan, *, on_record: Callable[[dict[str, Any]], None] | No
                                       generation=config.generation)
             return local.pipe
         if fresh or not hasattr(local, "pipe"):
-            local.pipe = Pipeline.from_config(config)
+            # NOTE: one build at a time: worker threads importing transformers and loading
+            # models at once failed at random ("cannot import name 'AutoConfig'").
+            with _BUILD_LOCK:
+                local.pipe = Pipeline.from_config(config)
         return local.pipe
 
     appender = _Appender(results_path)

@@ -347,3 +347,32 @@ def test_server_unavailable_through_eval_is_one_line_and_keeps_the_folder_resuma
     # no failed record for a fault of the server: the rerun runs every problem
     assert (out / "results.jsonl").read_text() == ""
     assert not (out / "summary.json").exists()
+
+
+def test_worker_threads_build_their_pipelines_one_at_a_time(tmp_path, monkeypatch):
+    """Builds import transformers and load models; concurrent builds failed at random
+    (ImportError: cannot import name 'AutoConfig'), so workers take turns."""
+    import threading as _threading
+
+    from ttc.pipeline import Pipeline
+
+    real = Pipeline.from_config.__func__
+    inside, most, lock = [0], [0], _threading.Lock()
+
+    def counting(cls, config, **kw):
+        with lock:
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+        time.sleep(0.02)
+        try:
+            return real(cls, config, **kw)
+        finally:
+            with lock:
+                inside[0] -= 1
+
+    monkeypatch.setattr(Pipeline, "from_config", classmethod(counting))
+    run_eval_command(["dataset=sim_mixed", "strategy=best_of_n", "limit=8", "progress=false",
+                      "concurrency=4", "share_engine=false", f"output={tmp_path / 'r'}"],
+                     echo=_quiet)
+    assert len(read_results(tmp_path / "r" / "results.jsonl")) == 8
+    assert most[0] == 1
