@@ -781,14 +781,8 @@ def _settle(fut: Future, value: Any) -> None:
 
 
 def _resolver(fut: Future) -> Any:
-    def resolve(value: Any) -> None:
-        if fut.done():
-            return
-        if isinstance(value, BaseException):
-            fut.set_exception(value)
-        else:
-            fut.set_result(value)
-    return resolve
+    """A callback that settles ``fut`` with what it is given (a value or an exception)."""
+    return lambda value: _settle(fut, value)
 
 
 def resolve_threads(setting: Any) -> int | None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import socket
 import time
+from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -136,23 +137,29 @@ def test_load_many_concurrent_requests_all_answered(server):
     assert len({json.dumps(r.json()["choices"]) for r in responses}) == 48
 
 
-def test_ttc_serve_command_starts_and_answers():
+@contextmanager
+def _serve_command(*overrides: str):
+    """Run ``ttc serve --port 0 OVERRIDES`` as a user would; yield its base URL."""
     import subprocess
     import sys
 
     proc = subprocess.Popen([sys.executable, "-m", "ttc.cli", "serve", "--port", "0",
-                             "strategy=beam", "backend=simulated", "verifier=simulated"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             *overrides], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     try:
         line = proc.stdout.readline()
         assert line.startswith("ttc serve: http://127.0.0.1:"), line + proc.stderr.read()
-        url = line.split()[2]
-        r = httpx.post(url + "/chat/completions", timeout=30, json={
-            "model": "beam", "messages": [{"role": "user", "content": "1+1?"}]})
-        assert r.status_code == 200 and r.json()["ttc"]["strategy"] == "beam"
+        yield line.split()[2]
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_ttc_serve_command_starts_and_answers():
+    with _serve_command("strategy=beam", "backend=simulated", "verifier=simulated") as url:
+        r = httpx.post(url + "/chat/completions", timeout=30, json={
+            "model": "beam", "messages": [{"role": "user", "content": "1+1?"}]})
+        assert r.status_code == 200 and r.json()["ttc"]["strategy"] == "beam"
 
 
 def test_serve_command_rejects_bad_overrides():
@@ -167,16 +174,7 @@ def test_serve_command_rejects_bad_overrides():
 def test_readme_serve_command_on_the_native_backend_answers_a_chat():
     """`ttc serve --port 8000 strategy=beam` as the README gives it: the native engine on
     the embedded model with the default verifier (the model as its own judge)."""
-    import subprocess
-    import sys
-
-    proc = subprocess.Popen([sys.executable, "-m", "ttc.cli", "serve", "--port", "0",
-                             "strategy=beam"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    try:
-        line = proc.stdout.readline()
-        assert line.startswith("ttc serve: http://127.0.0.1:"), line + proc.stderr.read()
-        url = line.split()[2]
+    with _serve_command("strategy=beam") as url:
         r = httpx.post(url + "/chat/completions", timeout=300, json={
             "model": "beam-4", "max_tokens": 48,
             "messages": [{"role": "user", "content": "What is 3 + 5?"}]})
@@ -186,9 +184,6 @@ def test_readme_serve_command_on_the_native_backend_answers_a_chat():
         assert body["choices"][0]["message"]["content"]
         assert 0 < body["usage"]["completion_tokens"] <= 48
         assert body["ttc"]["ledger"]["verifier_calls"] > 0
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 # -- transport rules (issue 20: server hardening) ---------------------------------------

@@ -50,3 +50,15 @@ def tiny_hf_model(kind: str = "llama", *, seed: int = 0, tie: bool = True, **ove
             if name.endswith("bias") or "norm" in name:
                 p.add_(torch.randn_like(p) * 0.1)
     return cfg, model
+
+
+def tiny_engine(tiny, **kw):
+    """A native engine (fp32, torch attention, byte tokenizer) over ``tiny_hf_model``'s
+    ``(config, model)``; ``kv_memory_gb`` 0.002 and ``page_size`` 8 unless given."""
+    from ttc.engine.native.engine import NativeEngine
+
+    cfg, hf = tiny
+    kw.setdefault("kv_memory_gb", 0.002)
+    kw.setdefault("page_size", 8)
+    return NativeEngine.from_hf(cfg, hf.state_dict(), ByteTokenizer(), dtype=torch.float32,
+                                attention="torch", **kw)

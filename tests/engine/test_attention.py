@@ -65,6 +65,12 @@ def test_prefix_shared_decode_equals_plain_attention(case):
     q = torch.randn(len(sl), heads, head_dim, generator=g)
     scale = 1 / math.sqrt(head_dim)
     out = decode_attention(q, k_cache, v_cache, plan, scale=scale, impl="torch")
+    _assert_equals_dense(out, q, k_cache, v_cache, seqs, scale)
+
+
+def _assert_equals_dense(out, q, k_cache, v_cache, seqs, scale):
+    """Each branch's output equals plain attention over its prefix and suffix tokens."""
+    page_size, kv_heads, head_dim = k_cache.shape[1:]
     for b, (pages, plen, own, n) in enumerate(seqs):
         idx = torch.tensor(pages + own, dtype=torch.long)
         keep = list(range(plen)) + [len(pages) * page_size + i for i in range(n)]
@@ -182,9 +188,4 @@ def test_many_groups_run_their_prefixes_in_one_padded_batch():
     q = torch.randn(len(sl), heads, head_dim, generator=g)
     scale = 1 / math.sqrt(head_dim)
     out = decode_attention(q, k_cache, v_cache, plan, scale=scale, impl="torch")
-    for b, (pages, plen, own, n) in enumerate(seqs):
-        idx = torch.tensor(pages + own, dtype=torch.long)
-        keep = list(range(plen)) + [len(pages) * ps + i for i in range(n)]
-        k = k_cache[idx].reshape(-1, kv_heads, head_dim)[keep]
-        v = v_cache[idx].reshape(-1, kv_heads, head_dim)[keep]
-        torch.testing.assert_close(out[b], _dense(q[b], k, v, scale), atol=1e-5, rtol=1e-5)
+    _assert_equals_dense(out, q, k_cache, v_cache, seqs, scale)

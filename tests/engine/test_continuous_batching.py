@@ -13,10 +13,8 @@ import threading
 import time
 
 import pytest
-import torch
-from native_helpers import EOS, ByteTokenizer, tiny_hf_model
+from native_helpers import EOS, tiny_engine, tiny_hf_model
 
-from ttc.engine.native.engine import NativeEngine
 from ttc.engine.native.kv_cache import KVCacheFull
 from ttc.stopping import Force, ForceAfter, Stop, WindowConfidence
 from ttc.types import ExpandRequest, FinishReason, SamplingParams
@@ -31,11 +29,8 @@ def tiny():
 
 
 def make_engine(tiny, **kw):
-    cfg, hf = tiny
     kw.setdefault("kv_memory_gb", 0.004)
-    kw.setdefault("page_size", 8)
-    return NativeEngine.from_hf(cfg, hf.state_dict(), ByteTokenizer(), dtype=torch.float32,
-                                attention="torch", **kw)
+    return tiny_engine(tiny, **kw)
 
 
 def token_bytes(tiny) -> int:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from native_helpers import ByteTokenizer, tiny_hf_model
+from native_helpers import ByteTokenizer, tiny_engine, tiny_hf_model
 
 from ttc.engine.native.kv_cache import KVCacheFull
-from ttc.engine.native.engine import NativeEngine, NativeGenerator
+from ttc.engine.native.engine import NativeGenerator
 from ttc.engine.native.scheduler import StopTracker
 from ttc.protocols import Generator
 from ttc.types import ExpandRequest, FinishReason, SamplingParams
@@ -19,11 +19,7 @@ def tiny():
 
 
 def _engine(tiny, **kw):
-    cfg, hf = tiny
-    kw.setdefault("kv_memory_gb", 0.002)
-    kw.setdefault("page_size", 8)
-    return NativeEngine.from_hf(cfg, hf.state_dict(), ByteTokenizer(), dtype=torch.float32,
-                                attention="torch", **kw)
+    return tiny_engine(tiny, **kw)
 
 
 PROMPT = list(b"Question: what is 3 + 5? Answer:")
