@@ -165,6 +165,7 @@ class Job:
         self.prefill_tokens = 0
         self.cached_tokens = 0
         self.seeds: list[int | None] = []
+        self.dropped = False       # cancelled after it finished: its output was released
         self.closed = False        # completed, failed or cancelled: nothing left in the engine
 
     def done(self) -> bool:
@@ -180,7 +181,9 @@ class Job:
             raise
 
     def cancel(self) -> None:
-        """Remove this job's requests from the engine and free their KV (idempotent)."""
+        """The caller will not use this job's output: remove its requests from the engine
+        and free their KV; if the job finished meanwhile (a race the caller cannot see),
+        release the handles it produced instead. Idempotent."""
         self.engine._cancel(self)
 
 
@@ -750,6 +753,16 @@ class NativeEngine:
 
     def _cancel(self, job: Job) -> None:
         with self._lock:
+            if job.closed and job.future.done() and job.future.exception() is None:
+                if not job.dropped:           # finished before the cancel: drop its output
+                    job.dropped = True
+                    out = job.future.result()
+                    for h in [c.handle for cs in out.continuations for c in cs
+                              if c.handle is not None]:
+                        st = self._handles.pop(h)
+                        if st is not None:
+                            self._drop_state(st)
+                return
             self._detach(job)
             _settle(job.future, CancelledError("the expand call was cancelled"))
 

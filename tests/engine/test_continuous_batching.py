@@ -452,3 +452,19 @@ def test_preemption_spares_the_branches_the_search_values_most(tiny):
         j.result()
     assert eng.stats()["preemptions"] > 0
     assert order == ["high", "low"]      # submitted second, finished first: it was spared
+
+
+def test_cancel_after_the_job_finished_releases_its_output(tiny):
+    """A caller that gives up (e.g. its client disconnected) may cancel just after the job
+    finished; the handles it would have received must not leak."""
+    eng = make_engine(tiny)
+    h = eng.handle_for_tokens(PROMPTS[0])
+    eng.expand([ExpandRequest(prefix=h, n=1, params=SamplingParams(temperature=0, max_tokens=1))])
+    base = (eng.pool.num_used, len(eng._handles))
+    job = eng.submit([ExpandRequest(prefix=h, n=3, params=SamplingParams(
+        temperature=1.0, max_tokens=10, seed=4))])
+    job.future.result()                      # finished, but the caller never takes it
+    job.cancel()
+    job.cancel()                             # idempotent
+    assert (eng.pool.num_used, len(eng._handles)) == base
+    eng.check_invariants()
