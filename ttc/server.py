@@ -322,6 +322,8 @@ class TTCServer(ThreadingHTTPServer):
         self._slots = threading.BoundedSemaphore(self.limits.max_connections)
         self._refused: deque[tuple[float, socket.socket]] = deque()
         self.refused = 0                           # connections answered 503 (a counter)
+        self._open: set[socket.socket] = set()     # client connections being served
+        self._open_lock = threading.Lock()
 
     @property
     def url(self) -> str:
@@ -344,9 +346,13 @@ class TTCServer(ThreadingHTTPServer):
             raise
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
+        with self._open_lock:
+            self._open.add(request)
         try:
             super().process_request_thread(request, client_address)
         finally:
+            with self._open_lock:
+                self._open.discard(request)
             self._slots.release()
 
     def _refuse(self, sock: socket.socket) -> None:
@@ -377,9 +383,18 @@ class TTCServer(ThreadingHTTPServer):
             _drain_close(self._refused.popleft()[1])
 
     def server_close(self) -> None:
+        """Stop listening and end every open connection too (a keep-alive client must not
+        go on being served by a server that was closed)."""
         while self._refused:
             _drain_close(self._refused.popleft()[1])
         super().server_close()
+        with self._open_lock:
+            open_now = list(self._open)
+        for sock in open_now:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A connection that broke outside a request (the client vanished): one line when

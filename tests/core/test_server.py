@@ -383,3 +383,15 @@ def test_serve_prints_the_warning_and_checks_its_limits(monkeypatch):
     assert seen["limits"].max_width == 8 and seen["host"] == "0.0.0.0"
     bad = CliRunner().invoke(app, ["serve", "--max-width", "0"])
     assert bad.exit_code == 2 and "--max-width must be a positive integer; got 0." in bad.output
+
+
+def test_a_closed_server_ends_its_keep_alive_connections_too():
+    """After shutdown + server_close no request is served, also not on a connection a
+    client kept open (the HTTP backend keeps its connections alive)."""
+    s = _start()
+    with httpx.Client(timeout=5) as client:
+        assert client.get(s.url + "/models").status_code == 200
+        s.shutdown()
+        s.server_close()
+        with pytest.raises(httpx.TransportError):
+            client.get(s.url + "/models")
