@@ -53,6 +53,7 @@ class SimulatedPRM:
         auroc = min(self.config.auroc, 1.0 - 1e-9)
         self._mu = NormalDist().inv_cdf(auroc) / math.sqrt(2.0)
         self._cache: set[tuple[str, tuple[str, ...]]] = set()
+        self.tokens_run = 0           # every token this PRM scored (a ledger adds up to it)
 
     def _noise(self, problem: Problem, prefix: tuple[str, ...]) -> float:
         digest = hashlib.blake2b(repr((self.config.noise_seed, problem.id, prefix)).encode(),
@@ -87,6 +88,7 @@ class SimulatedPRM:
                     if self.incremental:
                         self._cache.add(key)
             out.append(tuple(scores))
+        self.tokens_run += tokens
         return ScoreOutput(scores=tuple(out), usage=VerifierUsage(
             calls=len(trajectories), tokens=tokens, cached_tokens=cached))
 

@@ -134,6 +134,9 @@ class SimulatedGenerator:
         self._models: dict[tuple[str, str], ProblemModel] = {}
         self.peak_kv_bytes = 0
         self.modelled_seconds = 0.0
+        # What this engine "ran" over its life (a ledger must add up to these).
+        self.prefill_tokens_run = 0
+        self.decode_tokens_run = 0
 
     # -- problems ----------------------------------------------------------------------
     def problem_model(self, problem: Problem) -> ProblemModel:
@@ -212,6 +215,8 @@ class SimulatedGenerator:
         self.modelled_seconds += prefill / self.config.prefill_tokens_per_second + longest * (
             self.config.decode_step_seconds + branches * self.config.decode_seconds_per_branch)
         self.peak_kv_bytes = max(self.peak_kv_bytes, self.kv_bytes())
+        self.prefill_tokens_run += prefill
+        self.decode_tokens_run += generated
         return ExpandOutput(continuations=tuple(outputs), usage=GenerationUsage(
             prefill_tokens=prefill, cached_tokens=cached, generated_tokens=generated,
             peak_kv_bytes=self.peak_kv_bytes))

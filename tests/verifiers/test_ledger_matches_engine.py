@@ -90,3 +90,22 @@ def test_a_prm_on_its_own_engine_is_charged_what_that_engine_ran():
                                      budget=Budget(max_generated_tokens=400))
     assert result.ledger.verifier_tokens == prm_engine.stats()["prefill_tokens_run"] - before
     assert result.ledger.verifier_calls > 0
+
+
+@pytest.mark.parametrize("name", STRATEGIES.names())
+def test_ledger_equals_the_simulated_engine_and_prm(name):
+    """The same check on the simulator: every token its engine and PRM ran is charged once
+    (a call that bypassed the metered views would show up here)."""
+    from ttc.engine.backends.simulated import SimulatedGenerator
+    from ttc.verifiers.simulated import SimulatedPRM
+
+    gen, prm = SimulatedGenerator(), SimulatedPRM()
+    problem = Problem(id="s", question="q", answer="1", metadata={"difficulty": 0.4,
+                                                                  "num_steps": 4})
+    result = STRATEGIES.build({"name": name, "keep_tree": False},
+                              generation=GenerationConfig(seed=5, max_tokens=200)).run(
+        problem, generator=gen, verifier=prm, budget=Budget(max_generated_tokens=3000))
+    led = result.ledger
+    assert led.generated_tokens == gen.decode_tokens_run
+    assert led.prefill_tokens == gen.prefill_tokens_run
+    assert led.verifier_tokens == prm.tokens_run
