@@ -6,10 +6,13 @@ Contract: for every name in :data:`ttc.registry.STRATEGIES` at run time, runs
 ``ttc eval`` on the simulated backend at several *widths* (the strategy's own compute
 knob: ``n`` for best-of-N/beam/DVTS/particles, ``width`` for REBASE/ETS,
 ``n_simulations`` for MCTS, ...; see :func:`scale_overrides`) under one generous
-generated-token cap, into a sweep folder with the layout of ``ttc sweep``
-(``runs/<name>/``; ``sweep.json`` says the width fields vary along a line), then
-writes the report and copies the accuracy-vs-generated-tokens figure. A strategy
-registered later with none of the known knobs gets one point at its defaults.
+generated-token cap, once per seed ``s`` in ``range(seeds)`` (default 10): seed ``s``
+draws problem set ``dataset.seed=s`` and samples with ``generation.seed=s``, so both
+vary. Runs go into a sweep folder with the layout of ``ttc sweep``
+(``runs/<name>/``; ``sweep.json`` says the width fields vary along a line); the report
+pools the seeds of a point (accuracy interval clustered by problem), and the
+accuracy-vs-generated-tokens figure is copied out. A strategy registered later with
+none of the known knobs gets one point at its defaults.
 Must NOT know: strategy internals beyond the name of each one's width field.
 """
 
@@ -52,12 +55,15 @@ def scale_overrides(name: str, width: int) -> list[str] | None:
 
 
 def run_scaling(out: Path, *, widths: tuple[int, ...] = (4, 8, 16), limit: int = 24,
-                dataset: str = "sim_hard", budget: int = 16384, echo=print) -> Path:
+                dataset: str = "sim_hard", budget: int = 16384, seeds: int = 10,
+                echo=print) -> Path:
     """Run the sweep into ``out`` and return the accuracy-vs-tokens PNG."""
     from ttc.evals.cli import _write_sweep_json, compose_eval
     from ttc.evals.report import write_report
     from ttc.evals.runner import prepare_eval, run_eval
 
+    if seeds < 1:
+        raise ValueError(f"seeds must be a positive integer; got {seeds!r}.")
     base = [f"dataset={dataset}", f"limit={limit}", f"budget={budget}", "progress=false"]
     plans, knobs = [], set()
     for name in STRATEGIES.names():
@@ -66,12 +72,16 @@ def run_scaling(out: Path, *, widths: tuple[int, ...] = (4, 8, 16), limit: int =
             points = [(0, [])]
         for width, extra in points:
             knobs.update(o.split("=")[0].removeprefix("strategy.") for o in extra)
-            combo = base + [f"strategy={name}", *extra]
-            run = f"strategy={name},width={width}" if width else f"strategy={name}"
-            plans.append((run, combo, prepare_eval(compose_eval(combo),
-                                                   output=out / "runs" / run)))
+            for seed in range(seeds):
+                combo = base + [f"strategy={name}", *extra, f"dataset.seed={seed}",
+                                f"seed={seed}"]
+                run = (f"strategy={name},width={width}" if width else f"strategy={name}"
+                       ) + f",seed={seed}"
+                plans.append((run, combo, prepare_eval(compose_eval(combo),
+                                                       output=out / "runs" / run)))
     out.mkdir(parents=True, exist_ok=True)
-    _write_sweep_json(out, {"strategy": STRATEGIES.names(), "width": [str(w) for w in widths]},
+    _write_sweep_json(out, {"strategy": STRATEGIES.names(), "width": [str(w) for w in widths],
+                            "seed": [str(s) for s in range(seeds)]},
                       base, [(n, c) for n, c, _ in plans])
     meta = json.loads((out / "sweep.json").read_text())
     meta["points_over"] = sorted(knobs)
@@ -93,9 +103,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--limit", type=int, default=24)
     parser.add_argument("--widths", default="4,8,16")
     parser.add_argument("--dataset", default="sim_hard")
+    parser.add_argument("--seeds", type=int, default=10,
+                        help="seeds 0..S-1, each a problem set and a sampling seed")
     args = parser.parse_args(argv)
     widths = tuple(int(w) for w in args.widths.split(","))
-    png = run_scaling(args.out, widths=widths, limit=args.limit, dataset=args.dataset)
+    png = run_scaling(args.out, widths=widths, limit=args.limit, dataset=args.dataset,
+                      seeds=args.seeds)
     if args.figure is not None:
         args.figure.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(png, args.figure)

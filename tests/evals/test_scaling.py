@@ -21,12 +21,15 @@ def test_every_registered_strategy_has_valid_width_overrides():
 
 
 def test_scaling_sweep_draws_one_line_per_registered_strategy(tmp_path):
-    png = run_scaling(tmp_path / "s", widths=(4,), limit=1, budget=2048,
+    png = run_scaling(tmp_path / "s", widths=(4,), limit=1, budget=2048, seeds=2,
                       echo=lambda _m: None)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     meta = json.loads((tmp_path / "s" / "sweep.json").read_text())
     assert "n" in meta["points_over"]
     rows = collect(tmp_path / "s")
+    # each seed is its own problem set and sampling seed, pooled into one point
+    assert all(r["seeds"] == "0,1" and r["problem_seeds"] == "0,1" and r["problems"] == 2
+               and r["distinct_problems"] == 2 for r in rows)
     ax = figures(rows)["accuracy_vs_tokens"].axes[0]
     labels = sorted(line.get_label() for line in ax.get_lines())
     assert labels == STRATEGIES.names()
