@@ -10,8 +10,10 @@ generated-token cap, once per seed ``s`` in ``range(seeds)`` (default 10): seed 
 draws problem set ``dataset.seed=s`` and samples with ``generation.seed=s``, so both
 vary. Runs go into a sweep folder with the layout of ``ttc sweep``
 (``runs/<name>/``; ``sweep.json`` says the width fields vary along a line); the report
-pools the seeds of a point (accuracy interval clustered by problem), and the
-accuracy-vs-generated-tokens figure is copied out. A strategy registered later with
+pools the seeds of a point (accuracy interval clustered by problem), the
+accuracy-vs-generated-tokens figure is copied out, and ``reach.md`` gives each
+strategy's widest point and the tokens its curve needs to reach fixed accuracies
+(interpolated, or "not reached within N tokens"; :func:`reach_summary`). A strategy registered later with
 none of the known knobs gets one point at its defaults.
 Must NOT know: strategy internals beyond the name of each one's width field.
 """
@@ -24,6 +26,7 @@ import shutil
 import time
 from pathlib import Path
 
+from ttc.evals.stats import tokens_to_reach
 from ttc.registry import STRATEGIES
 
 # name -> (width field, extra overrides as a function of the width)
@@ -52,6 +55,27 @@ def scale_overrides(name: str, width: int) -> list[str] | None:
         if knob in fields:
             return [f"strategy.{knob}={width}"]
     return None
+
+
+def reach_summary(rows: list[dict], *, targets: tuple[float, ...] = (0.5, 0.9)) -> str:
+    """Markdown: per (dataset, strategy) line of report rows, its widest point's accuracy
+    [95% CI] and tokens, and the tokens its curve needs to reach each target."""
+    lines = ["| dataset | strategy | points | accuracy at the widest point [95% CI] | "
+             "tokens there | " + " | ".join(f"tokens to reach {t:g}" for t in targets) + " |",
+             "|" + "---|" * (5 + len(targets))]
+    lines_of: dict[tuple[str, str], list[dict]] = {}
+    for r in rows:
+        lines_of.setdefault((r["dataset"], r["strategy"]), []).append(r)
+    for (dataset, strategy), pts in sorted(lines_of.items()):
+        pts = sorted(pts, key=lambda r: r["generated_tokens_per_problem"])
+        top = pts[-1]
+        curve = [(r["generated_tokens_per_problem"], r["accuracy"]) for r in pts]
+        lines.append(
+            f"| {dataset} | {strategy} | {len(pts)} | {top['accuracy']:.3f} "
+            f"[{top['accuracy_ci_low']:.3f}, {top['accuracy_ci_high']:.3f}] | "
+            f"{top['generated_tokens_per_problem']:,.0f} | "
+            + " | ".join(tokens_to_reach(curve, t).describe() for t in targets) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def run_scaling(out: Path, *, widths: tuple[int, ...] = (4, 8, 16), limit: int = 24,
@@ -92,7 +116,11 @@ def run_scaling(out: Path, *, widths: tuple[int, ...] = (4, 8, 16), limit: int =
         echo(f"[{i}/{len(plans)}] {run}: accuracy {summary['accuracy']:.3f}, "
              f"{summary['generated_tokens_per_problem']:,.0f} tokens/problem "
              f"({time.perf_counter() - t0:.0f} s)")
-    return write_report(out)["accuracy_vs_tokens"]
+    paths = write_report(out)
+    from ttc.evals.report import collect
+
+    (out / "reach.md").write_text(reach_summary(collect(out)), encoding="utf-8")
+    return paths["accuracy_vs_tokens"]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -113,7 +141,8 @@ def main(argv: list[str] | None = None) -> None:
         args.figure.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(png, args.figure)
         print(f"figure: {args.figure}")
-    print(f"report: {args.out / 'report.md'}")
+    print(f"report: {args.out / 'report.md'}; widest points and tokens to reach: "
+          f"{args.out / 'reach.md'}")
 
 
 if __name__ == "__main__":
