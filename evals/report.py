@@ -4,8 +4,9 @@ Contract: :func:`collect` reads every run under DIR (an eval folder, or a sweep'
 ``runs/*``), pools runs that differ only in seed (the sampling seed ``generation.seed``
 and a generated dataset's problem-set seed ``dataset.seed``), and summarizes each group
 with :func:`ttc.evals.metrics.summarize`, whose accuracy interval is clustered by
-problem id: a problem seen under two sampling seeds is one cluster, not two samples. :func:`figures` draws three matplotlib figures (Agg),
-one subplot per dataset, one line per strategy (points ordered by generated tokens):
+problem id: a problem seen under two sampling seeds is one cluster, not two samples.
+:func:`figures` draws three matplotlib figures (Agg), one subplot per dataset, one line
+per strategy (points ordered by generated tokens):
 
     accuracy_vs_tokens           accuracy vs generated tokens per problem (log x)
     accuracy_vs_verifier_calls   accuracy vs verifier calls per problem (symlog x)

@@ -13,8 +13,8 @@ vary. Runs go into a sweep folder with the layout of ``ttc sweep``
 pools the seeds of a point (accuracy interval clustered by problem), the
 accuracy-vs-generated-tokens figure is copied out, and ``reach.md`` gives each
 strategy's widest point and the tokens its curve needs to reach fixed accuracies
-(interpolated, or "not reached within N tokens"; :func:`reach_summary`). A strategy registered later with
-none of the known knobs gets one point at its defaults.
+(interpolated, or "not reached within N tokens"; :func:`reach_summary`). A strategy
+registered later with none of the known knobs gets one point at its defaults.
 Must NOT know: strategy internals beyond the name of each one's width field.
 """
 
