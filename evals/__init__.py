@@ -4,7 +4,10 @@
                        checksums, local files, hub sets, simulated sets
     grading.py         is_correct(gold, pred): the one place that decides "correct"
     runner.py          ``ttc eval``: validated plan, crash-safe resumable JSONL records
-    metrics.py         accuracy, pass@k (unbiased), majority@k, compute, bootstrap CIs
+    metrics.py         accuracy (interval clustered by problem), pass@k (unbiased),
+                       majority@k, compute
+    stats.py           intervals over seeds, Wilson and clustered proportions, tokens to
+                       reach an accuracy (or "not reached")
     cli.py             ``ttc eval`` / ``ttc sweep`` logic (overrides, sweep layout)
     report.py          ``ttc report``: tables and accuracy-vs-compute plots
     treeview.py        ``ttc tree``: draw a stored search tree with its scores

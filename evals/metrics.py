@@ -7,7 +7,10 @@ Contract: pure functions of the per-problem records ``ttc eval`` writes (see
 
 computed as a stable product ``1 - prod_{i=n-c+1}^{n} (1 - k / i)``; majority@k is the
 share of problems whose majority vote over the first ``k`` candidates is correct.
-Confidence intervals are percentile bootstraps over problems (seeded, so reproducible).
+Accuracy's interval is a Wilson interval clustered by problem id
+(:func:`ttc.evals.stats.clustered_proportion_interval`): a problem seen under several
+seeds is one cluster, not several independent samples, and 3/3 does not give [1, 1].
+:func:`bootstrap_ci` (percentile bootstrap over values, seeded) serves other means.
 Failed records (a problem whose solve raised: ``error`` is set, see
 :mod:`ttc.evals.runner`) have no answer and no ledger; :func:`summarize` counts them
 (``failed``, ``failed_ids``) and computes every metric over the other records
@@ -23,6 +26,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ttc.answers import answer_key
+from ttc.evals.stats import clustered_proportion_interval
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -73,10 +77,14 @@ def is_failed(record: dict[str, Any]) -> bool:
     return record.get("error") is not None
 
 
-def summarize(records: Sequence[dict[str, Any]], *, ks: Sequence[int] = (1, 4, 8),
-              resamples: int = 1000) -> dict[str, Any]:
+def summarize(records: Sequence[dict[str, Any]], *, ks: Sequence[int] = (1, 4, 8)
+              ) -> dict[str, Any]:
     """Accuracy with a CI, pass@k/majority@k where candidates allow, mean compute, over the
-    records that were graded; failed records are counted (``records`` = both)."""
+    records that were graded; failed records are counted (``records`` = both).
+
+    The accuracy interval clusters records by their problem ``id`` (records without one
+    count as distinct problems).
+    """
     if not records:
         raise ValueError("no records to summarize.")
     failed = [str(r["id"]) for r in records if is_failed(r)]
@@ -88,7 +96,8 @@ def summarize(records: Sequence[dict[str, Any]], *, ks: Sequence[int] = (1, 4, 8
     correct = np.array([1.0 if r["correct"] else 0.0 for r in records])
     led = [r["ledger"] for r in records]
     tokens = np.array([x["generated_tokens"] for x in led], dtype=float)
-    lo, hi = bootstrap_ci(correct, resamples=resamples)
+    clusters = [r.get("id", ("record", i)) for i, r in enumerate(records)]
+    lo, hi = clustered_proportion_interval(correct, clusters)
     out: dict[str, Any] = {
         "problems": len(records),
         "accuracy": float(correct.mean()), "accuracy_ci_low": lo, "accuracy_ci_high": hi,

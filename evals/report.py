@@ -1,10 +1,13 @@
 """``ttc report DIR``: tables and scaling plots from eval or sweep folders.
 
 Contract: :func:`collect` reads every run under DIR (an eval folder, or a sweep's
-``runs/*``), pools runs that differ only in seed, and summarizes each group with
-:func:`ttc.evals.metrics.summarize` (metrics over graded problems; failed records are
-counted in ``failed`` and a run with none graded is left out). :func:`figures` draws three matplotlib figures (Agg),
-one subplot per dataset, one line per strategy (points ordered by generated tokens):
+``runs/*``), pools runs that differ only in seed (the sampling seed ``generation.seed``
+and a generated dataset's problem-set seed ``dataset.seed``), and summarizes each group
+with :func:`ttc.evals.metrics.summarize` (metrics over graded problems; failed records
+are counted in ``failed`` and a run with none graded is left out), whose accuracy
+interval is clustered by problem id: a problem seen under two sampling seeds is one
+cluster, not two samples. :func:`figures` draws three matplotlib figures (Agg), one
+subplot per dataset, one line per strategy (points ordered by generated tokens):
 
     accuracy_vs_tokens           accuracy vs generated tokens per problem (log x)
     accuracy_vs_verifier_calls   accuracy vs verifier calls per problem (symlog x)
@@ -26,7 +29,8 @@ from ttc.evals.metrics import is_failed, summarize
 from ttc.evals.runner import CONFIG, RESULTS, read_results
 from ttc.registry import ConfigError
 
-COLUMNS = ("dataset", "strategy", "point", "budget", "seeds", "problems", "failed", "accuracy",
+COLUMNS = ("dataset", "strategy", "point", "budget", "seeds", "problem_seeds", "problems",
+           "distinct_problems", "failed", "accuracy",
            "accuracy_ci_low", "accuracy_ci_high", "pass@1", "majority@8",
            "generated_tokens_per_problem", "verifier_calls_per_problem",
            "kv_peak_bytes_mean", "wall_seconds_per_problem")
@@ -97,6 +101,7 @@ def collect(root: str | Path, *, points_over: tuple[str, ...] | None = None
         key_ident = json.loads(json.dumps(ident))
         key_ident["run"]["generation"].pop("seed", None)
         key_ident.pop("seed", None)
+        key_ident.get("dataset", {}).pop("seed", None)
         key = (ident["dataset"]["name"], _label(r, varying),
                ident["run"]["budget"]["max_generated_tokens"],
                json.dumps(key_ident, sort_keys=True))
@@ -109,11 +114,31 @@ def collect(root: str | Path, *, points_over: tuple[str, ...] | None = None
         strat = members[0]["strategy"]
         point = ",".join(f"{k}={strat[k]}" for k in points_over if k in strat)
         rows.append({"dataset": dataset, "strategy": label, "point": point, "budget": budget,
-                     "seeds": ",".join(sorted({str(m["identity"]["seed"]) for m in members})),
+                     "seeds": seed_list(m["identity"]["seed"] for m in members),
+                     "problem_seeds": seed_list(m["identity"]["dataset"].get("seed", 0)
+                                                for m in members),
+                     "distinct_problems": len({rec["id"] for rec in records}),
                      **summary})
     rows.sort(key=lambda r: (r["dataset"], r["strategy"], r["budget"] or 0,
                              r["generated_tokens_per_problem"]))
     return rows
+
+
+def seed_list(seeds) -> str:
+    """Distinct seeds, sorted, runs of three or more consecutive integers as ``a-b``."""
+    values = sorted({int(x) for x in seeds})
+    parts: list[str] = []
+    i = 0
+    while i < len(values):
+        j = i
+        while j + 1 < len(values) and values[j + 1] == values[j] + 1:
+            j += 1
+        if j - i >= 2:
+            parts.append(f"{values[i]}-{values[j]}")
+        else:
+            parts.extend(str(v) for v in values[i:j + 1])
+        i = j + 1
+    return ",".join(parts)
 
 
 def figures(rows: list[dict[str, Any]]):
@@ -203,7 +228,8 @@ def _fmt(v: Any) -> Any:
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
-    head = ("| dataset | strategy | budget | seeds | problems | accuracy [95% CI] | "
+    head = ("| dataset | strategy | budget | seeds (sampling / problem set) | problems "
+            "(distinct) | accuracy [95% CI] | "
             "pass@1 | maj@8 | gen tokens/problem | verifier calls/problem | "
             "KV peak MiB | s/problem |")
     lines = [head, "|" + "|".join(["---"] * (head.count("|") - 1)) + "|"]
@@ -212,8 +238,9 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
             return f"{r[k]:.3f}" if k in r else "–"
         name = f"{r['strategy']} ({r['point']})" if r.get("point") else r["strategy"]
         lines.append(
-            f"| {r['dataset']} | {name} | {r['budget'] or '∞'} | {r['seeds']} | "
-            f"{r['problems']} | {r['accuracy']:.3f} [{r['accuracy_ci_low']:.3f}, "
+            f"| {r['dataset']} | {name} | {r['budget'] or '∞'} | {r['seeds']} / "
+            f"{r['problem_seeds']} | {r['problems']} ({r['distinct_problems']}) | "
+            f"{r['accuracy']:.3f} [{r['accuracy_ci_low']:.3f}, "
             f"{r['accuracy_ci_high']:.3f}] | {opt('pass@1')} | {opt('majority@8')} | "
             f"{r['generated_tokens_per_problem']:,.0f} | "
             f"{r['verifier_calls_per_problem']:,.1f} | "

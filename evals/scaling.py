@@ -6,9 +6,14 @@ Contract: for every name in :data:`ttc.registry.STRATEGIES` at run time, runs
 ``ttc eval`` on the simulated backend at several *widths* (the strategy's own compute
 knob: ``n`` for best-of-N/beam/DVTS/particles, ``width`` for REBASE/ETS,
 ``n_simulations`` for MCTS, ...; see :func:`scale_overrides`) under one generous
-generated-token cap, into a sweep folder with the layout of ``ttc sweep``
-(``runs/<name>/``; ``sweep.json`` says the width fields vary along a line), then
-writes the report and copies the accuracy-vs-generated-tokens figure. A strategy
+generated-token cap, once per seed ``s`` in ``range(seeds)`` (default 10): seed ``s``
+draws problem set ``dataset.seed=s`` and samples with ``generation.seed=s``, so both
+vary. Runs go into a sweep folder with the layout of ``ttc sweep``
+(``runs/<name>/``; ``sweep.json`` says the width fields vary along a line); the report
+pools the seeds of a point (accuracy interval clustered by problem), the
+accuracy-vs-generated-tokens figure is copied out, and ``reach.md`` gives each
+strategy's widest point and the tokens its curve needs to reach fixed accuracies
+(interpolated, or "not reached within N tokens"; :func:`reach_summary`). A strategy
 registered later with none of the known knobs gets one point at its defaults.
 Must NOT know: strategy internals beyond the name of each one's width field.
 """
@@ -21,6 +26,7 @@ import shutil
 import time
 from pathlib import Path
 
+from ttc.evals.stats import tokens_to_reach
 from ttc.registry import STRATEGIES
 
 # name -> (width field, extra overrides as a function of the width)
@@ -51,13 +57,37 @@ def scale_overrides(name: str, width: int) -> list[str] | None:
     return None
 
 
+def reach_summary(rows: list[dict], *, targets: tuple[float, ...] = (0.5, 0.9)) -> str:
+    """Markdown: per (dataset, strategy) line of report rows, its widest point's accuracy
+    [95% CI] and tokens, and the tokens its curve needs to reach each target."""
+    lines = ["| dataset | strategy | points | accuracy at the widest point [95% CI] | "
+             "tokens there | " + " | ".join(f"tokens to reach {t:g}" for t in targets) + " |",
+             "|" + "---|" * (5 + len(targets))]
+    lines_of: dict[tuple[str, str], list[dict]] = {}
+    for r in rows:
+        lines_of.setdefault((r["dataset"], r["strategy"]), []).append(r)
+    for (dataset, strategy), pts in sorted(lines_of.items()):
+        pts = sorted(pts, key=lambda r: r["generated_tokens_per_problem"])
+        top = pts[-1]
+        curve = [(r["generated_tokens_per_problem"], r["accuracy"]) for r in pts]
+        lines.append(
+            f"| {dataset} | {strategy} | {len(pts)} | {top['accuracy']:.3f} "
+            f"[{top['accuracy_ci_low']:.3f}, {top['accuracy_ci_high']:.3f}] | "
+            f"{top['generated_tokens_per_problem']:,.0f} | "
+            + " | ".join(tokens_to_reach(curve, t).describe() for t in targets) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def run_scaling(out: Path, *, widths: tuple[int, ...] = (4, 8, 16), limit: int = 24,
-                dataset: str = "sim_hard", budget: int = 16384, echo=print) -> Path:
+                dataset: str = "sim_hard", budget: int = 16384, seeds: int = 10,
+                echo=print) -> Path:
     """Run the sweep into ``out`` and return the accuracy-vs-tokens PNG."""
     from ttc.evals.cli import _write_sweep_json, compose_eval, summary_line
     from ttc.evals.report import write_report
     from ttc.evals.runner import prepare_eval, run_eval
 
+    if seeds < 1:
+        raise ValueError(f"seeds must be a positive integer; got {seeds!r}.")
     base = [f"dataset={dataset}", f"limit={limit}", f"budget={budget}", "progress=false"]
     plans, knobs = [], set()
     for name in STRATEGIES.names():
@@ -66,12 +96,16 @@ def run_scaling(out: Path, *, widths: tuple[int, ...] = (4, 8, 16), limit: int =
             points = [(0, [])]
         for width, extra in points:
             knobs.update(o.split("=")[0].removeprefix("strategy.") for o in extra)
-            combo = base + [f"strategy={name}", *extra]
-            run = f"strategy={name},width={width}" if width else f"strategy={name}"
-            plans.append((run, combo, prepare_eval(compose_eval(combo),
-                                                   output=out / "runs" / run)))
+            for seed in range(seeds):
+                combo = base + [f"strategy={name}", *extra, f"dataset.seed={seed}",
+                                f"seed={seed}"]
+                run = (f"strategy={name},width={width}" if width else f"strategy={name}"
+                       ) + f",seed={seed}"
+                plans.append((run, combo, prepare_eval(compose_eval(combo),
+                                                       output=out / "runs" / run)))
     out.mkdir(parents=True, exist_ok=True)
-    _write_sweep_json(out, {"strategy": STRATEGIES.names(), "width": [str(w) for w in widths]},
+    _write_sweep_json(out, {"strategy": STRATEGIES.names(), "width": [str(w) for w in widths],
+                            "seed": [str(s) for s in range(seeds)]},
                       base, [(n, c) for n, c, _ in plans])
     meta = json.loads((out / "sweep.json").read_text())
     meta["points_over"] = sorted(knobs)
@@ -81,7 +115,11 @@ def run_scaling(out: Path, *, widths: tuple[int, ...] = (4, 8, 16), limit: int =
         summary = run_eval(plan)
         echo(f"[{i}/{len(plans)}] {run}: {summary_line(summary)} "
              f"({time.perf_counter() - t0:.0f} s)")
-    return write_report(out)["accuracy_vs_tokens"]
+    paths = write_report(out)
+    from ttc.evals.report import collect
+
+    (out / "reach.md").write_text(reach_summary(collect(out)), encoding="utf-8")
+    return paths["accuracy_vs_tokens"]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -92,14 +130,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--limit", type=int, default=24)
     parser.add_argument("--widths", default="4,8,16")
     parser.add_argument("--dataset", default="sim_hard")
+    parser.add_argument("--seeds", type=int, default=10,
+                        help="seeds 0..S-1, each a problem set and a sampling seed")
     args = parser.parse_args(argv)
     widths = tuple(int(w) for w in args.widths.split(","))
-    png = run_scaling(args.out, widths=widths, limit=args.limit, dataset=args.dataset)
+    png = run_scaling(args.out, widths=widths, limit=args.limit, dataset=args.dataset,
+                      seeds=args.seeds)
     if args.figure is not None:
         args.figure.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(png, args.figure)
         print(f"figure: {args.figure}")
-    print(f"report: {args.out / 'report.md'}")
+    print(f"report: {args.out / 'report.md'}; widest points and tokens to reach: "
+          f"{args.out / 'reach.md'}")
 
 
 if __name__ == "__main__":

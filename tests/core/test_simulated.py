@@ -5,6 +5,7 @@ import math
 import pytest
 
 from ttc.engine.backends.simulated import SimulatedBackendConfig, SimulatedGenerator, make_problems
+from ttc.evals.stats import mean_interval
 from ttc.ledger import Budget
 from ttc.strategies.best_of_n import BestOfN, BestOfNConfig
 from ttc.strategies.self_consistency import SelfConsistency, SelfConsistencyConfig
@@ -84,9 +85,9 @@ def test_simulated_prm_quality_follows_its_auroc():
     assert 0.9 < auroc < 0.99
 
 
-def _accuracy(strategy, problems, *, auroc, budget):
-    gen = SimulatedGenerator()
-    prm = SimulatedPRM(SimulatedPRMConfig(auroc=auroc))
+def _accuracy(strategy, problems, *, auroc, budget, seed):
+    gen = SimulatedGenerator(SimulatedBackendConfig(world_seed=seed))
+    prm = SimulatedPRM(SimulatedPRMConfig(world_seed=seed, auroc=auroc))
     right = 0
     for p in problems:
         r = strategy.run(p, generator=gen, verifier=prm, budget=Budget(max_generated_tokens=budget))
@@ -97,16 +98,19 @@ def _accuracy(strategy, problems, *, auroc, budget):
 def test_perfect_prm_best_of_n_beats_majority_beats_one_sample():
     """On hard problems, at a matched budget: BoN with a perfect PRM > majority > 1 sample.
 
-    300 problems: a binomial standard error of at most 0.029 per accuracy, so the gaps
-    asserted (>= 0.1) are over three standard errors of their difference.
+    10 seeds (each its own 30 problems and sampling world); each gap's 95% interval over
+    seeds must lie above zero.
     """
-    problems = make_problems(300, seed=7, difficulty=(0.5, 0.8))
     budget = 16 * 400
-    bon = _accuracy(BestOfN(BestOfNConfig(n=16, selection="best", keep_tree=False)), problems,
-                    auroc=1.0, budget=budget)
-    maj = _accuracy(SelfConsistency(SelfConsistencyConfig(n=16, keep_tree=False)), problems,
-                    auroc=1.0, budget=budget)
-    one = _accuracy(SelfConsistency(SelfConsistencyConfig(n=1, keep_tree=False)), problems,
-                    auroc=1.0, budget=budget)
-    assert bon - maj >= 0.1, (bon, maj, one)
-    assert maj - one >= 0.1, (bon, maj, one)
+    bon_gap, maj_gap = [], []
+    for seed in range(10):
+        problems = make_problems(30, seed=7 + seed, difficulty=(0.5, 0.8))
+        acc = {name: _accuracy(strategy, problems, auroc=1.0, budget=budget, seed=seed)
+               for name, strategy in (
+                   ("bon", BestOfN(BestOfNConfig(n=16, selection="best", keep_tree=False))),
+                   ("maj", SelfConsistency(SelfConsistencyConfig(n=16, keep_tree=False))),
+                   ("one", SelfConsistency(SelfConsistencyConfig(n=1, keep_tree=False))))}
+        bon_gap.append(acc["bon"] - acc["maj"])
+        maj_gap.append(acc["maj"] - acc["one"])
+    assert mean_interval(bon_gap).low > 0, mean_interval(bon_gap)
+    assert mean_interval(maj_gap).low > 0, mean_interval(maj_gap)

@@ -61,3 +61,18 @@ def test_summarize_reports_compute_and_k_metrics():
     assert s["pass@4"] == pytest.approx(0.5)
     assert s["majority@4"] == pytest.approx(0.5)
     assert "pass@8" not in s
+
+
+def test_summarize_clusters_accuracy_by_problem_and_keeps_3_of_3_open():
+    led = {"generated_tokens": 10, "prefill_tokens": 1, "verifier_calls": 1,
+           "peak_kv_bytes": 1}
+    recs = [{"id": f"p{i}", "correct": True, "ledger": led, "seed": 0} for i in range(3)]
+    s = summarize(recs)
+    assert s["accuracy"] == 1.0 and s["accuracy_ci_high"] == 1.0
+    assert s["accuracy_ci_low"] == pytest.approx(0.4385, abs=1e-4)     # Wilson 3/3
+    # the same three problems again under seed 1 are no new problems: the interval stays
+    again = summarize(recs + [{**r, "seed": 1} for r in recs])
+    assert again["accuracy_ci_low"] == pytest.approx(s["accuracy_ci_low"])
+    # three new problems do narrow it
+    more = summarize(recs + [{**r, "id": r["id"] + "b"} for r in recs])
+    assert more["accuracy_ci_low"] > s["accuracy_ci_low"] + 0.1

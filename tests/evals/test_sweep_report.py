@@ -9,7 +9,9 @@ from typer.testing import CliRunner
 
 from ttc.cli import app
 from ttc.evals.cli import expand_sweep, run_sweep_command
-from ttc.evals.report import PLOTS, collect, figures, write_report
+from ttc.evals.report import PLOTS, collect, figures, seed_list, write_report
+from ttc.evals.runner import read_results
+from ttc.evals.stats import clustered_proportion_interval
 from ttc.evals.treeview import draw_tree, find_record, layout
 from ttc.registry import ConfigError
 from ttc.tree import SearchTree
@@ -48,6 +50,14 @@ def test_report_pools_seeds_and_writes_tables_and_pngs(sweep_dir):
     assert {(r["strategy"], r["budget"]) for r in rows} == {
         ("beam", 256), ("beam", 1024), ("best_of_n", 256), ("best_of_n", 1024)}
     assert all(r["problems"] == 12 and r["seeds"] == "0,1" for r in rows)
+    for r in rows:
+        # 6 problems under 2 sampling seeds: 6 clusters, not 12 independent samples
+        assert r["distinct_problems"] == 6 and r["problem_seeds"] == "0"
+        recs = [rec for seed in (0, 1) for rec in read_results(
+            sweep_dir / "runs" / f"strategy={r['strategy']},budget={r['budget']},seed={seed}"
+            / "results.jsonl")]
+        ci = clustered_proportion_interval([x["correct"] for x in recs], [x["id"] for x in recs])
+        assert (r["accuracy_ci_low"], r["accuracy_ci_high"]) == pytest.approx(ci)
     figs = figures(rows)
     assert set(figs) == set(PLOTS)
     for name, fig in figs.items():
@@ -107,3 +117,8 @@ def test_tree_view_draws_a_stored_tree(sweep_dir, tmp_path):
 def test_report_on_an_empty_folder_is_a_clear_error(tmp_path):
     res = CliRunner().invoke(app, ["report", str(tmp_path)])
     assert res.exit_code == 2 and "no results.jsonl" in res.output
+
+
+def test_seed_lists_are_compact():
+    assert seed_list([3, 0, 1, 2, 2, 7, 9, 8]) == "0-3,7-9"
+    assert seed_list(["1", "0"]) == "0,1"
