@@ -53,19 +53,14 @@ class _Worker:
 
     def _pipeline(self) -> Any:
         from ttc.pipeline import Pipeline  # noqa: PLC0415
-        from ttc.registry import BACKENDS, VERIFIERS  # noqa: PLC0415
-        from ttc.sharing import shared_generator, shared_verifier  # noqa: PLC0415
+        from ttc.sharing import shared_engine  # noqa: PLC0415
 
         if self.fresh:
             return Pipeline.from_config(self.config)
         with self._build_lock:
             if self.shared is None:
-                gen = shared_generator(BACKENDS.build(self.config.backend))
-                self.shared = (gen, shared_verifier(VERIFIERS.build(self.config.verifier,
-                                                                    generator=gen)))
-        c = self.config
-        return Pipeline(generator=self.shared[0], verifier=self.shared[1], strategy=c.strategy,
-                        budget=c.budget, generation=c.generation)
+                self.shared = shared_engine(self.config)
+        return Pipeline.from_config(self.config, shared=self.shared)
 
     def solve(self, index: int, problem: dict[str, Any]) -> dict[str, Any]:
         from ttc.evals.runner import solve_to_record  # noqa: PLC0415

@@ -390,9 +390,7 @@ def run_eval(plan: EvalPlan, *, on_record: Callable[[dict[str, Any]], None] | No
     def pipeline() -> Pipeline:
         if shared is not None:
             if not hasattr(local, "pipe"):
-                local.pipe = Pipeline(generator=shared[0], verifier=shared[1],
-                                      strategy=config.strategy, budget=config.budget,
-                                      generation=config.generation)
+                local.pipe = Pipeline.from_config(config, shared=shared)
             return local.pipe
         if fresh or not hasattr(local, "pipe"):
             # NOTE: one build at a time: worker threads importing transformers and loading
@@ -482,12 +480,9 @@ def _write_summary(plan: EvalPlan, shared: tuple[Any, Any] | None) -> dict[str, 
 
 def _shared_engine(config: RunConfig) -> tuple[Any, Any]:
     """One generator and one verifier that every worker thread may call at once."""
-    from ttc.registry import BACKENDS, VERIFIERS
-    from ttc.sharing import shared_generator, shared_verifier
+    from ttc.sharing import shared_engine
 
-    generator = shared_generator(BACKENDS.build(config.backend))
-    verifier = shared_verifier(VERIFIERS.build(config.verifier, generator=generator))
-    return generator, verifier
+    return shared_engine(config)
 
 
 class _ProgressBar:

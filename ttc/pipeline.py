@@ -59,9 +59,13 @@ class Pipeline:
         return part
 
     @classmethod
-    def from_config(cls, config: RunConfig, *, progress: ProgressCallback | None = None
-                    ) -> "Pipeline":
-        return cls(generator=config.backend, verifier=config.verifier,
+    def from_config(cls, config: RunConfig, *, progress: ProgressCallback | None = None,
+                    shared: tuple[Any, Any] | None = None) -> "Pipeline":
+        """The pipeline ``config`` describes; ``shared`` = (generator, verifier) already
+        built (one engine serving many pipelines, :func:`ttc.sharing.shared_engine`)."""
+        generator, verifier = shared if shared is not None else (config.backend,
+                                                                 config.verifier)
+        return cls(generator=generator, verifier=verifier,
                    strategy=config.strategy, budget=config.budget,
                    generation=config.generation, progress=progress)
 

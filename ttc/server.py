@@ -199,10 +199,14 @@ class _Handler(BaseHTTPRequestHandler):
             if n > limit:
                 raise RequestError(413, f"the body has {n} bytes; at most {limit} (the "
                                    f"server's --max-body-bytes).")
-            data = self.rfile.read(n)
-            if len(data) < n:
-                raise Disconnected("the client closed the connection mid-body.")
+            data = self._read_exact(n)
         self._body_left = False
+        return data
+
+    def _read_exact(self, n: int) -> bytes:
+        data = self.rfile.read(n)
+        if len(data) < n:
+            raise Disconnected("the client closed the connection mid-body.")
         return data
 
     def _read_chunked(self, limit: int) -> bytes:
@@ -222,10 +226,7 @@ class _Handler(BaseHTTPRequestHandler):
             if total > limit:
                 raise RequestError(413, f"the chunked body passed {limit} bytes (the "
                                    f"server's --max-body-bytes).")
-            data = self.rfile.read(n)
-            if len(data) < n:
-                raise Disconnected("the client closed the connection mid-body.")
-            chunks.append(data)
+            chunks.append(self._read_exact(n))
             if self.rfile.readline(3) not in (b"\r\n", b"\n"):
                 raise RequestError(400, "a chunk must end with CRLF right after its data.")
         for _ in range(_MAX_TRAILERS):               # trailer lines, then an empty line

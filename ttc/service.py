@@ -44,8 +44,8 @@ from typing import Any, Callable
 
 from ttc.config import RunConfig
 from ttc.faults import describe
-from ttc.registry import BACKENDS, STRATEGIES, VERIFIERS, ConfigError
-from ttc.sharing import shared_generator, shared_verifier
+from ttc.registry import STRATEGIES, ConfigError
+from ttc.sharing import shared_engine
 from ttc.types import ExpandOutput, ExpandRequest, FinishReason, Handle, Problem, SamplingParams
 
 RAW_MODEL = "raw"
@@ -205,10 +205,8 @@ class TTCService:
                  limits: ServerLimits | None = None) -> None:
         self.config = config
         self.limits = limits or ServerLimits()
-        inner = generator if generator is not None else BACKENDS.build(config.backend)
-        self.generator = shared_generator(inner)
-        self.verifier = shared_verifier(verifier if verifier is not None else VERIFIERS.build(
-            config.verifier, generator=self.generator))
+        self.generator, self.verifier = shared_engine(config, generator=generator,
+                                                      verifier=verifier)
         self.raw = RawPrefixes(self.generator, max_handles=self.limits.max_raw_handles)
         self.cancelled = 0          # raw requests cancelled because their client left
 

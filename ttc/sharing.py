@@ -10,9 +10,10 @@ through untouched (a verifier may read the engine's tokenizer). :func:`shared_ve
 does the same for verifiers: ``score`` calls of a verifier that is not declared
 ``thread_safe`` run one at a time (they keep per-trajectory caches).
 
-Used by ``ttc serve``, ``ttc eval`` (``share_engine``, the default where one engine
-serves every worker) and the Ray actors.
-Must NOT know: concrete engines, verifiers, strategies.
+:func:`shared_engine` builds both from a run config (or wraps the ones given), so
+``ttc serve``, ``ttc eval`` (``share_engine``, the default where one engine serves every
+worker) and the Ray actors build their shared pair in one way.
+Must NOT know: concrete engines, verifiers, strategies (it builds them by registry name).
 """
 
 from __future__ import annotations
@@ -100,3 +101,17 @@ def shared_generator(generator: Any) -> Any:
 
 def shared_verifier(verifier: Any) -> Any:
     return verifier if is_thread_safe(verifier) else SerializedVerifier(verifier)
+
+
+def shared_engine(config: Any, *, generator: Any = None, verifier: Any = None
+                  ) -> tuple[Any, Any]:
+    """One generator and one verifier for ``config`` (a RunConfig) that every thread may
+    call at once; ``generator`` / ``verifier`` are used instead of building them when
+    given. The verifier is built on the shared generator (a judge then shares it)."""
+    from ttc.registry import BACKENDS, VERIFIERS  # noqa: PLC0415  (registers the parts)
+
+    gen = shared_generator(generator if generator is not None
+                           else BACKENDS.build(config.backend))
+    ver = shared_verifier(verifier if verifier is not None
+                          else VERIFIERS.build(config.verifier, generator=gen))
+    return gen, ver

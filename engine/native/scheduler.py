@@ -159,7 +159,6 @@ class DecodeJob:
     shared: Node | None = None   # deepest node every prefix of the job descends from
     generated: int = 0
     recomputed: int = 0          # tokens run again after a preemption (charged as prefill)
-    started: bool = False
     finished: bool = False
 
 
@@ -177,7 +176,6 @@ class PrefillTask:
     keep_hidden: bool
     on_done: Callable[["PrefillTask", Tensor], None]
     on_error: Callable[[BaseException], None]
-    seq: int = 0
     pages: list[int] | None = None
     done: int = 0
     parts: list[Tensor] = field(default_factory=list)
@@ -211,7 +209,6 @@ class Scheduler:
 
     # -- queues -----------------------------------------------------------------------
     def add_prefill(self, task: PrefillTask) -> None:
-        task.seq = next(self._seq)
         self.waiting.append(task)
 
     def add_job(self, job: DecodeJob) -> None:
@@ -317,12 +314,13 @@ class Scheduler:
             return
         for (task, take), h in zip(owners, hidden):
             task.done += take
-            task.parts.append(h if task.keep_hidden else h[-1:])
+            if task.keep_hidden:
+                task.parts.append(h)
+            else:                               # only the last token's state is wanted
+                task.parts = [h[-1:]]
             if task.done == len(task.tokens):
                 self.prefilling.remove(task)
                 out = torch.cat(task.parts) if len(task.parts) > 1 else task.parts[0]
-                if not task.keep_hidden:
-                    out = out[-1:]
                 task.parts = []
                 try:
                     task.on_done(task, out)
@@ -366,7 +364,6 @@ class Scheduler:
                 if id(node) not in node_row:
                     node_row[id(node)] = len(nodes)
                     nodes.append(node)
-            job.started = True
             self.jobs.append(job)
         # First token of every branch from its prefix's stored hidden state.
         logits = self.runner.model.logits(torch.stack([n.payload for n in nodes]))
