@@ -37,7 +37,7 @@ from ttc.config import GenerationConfig
 from ttc.ledger import Budget, BudgetExhausted, ComputeLedger
 from ttc.metered import MeteredGenerator, MeteredVerifier
 from ttc.protocols import Generator, ProgressCallback, Verifier
-from ttc.registry import STRATEGIES
+from ttc.registry import STRATEGIES, ConfigError
 from ttc.tree import Node, NodeStatus, SearchTree
 from ttc.types import (Candidate, Continuation, ExpandRequest, FinishReason, Frozen,
                        Problem, ProgressEvent, Result, SamplingParams)
@@ -84,9 +84,10 @@ class SearchContext:
     def __init__(self, problem: Problem, *, generator: MeteredGenerator,
                  verifier: MeteredVerifier, ledger: ComputeLedger,
                  generation: GenerationConfig, progress: ProgressCallback | None = None,
-                 seed_salt: str = "") -> None:
+                 seed_salt: str = "", draft: MeteredGenerator | None = None) -> None:
         self.problem = problem
         self.generator = generator
+        self.draft = draft            # the small model of a pair (SpecReason), if any
         self.verifier = verifier
         self.ledger = ledger
         self.generation = generation
@@ -96,6 +97,7 @@ class SearchContext:
         self._progress = progress
         self._seed_salt = seed_salt
         self._pinned: set[int] = set()
+        self.thinking_rule = self._thinking_rule()
         self.tree.root.handle = generator.root(problem)
         self._pinned.add(0)
 
@@ -121,9 +123,38 @@ class SearchContext:
     def solution_params(self, seed: int, **kw: Any) -> SamplingParams:
         return self.generation.solution_params(seed=seed, **kw)
 
+    def _thinking_rule(self):
+        gen = self.generation
+        if gen.thinking_cap is None and not gen.thinking_extend:
+            return None
+        from ttc.strategies.thinking import thinking_rule
+
+        return thinking_rule(self.generator, cap=gen.thinking_cap, extend=gen.thinking_extend,
+                             extend_text=gen.thinking_extend_text,
+                             answer_text=gen.thinking_answer_text,
+                             setting="generation.thinking_cap/thinking_extend")
+
+    def thinking_of(self, node: Node):
+        """The node's path's thinking so far (:class:`~ttc.strategies.thinking.ThinkingState`)."""
+        from ttc.strategies.thinking import ThinkingState
+
+        return ThinkingState(**node.extra.get("thinking", {}))
+
+    def _with_thinking(self, parent: Node, params: SamplingParams) -> SamplingParams:
+        from ttc.strategies.thinking import continued
+
+        rule = continued(self.thinking_rule, self.thinking_of(parent))
+        if rule is None:
+            return params
+        return params.model_copy(update={"stop_rules": (*params.stop_rules, rule)})
+
     def expand(self, parents: Sequence[Node], *, n: int | Sequence[int] = 1,
-               params: SamplingParams | Sequence[SamplingParams]) -> list[list[Node]]:
+               params: SamplingParams | Sequence[SamplingParams],
+               generator: MeteredGenerator | None = None) -> list[list[Node]]:
         """Expand every parent ``n`` times in one engine call; return children per parent.
+
+        ``generator`` (default: the context's) may be the draft model of a pair, which
+        continues the same handles.
 
         Children are added to the tree and pinned. A child is terminal when the engine
         ended it (EOS or a model limit), when it states a final answer (``\\boxed{``),
@@ -134,11 +165,13 @@ class SearchContext:
         if not (len(counts) == len(plist) == len(parents)):
             raise ValueError(f"expand got {len(parents)} parents, {len(counts)} counts and "
                              f"{len(plist)} sampling params; they must match.")
+        if self.thinking_rule is not None:
+            plist = [self._with_thinking(p, sp) for p, sp in zip(parents, plist)]
         requests = [ExpandRequest(prefix=p.handle, n=k, params=sp)
                     for p, k, sp in zip(parents, counts, plist) if k > 0]
         if not requests:
             return [[] for _ in parents]
-        out = self.generator.expand(requests)
+        out = (generator or self.generator).expand(requests)
         results: list[list[Node]] = []
         it = iter(out.continuations)
         for parent, k in zip(parents, counts):
@@ -151,6 +184,9 @@ class SearchContext:
                               handle=cont.handle, logprob=float(sum(cont.logprobs)),
                               finish=cont.finish.value)
         self._pinned.add(child.id)
+        if "thinking_tokens" in cont.stats:
+            # NOTE: kept as a plain dict: the tree is written as JSON.
+            child.extra["thinking"] = self.thinking_of(parent).after(cont.stats).as_dict()
         path_tokens = sum(n.num_tokens for n in self.tree.path(child))
         answer = extract_answer(cont.text) if "boxed" in cont.text else None
         whole = "".join(self.tree.steps(child))
@@ -266,6 +302,7 @@ class SearchStrategy:
 
     config_class: ClassVar[type[StrategyConfig]]
     selection: ClassVar[Selection] = Selection.WEIGHTED
+    uses_draft: ClassVar[bool] = False      # True: run() needs a draft model (a pair)
 
     def __init__(self, config: StrategyConfig, *,
                  generation: GenerationConfig | None = None) -> None:
@@ -278,11 +315,20 @@ class SearchStrategy:
 
     def run(self, problem: Problem, *, generator: Generator, verifier: Verifier,
             budget: Budget | None = None, progress: ProgressCallback | None = None,
-            ledger: ComputeLedger | None = None) -> Result:
+            ledger: ComputeLedger | None = None, draft: Generator | None = None) -> Result:
+        if self.uses_draft and draft is None:
+            raise ConfigError(f"strategy {self.name} needs a draft model next to the backend "
+                              f"(for example draft_backend=simulated_small).")
+        if draft is not None and not self.uses_draft:
+            raise ConfigError(f"strategy {self.name} uses one model; a draft_backend was "
+                              f"given (strategies with a draft model: spec_reason).")
         ledger = ledger or ComputeLedger(budget)
-        ctx = SearchContext(problem, generator=MeteredGenerator(generator, ledger),
+        line = "target" if draft is not None else None
+        ctx = SearchContext(problem, generator=MeteredGenerator(generator, ledger, line=line),
                             verifier=MeteredVerifier(verifier, ledger), ledger=ledger,
-                            generation=self.generation, progress=progress)
+                            generation=self.generation, progress=progress,
+                            draft=(MeteredGenerator(draft, ledger, line="draft")
+                                   if draft is not None else None))
         try:
             self.search(ctx)
         except BudgetExhausted:

@@ -29,7 +29,7 @@ import typer
 from ttc.registry import ConfigError
 
 CONF_DIR = Path(__file__).parent / "conf"
-GROUPS = ("backend", "verifier", "strategy", "generation", "budget")
+GROUPS = ("backend", "verifier", "strategy", "generation", "budget", "draft_backend")
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="ttc: test-time compute orchestration for LLM reasoning.")

@@ -35,6 +35,14 @@ class GenerationConfig(Frozen):
     # A solution the model ended (EOS) without \boxed{}, "####" or "The answer is"
     # answers with its last number, as graders read it (``ttc.verifiers.grade``).
     last_number_answer: bool = True
+    # Thinking-budget control for every branch of any strategy (ALGORITHMS.md §14.3), on a
+    # model that thinks between delimiters: force the end after ``thinking_cap`` sampled
+    # thinking tokens (null: no cap); replace the first ``thinking_extend`` attempted ends
+    # by ``thinking_extend_text``. ``thinking_answer_text`` follows a forced end.
+    thinking_cap: PositiveInt | None = None
+    thinking_extend: int = Field(default=0, ge=0)
+    thinking_extend_text: str = "Wait"
+    thinking_answer_text: str = "\nFinal Answer:"
 
     @field_validator("step_delimiter")
     @classmethod
@@ -69,11 +77,18 @@ class RunConfig(Frozen):
     strategy: BaseModel
     generation: GenerationConfig = GenerationConfig()
     budget: Budget = Budget()
+    # The small model of a pair (SpecReason drafts with it; ``backend`` is the large one).
+    draft_backend: BaseModel | None = None
 
     @field_validator("backend", mode="before")
     @classmethod
     def _backend(cls, value: Any) -> BaseModel:
         return BACKENDS.make_config(value)
+
+    @field_validator("draft_backend", mode="before")
+    @classmethod
+    def _draft_backend(cls, value: Any) -> BaseModel | None:
+        return None if value is None else BACKENDS.make_config(value)
 
     @field_validator("verifier", mode="before")
     @classmethod
@@ -87,7 +102,10 @@ class RunConfig(Frozen):
 
     def dump(self) -> dict[str, Any]:
         """A plain dict that validates back into an equal RunConfig."""
+        draft = {} if self.draft_backend is None else {
+            "draft_backend": self.draft_backend.model_dump(mode="json")}
         return {
+            **draft,
             "backend": self.backend.model_dump(mode="json"),
             "verifier": self.verifier.model_dump(mode="json"),
             "strategy": self.strategy.model_dump(mode="json"),

@@ -19,6 +19,10 @@ exceed the verifier-call or wall-time limits by raising :class:`BudgetExhausted`
     verifier_cached_tokens   verifier tokens served from its prefix cache
     peak_kv_bytes            max over the run of the engine's resident KV bytes
     wall_seconds[phase]      seconds in generate / verify / orchestrate
+    lines[label][counter]    the same counters again for one labelled part of the run:
+                             a model of a pair ("draft", "target") or a layer of a
+                             composed pipeline ("layer1.generate"); charged together with
+                             the totals above, never instead of them (budgets see totals)
 
 Ledgers add across problems (:meth:`ComputeLedger.merge`): counters sum, peaks take the max.
 Must NOT know: engines, verifiers, strategies; it only counts.
@@ -78,9 +82,14 @@ class ComputeLedger:
         self.wall_seconds: dict[str, float] = {p: 0.0 for p in PHASES}
         self.budget_exhausted = False
         self.problems = 1
+        self.lines: dict[str, dict[str, int]] = {}
 
     # -- charging (called only by ttc.metered) ---------------------------------------
-    def charge_generation(self, usage: GenerationUsage) -> None:
+    def charge_generation(self, usage: GenerationUsage, *, line: str | None = None) -> None:
+        if line is not None:
+            self._line(line, prefill_tokens=usage.prefill_tokens,
+                       cached_tokens=usage.cached_tokens,
+                       generated_tokens=usage.generated_tokens, lm_calls=1)
         self.prefill_tokens += usage.prefill_tokens
         self.cached_tokens += usage.cached_tokens
         self.generated_tokens += usage.generated_tokens
@@ -93,15 +102,25 @@ class ComputeLedger:
             raise RuntimeError(f"engine overspent the generated-token cap: "
                                f"{self.generated_tokens} > {limit}")
 
-    def charge_prefill(self, tokens: int) -> None:
+    def charge_prefill(self, tokens: int, *, line: str | None = None) -> None:
         """Tokens an engine ran outside an expand call (e.g. to embed an uncomputed
         handle); not an LM call."""
+        if line is not None:
+            self._line(line, prefill_tokens=tokens)
         self.prefill_tokens += tokens
 
-    def charge_verification(self, usage: VerifierUsage) -> None:
+    def charge_verification(self, usage: VerifierUsage, *, line: str | None = None) -> None:
+        if line is not None:
+            self._line(line, verifier_calls=usage.calls, verifier_tokens=usage.tokens,
+                       verifier_cached_tokens=usage.cached_tokens)
         self.verifier_calls += usage.calls
         self.verifier_tokens += usage.tokens
         self.verifier_cached_tokens += usage.cached_tokens
+
+    def _line(self, label: str, **counts: int) -> None:
+        line = self.lines.setdefault(label, {})
+        for name, value in counts.items():
+            line[name] = line.get(name, 0) + value
 
     def record_kv_bytes(self, kv_bytes: int) -> None:
         self.peak_kv_bytes = max(self.peak_kv_bytes, kv_bytes)
@@ -172,6 +191,8 @@ class ComputeLedger:
         for phase, seconds in other.wall_seconds.items():
             self.wall_seconds[phase] = self.wall_seconds.get(phase, 0.0) + seconds
         self.budget_exhausted = self.budget_exhausted or other.budget_exhausted
+        for label, counts in other.lines.items():
+            self._line(label, **counts)
 
     @classmethod
     def total(cls, ledgers: "list[ComputeLedger | LedgerSnapshot]") -> "ComputeLedger":
@@ -189,7 +210,8 @@ class ComputeLedger:
             verifier_cached_tokens=self.verifier_cached_tokens,
             peak_kv_bytes=self.peak_kv_bytes,
             wall_seconds={k: round(v, 6) for k, v in self.wall_seconds.items()},
-            budget_exhausted=self.budget_exhausted, problems=self.problems)
+            budget_exhausted=self.budget_exhausted, problems=self.problems,
+            lines={k: dict(v) for k, v in self.lines.items()})
 
     def summary(self) -> str:
         """One line for the CLI."""

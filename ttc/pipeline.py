@@ -43,9 +43,12 @@ class Pipeline:
     def __init__(self, *, generator: Any = "simulated", verifier: Any = "simulated",
                  strategy: Any = "best_of_n", budget: Budget | int | dict | None = None,
                  generation: GenerationConfig | None = None,
-                 progress: ProgressCallback | None = None) -> None:
+                 progress: ProgressCallback | None = None, draft: Any = None) -> None:
         self.generation = generation or GenerationConfig()
         self.generator = self._build(BACKENDS, generator)
+        # The draft (small) model of a pair continues the target's handles.
+        self.draft = None if draft is None else self._build(BACKENDS, draft,
+                                                             peer=self.generator)
         self.verifier = self._build(VERIFIERS, verifier, generator=self.generator)
         self.strategy = self._build(STRATEGIES, strategy, generation=self.generation)
         self.budget = _as_budget(budget)
@@ -67,13 +70,15 @@ class Pipeline:
                                                                  config.verifier)
         return cls(generator=generator, verifier=verifier,
                    strategy=config.strategy, budget=config.budget,
-                   generation=config.generation, progress=progress)
+                   generation=config.generation, progress=progress,
+                   draft=config.draft_backend)
 
     def solve(self, question: str | Problem, *, problem_id: str = "0") -> Result:
         problem = question if isinstance(question, Problem) else Problem(
             id=problem_id, question=question)
+        pair = {} if self.draft is None else {"draft": self.draft}
         result = self.strategy.run(problem, generator=self.generator, verifier=self.verifier,
-                                   budget=self.budget, progress=self.progress)
+                                   budget=self.budget, progress=self.progress, **pair)
         self.ledger.merge(result.ledger)
         return result
 

@@ -242,6 +242,7 @@ class LedgerSnapshot(Frozen):
     wall_seconds: dict[str, float] = Field(default_factory=dict)
     budget_exhausted: bool = False
     problems: int = 1
+    lines: dict[str, dict[str, int]] = Field(default_factory=dict)   # per model / layer
 
 
 class Result(Frozen):

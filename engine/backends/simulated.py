@@ -24,6 +24,26 @@ Accounting is honest and mirrors a paged engine:
 
 ``modelled_seconds`` accumulates what the work would take on a real engine
 (a prefill rate and a per-decode-step cost that grows with batch), for overhead benches.
+
+Thinking mode (``thinking=True``, ALGORITHMS.md §14.3): the prompt ends with the start
+delimiter ``<think>``; the model thinks in tagged steps and, after its natural length
+(``num_steps - 1`` steps, plus ``wait_steps`` more for every forced "Wait"), samples the
+one-token end delimiter ``</think>``, then states ``\\boxed{answer}`` and ends. The answer
+converges late: each branch draws ``u ~ U(0, 1)`` once, and after ``t`` thinking tokens
+its belief is right iff ``u < q(t) = p_max (1 - exp(-t / tau))``, with
+``p_max = 1 - max_step_error * d / 2`` and ``tau = converge_tokens * (0.5 + d)``; so a
+branch cut short (a cap) answers worse and one extended ("Wait") answers better, by
+construction. Stop rules (:mod:`ttc.stopping`) run on every token of a thinking-mode
+branch, with ``Force`` and ``Replace`` honoured in place; forced tokens are charged as
+prefill, not as generated tokens.
+
+Model pairs (SpecReason, Archon): an engine built with ``peer=`` shares the peer's
+handles and problems (one tokenizer, one world), keeps its own KV count, modelled time
+and step accuracy, and charges as prefill the tokens of a handle it has not run yet (a
+step the other model wrote), once. :func:`small_model_config` derives the draft model
+of a pair. ``probe`` answers a judge question (a suffix asking for a "score"): one digit
+0-9 that reads whether the trajectory so far is right, with Gaussian noise
+``judge_noise`` on a 0-1 scale (right: 0.75, wrong: 0.3).
 Must NOT know: rewards, strategies.
 """
 
@@ -38,6 +58,7 @@ from typing import Literal, Sequence
 from pydantic import Field, PositiveInt
 
 from ttc.registry import BACKENDS
+from ttc.stopping import Force, Replace, Stop
 from ttc.engine.handles import HandleTable
 from ttc.types import (Continuation, ExpandOutput, ExpandRequest, FinishReason, Frozen,
                        GenerationUsage, Handle, Problem)
@@ -63,6 +84,13 @@ class SimulatedBackendConfig(Frozen):
     prefill_tokens_per_second: float = Field(default=2000.0, gt=0)
     decode_step_seconds: float = Field(default=0.02, gt=0)
     decode_seconds_per_branch: float = Field(default=0.002, ge=0)
+    # Thinking mode and the judge (see the module docstring).
+    thinking: bool = False
+    think_start: str = "<think>"
+    think_end: str = "</think>"
+    converge_tokens: PositiveInt = 100
+    wait_steps: PositiveInt = 1
+    judge_noise: float = Field(default=0.2, ge=0.0)
 
 
 def step_tag(world_seed: int, correct: bool, rng: random.Random) -> str:
@@ -113,6 +141,11 @@ class _Seq:
     computed: bool = False          # prompt handles: prefilled already
     children: int = 0
     words: tuple[str, ...] = ()     # the words this handle added to its parent
+    seen_by: set = field(default_factory=set)   # engines of a pair that ran these tokens
+    think_open: bool = False        # thinking mode: inside <think> ... </think>
+    think_tokens: int = 0           # sampled thinking tokens from the prompt to here
+    waits: int = 0                  # thinking ends replaced by "Wait" so far
+    belief: float = -1.0            # the branch's u (thinking mode); -1 = not drawn yet
 
 
 @dataclass
@@ -123,15 +156,34 @@ class _Draft:
     ended: bool = False
     finish: FinishReason = FinishReason.STOP
     pending: tuple[str, ...] = ()
+    forced: list[bool] = field(default_factory=list)    # per word: forced, not sampled
+    think_open: bool = False
+    think_tokens: int = 0
+    waits: int = 0
+    belief: float = -1.0
+    stats: dict[str, float] = field(default_factory=dict)
+    stop_reason: str | None = None
 
 
 class SimulatedGenerator:
     """The simulated engine. See the module docstring for the model."""
 
-    def __init__(self, config: SimulatedBackendConfig | None = None) -> None:
+    can_replace_tokens = True
+
+    def __init__(self, config: SimulatedBackendConfig | None = None, *,
+                 peer: "SimulatedGenerator | None" = None) -> None:
         self.config = config or SimulatedBackendConfig()
-        self._seqs: HandleTable[_Seq] = HandleTable()
-        self._models: dict[tuple[str, str], ProblemModel] = {}
+        if peer is not None:
+            _check_peer(self.config, peer.config)
+        # NOTE: a pair shares one handle table, one problem world and one vocabulary;
+        # ``seen_by`` on each sequence says which engine has run its tokens.
+        self._seqs: HandleTable[_Seq] = peer._seqs if peer else HandleTable()
+        self._models: dict[tuple[str, str], ProblemModel] = peer._models if peer else {}
+        self._vocab: dict[int, str] = peer._vocab if peer else {}
+        self._engine_id = (peer._engine_id + 1) if peer else 0
+        self._paired = peer is not None
+        if peer is not None:
+            peer._paired = True
         self.peak_kv_bytes = 0
         self.modelled_seconds = 0.0
         # What this engine "ran" over its life (a ledger must add up to these).
@@ -169,6 +221,8 @@ class SimulatedGenerator:
         weights = tuple(1.0 / (i + 1) ** cfg.wrong_answer_skew for i in range(len(wrong)))
         words = tuple(_FILLER[(h >> (i % 48)) % len(_FILLER)]
                       for i in range(cfg.prompt_tokens))
+        if cfg.thinking:
+            words = words + (cfg.think_start,)      # thinking is opened by the prompt
         return ProblemModel(difficulty=difficulty, num_steps=num_steps, gold=gold,
                             wrong=tuple(wrong), wrong_weights=weights, prompt_words=words)
 
@@ -180,7 +234,8 @@ class SimulatedGenerator:
         model = self.problem_model(problem)
         n = len(model.prompt_words)
         return self._new(_Seq(problem=model, parent=None, own_tokens=n, length=n,
-                              steps_done=0, correct=True, ended=False))
+                              steps_done=0, correct=True, ended=False,
+                              think_open=self.config.thinking))
 
     def expand(self, requests: Sequence[ExpandRequest], *,
                token_limit: int | None = None) -> ExpandOutput:
@@ -190,11 +245,11 @@ class SimulatedGenerator:
             seq = self._live(req.prefix)
             if seq.ended:
                 raise ValueError(f"handle {req.prefix!r} ended (EOS); it cannot be expanded.")
-            if seq.parent is None and not seq.computed:
-                prefill += seq.length           # the prompt, run once
-                seq.computed = True
-            else:
-                cached += seq.length            # every prefix token is resident
+            # The prompt is run once; tokens this engine sampled are resident; tokens
+            # the other model of a pair wrote are run (prefilled) once, here.
+            unseen = self._run_unseen(req.prefix)
+            prefill += unseen
+            cached += seq.length - unseen
             base = _hash_int(self.config.world_seed, req.params.seed, req.prefix,
                              seq.length, seq.children)
             drafts.append([self._draft(seq, req, random.Random(base + i))
@@ -207,7 +262,9 @@ class SimulatedGenerator:
             parent = self._seqs.get(req.prefix)
             conts = []
             for d in ds:
-                generated += len(d.words)
+                forced = sum(d.forced[:len(d.words)])
+                generated += len(d.words) - forced
+                prefill += forced        # NOTE: forced tokens are run, not sampled
                 conts.append(self._commit(req.prefix, parent, d))
             outputs.append(tuple(conts))
         branches = sum(len(ds) for ds in drafts)
@@ -281,7 +338,9 @@ class SimulatedGenerator:
 
     # -- introspection for tests and benches -------------------------------------------
     def resident_tokens(self) -> int:
-        return sum(s.own_tokens for s in self._seqs.values())
+        if not self._paired:
+            return sum(s.own_tokens for s in self._seqs.values())
+        return sum(s.own_tokens for s in self._seqs.values() if self._engine_id in s.seen_by)
 
     @property
     def live_handles(self) -> int:
@@ -312,6 +371,8 @@ class SimulatedGenerator:
 
     def _draft(self, seq: _Seq, req: ExpandRequest, rng: random.Random) -> _Draft:
         """Plan one continuation: whole steps until a stop, EOS or max_tokens."""
+        if self.config.thinking:
+            return self._draft_thinking(seq, req, rng)
         cfg = self.config
         model = seq.problem
         stop_at_step = bool(req.params.stop)   # any stop string ends at a step boundary
@@ -387,13 +448,174 @@ class SimulatedGenerator:
         words = tuple(d.words)
         seq = _Seq(problem=parent.problem, parent=parent_id, own_tokens=len(words),
                    length=parent.length + len(words), steps_done=d.steps_done,
-                   correct=d.correct, ended=d.ended, pending=d.pending)
+                   correct=d.correct, ended=d.ended, pending=d.pending,
+                   seen_by={self._engine_id})
+        if self.config.thinking:
+            seq.think_open, seq.think_tokens = d.think_open, d.think_tokens
+            seq.waits, seq.belief = d.waits, d.belief
         hid = self._new(seq, words)
-        ids = tuple(_hash_int("tok", w) % self.config.vocab_size for w in words)
+        ids = tuple(self._token_id(w) for w in words)
         text = _join_words(words)
         logprobs = tuple(-0.3 - (_hash_int("lp", hid, i) % 1000) / 1000 for i in range(len(ids)))
         return Continuation(handle=hid, token_ids=ids, text=text, logprobs=logprobs,
-                            finish=d.finish)
+                            finish=d.finish, stop_reason=d.stop_reason, stats=dict(d.stats))
+
+    # -- model pairs, probes and tokens --------------------------------------------------
+    def _token_id(self, word: str) -> int:
+        tid = _hash_int("tok", word) % self.config.vocab_size
+        self._vocab.setdefault(tid, word)
+        return tid
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of ``text``: one per whitespace-separated word."""
+        return [self._token_id(w) for w in text.split()]
+
+    @property
+    def thinking_delimiters(self) -> tuple[str, str] | None:
+        cfg = self.config
+        return (cfg.think_start, cfg.think_end) if cfg.thinking else None
+
+    def _run_unseen(self, handle: Handle) -> int:
+        """Tokens of the handle's sequence this engine has not run; marks them run."""
+        unseen = 0
+        for _, s in self._seqs.lineage(handle):  # type: ignore[arg-type]
+            if self._engine_id not in s.seen_by:
+                unseen += s.own_tokens
+                s.seen_by.add(self._engine_id)
+        return unseen
+
+    def truncate(self, handle: Handle, position: int) -> Handle:
+        """The handle's ancestor that ends at ``position`` tokens (a step boundary)."""
+        self._live(handle)
+        for hid, s in self._seqs.lineage(handle):  # type: ignore[arg-type]
+            if s.length == position:
+                s.pinned = True
+                return hid
+        raise ValueError(f"the simulated engine truncates at step boundaries only; "
+                         f"position {position!r} is not one for handle {handle!r}.")
+
+    def probe(self, handle: Handle, suffix_tokens: Sequence[int], *, max_new: int,
+              params=None, n: int = 1) -> ExpandOutput:
+        """A judge probe: after ``handle`` + a suffix asking for a step "score", one
+        digit 0-9 per sample that reads whether the trajectory so far is right."""
+        if max_new < 1:
+            raise ValueError(f"probe max_new must be >= 1; got {max_new!r}.")
+        seq = self._live(handle)
+        suffix = [self._vocab.get(int(t), "") for t in suffix_tokens]
+        if not any("score" in w.lower() for w in suffix):
+            raise ValueError(f"the simulated engine answers probes that ask for a step "
+                             f"score (a suffix containing 'score'); got {' '.join(suffix)!r}.")
+        unseen = self._run_unseen(handle)      # the candidate step is run once and kept
+        prefill = unseen + len(suffix)
+        conts = []
+        for i in range(n):
+            rng = random.Random(_hash_int(self.config.world_seed, "judge", handle,
+                                          self._engine_id, seq.children, i))
+            truth = 0.75 if seq.correct else 0.3
+            value = min(1.0, max(0.0, rng.gauss(truth, self.config.judge_noise)))
+            digit = str(round(9 * value))
+            conts.append(Continuation(handle=None, token_ids=(self._token_id(digit),),
+                                      text=digit, logprobs=(-0.1,),
+                                      finish=FinishReason.MAX_TOKENS))
+        seq.children += n
+        self.modelled_seconds += prefill / self.config.prefill_tokens_per_second + (
+            self.config.decode_step_seconds + n * self.config.decode_seconds_per_branch)
+        self.prefill_tokens_run += prefill
+        self.decode_tokens_run += n
+        return ExpandOutput(continuations=(tuple(conts),), usage=GenerationUsage(
+            prefill_tokens=prefill, cached_tokens=seq.length - unseen, generated_tokens=n,
+            peak_kv_bytes=self.peak_kv_bytes))
+
+    # -- thinking mode ---------------------------------------------------------------------
+    def _converged(self, model: ProblemModel, tokens: int) -> float:
+        """q(t): the chance a branch's belief is right after ``tokens`` thinking tokens."""
+        cfg = self.config
+        p_max = 1.0 - cfg.max_step_error * model.difficulty / 2
+        tau = cfg.converge_tokens * (0.5 + model.difficulty)
+        return p_max * (1.0 - math.exp(-tokens / tau))
+
+    def _draft_thinking(self, seq: _Seq, req: ExpandRequest, rng: random.Random) -> _Draft:
+        """Plan one thinking-mode continuation token by token, running the stop rules."""
+        cfg = self.config
+        greedy = req.params.temperature == 0.0
+        d = _Draft(steps_done=seq.steps_done, correct=seq.correct, think_open=seq.think_open,
+                   think_tokens=seq.think_tokens, waits=seq.waits, belief=seq.belief)
+        if d.belief < 0:
+            d.belief = 0.5 if greedy else rng.random()
+        rules = [spec.start() for spec in req.params.stop_rules]
+        planned = list(seq.pending)
+        d.ended = bool(planned) and not seq.think_open   # resuming a cut answer step
+        forced: list[str] = []
+        stop_at_step = bool(req.params.stop)
+        while True:
+            if not forced and not planned:
+                if d.ended:
+                    d.finish, d.stop_reason = FinishReason.EOS, "eos"
+                    break
+                planned = self._next_thinking_words(seq.problem, d, rng)
+            if len(d.words) >= req.params.max_tokens:
+                d.pending = tuple(forced + planned)
+                d.finish, d.stop_reason = FinishReason.MAX_TOKENS, "max_tokens"
+                break
+            is_forced = bool(forced)
+            word = forced.pop(0) if is_forced else planned.pop(0)
+            d.words.append(word)
+            d.forced.append(is_forced)
+            self._think_state(d, word, forced=is_forced)
+            action = None
+            for rule in rules:
+                action = rule.on_token(self._token_id(word), -0.5, None, forced=is_forced)
+                if action is not None:
+                    break
+            if isinstance(action, Stop):
+                d.finish, d.stop_reason = FinishReason.RULE, f"rule:{action.reason}"
+                d.ended = False
+                break
+            if isinstance(action, Replace):
+                # NOTE: the sampled token never enters the sequence: undo it in place.
+                d.words.pop()
+                d.forced.pop()
+                if word == cfg.think_end:
+                    d.think_open = True
+                    d.waits += 1
+                forced.extend(action.text.split())
+                planned = []
+            elif isinstance(action, Force):
+                forced.extend(action.text.split())
+                planned = []             # the model re-plans after the forced text
+            if word == "\n\n" and stop_at_step and not is_forced and not forced:
+                d.finish, d.stop_reason = FinishReason.STOP, "stop:'\\n\\n'"
+                break
+        for rule in rules:
+            d.stats.update(rule.summary())
+        return d
+
+    def _think_state(self, d: _Draft, word: str, *, forced: bool) -> None:
+        if word == self.config.think_end:
+            d.think_open = False
+        elif d.think_open and not forced:
+            d.think_tokens += 1
+
+    def _next_thinking_words(self, model: ProblemModel, d: _Draft,
+                             rng: random.Random) -> list[str]:
+        cfg = self.config
+        if d.think_open:
+            natural = model.num_steps - 1 + d.waits * cfg.wait_steps
+            if d.steps_done >= natural:
+                return [cfg.think_end]                     # the model tries to stop
+            d.steps_done += 1
+            mu = math.log(cfg.mean_step_tokens) - cfg.step_tokens_sigma ** 2 / 2
+            length = max(6, min(4 * cfg.mean_step_tokens,
+                                int(rng.lognormvariate(mu, cfg.step_tokens_sigma))))
+            d.correct = d.belief < self._converged(model, d.think_tokens + length)
+            tag = step_tag(cfg.world_seed, d.correct, rng)
+            filler = [rng.choice(_FILLER) for _ in range(length - 4)]
+            return ["Step", f"{d.steps_done}:", *filler, f"[{tag}]", "\n\n"]
+        d.ended = True
+        d.correct = d.belief < self._converged(model, d.think_tokens)
+        answer = model.gold if d.correct else rng.choices(model.wrong,
+                                                          weights=model.wrong_weights)[0]
+        return ["Therefore", "the", "answer", "is", f"\\boxed{{{answer}}}."]
 
 
 def _join_words(words: Sequence[str]) -> str:
@@ -425,6 +647,29 @@ def make_problems(n: int, *, seed: int = 0, difficulty: float | tuple[float, flo
     return problems
 
 
+def _check_peer(config: SimulatedBackendConfig, other: SimulatedBackendConfig) -> None:
+    for name in ("world_seed", "thinking", "think_start", "think_end", "prompt_tokens",
+                 "vocab_size"):
+        if getattr(config, name) != getattr(other, name):
+            raise ValueError(f"the two simulated models of a pair must share {name}; got "
+                             f"{getattr(config, name)!r} and {getattr(other, name)!r}.")
+
+
+def small_model_config(large: SimulatedBackendConfig, *, error_ratio: float = 1.6,
+                       speedup: float = 5.0) -> SimulatedBackendConfig:
+    """The draft model of a pair: same world, ``error_ratio`` times the step error (at
+    most 1), ``speedup`` times cheaper per prefill token and per decode step."""
+    return large.model_copy(update={
+        "max_step_error": min(1.0, large.max_step_error * error_ratio),
+        "prefill_tokens_per_second": large.prefill_tokens_per_second * speedup,
+        "decode_step_seconds": large.decode_step_seconds / speedup,
+        "decode_seconds_per_branch": large.decode_seconds_per_branch / speedup})
+
+
 @BACKENDS.register(SimulatedBackendConfig)
-def build_simulated(config: SimulatedBackendConfig, **_: object) -> SimulatedGenerator:
-    return SimulatedGenerator(config)
+def build_simulated(config: SimulatedBackendConfig, *, peer: object = None,
+                    **_: object) -> SimulatedGenerator:
+    if peer is not None and not isinstance(peer, SimulatedGenerator):
+        raise ValueError(f"a simulated draft model pairs only with a simulated backend "
+                         f"(they share handles); the backend is {type(peer).__name__}.")
+    return SimulatedGenerator(config, peer=peer)
