@@ -313,21 +313,30 @@ class SearchStrategy:
     def name(self) -> str:
         return self.config.name
 
+    @property
+    def needs_draft(self) -> bool:
+        """Whether ``run`` needs the draft model of a pair (``draft=``)."""
+        return self.uses_draft
+
     def run(self, problem: Problem, *, generator: Generator, verifier: Verifier,
             budget: Budget | None = None, progress: ProgressCallback | None = None,
-            ledger: ComputeLedger | None = None, draft: Generator | None = None) -> Result:
-        if self.uses_draft and draft is None:
+            ledger: ComputeLedger | None = None, draft: Generator | None = None,
+            line: str | None = None) -> Result:
+        """Search ``problem``; ``ledger`` (default: a new one with ``budget``) is charged,
+        to the line ``line`` when given (a layer of a composed pipeline)."""
+        if self.needs_draft and draft is None:
             raise ConfigError(f"strategy {self.name} needs a draft model next to the backend "
                               f"(for example draft_backend=simulated_small).")
-        if draft is not None and not self.uses_draft:
+        if draft is not None and not self.needs_draft:
             raise ConfigError(f"strategy {self.name} uses one model; a draft_backend was "
                               f"given (strategies with a draft model: spec_reason).")
         ledger = ledger or ComputeLedger(budget)
-        line = "target" if draft is not None else None
-        ctx = SearchContext(problem, generator=MeteredGenerator(generator, ledger, line=line),
-                            verifier=MeteredVerifier(verifier, ledger), ledger=ledger,
-                            generation=self.generation, progress=progress,
-                            draft=(MeteredGenerator(draft, ledger, line="draft")
+        target_line = line or ("target" if draft is not None else None)
+        ctx = SearchContext(problem,
+                            generator=MeteredGenerator(generator, ledger, line=target_line),
+                            verifier=MeteredVerifier(verifier, ledger, line=line),
+                            ledger=ledger, generation=self.generation, progress=progress,
+                            draft=(MeteredGenerator(draft, ledger, line=line or "draft")
                                    if draft is not None else None))
         try:
             self.search(ctx)

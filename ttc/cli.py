@@ -190,13 +190,26 @@ def solve(
     tree: Optional[Path] = typer.Option(None, "--tree", help="Save the search tree as JSON."),
     as_json: bool = typer.Option(False, "--json", help="Print the whole Result as JSON."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
+    pipeline: Optional[Path] = typer.Option(
+        None, "--pipeline", help="A composed pipeline: a YAML file of layers "
+                                 "(generate, rank, critique, fuse, verify)."),
 ) -> None:
     """Solve one question and print the answer and the compute ledger."""
     if not question.strip():
         raise UsageError("the question must be a non-empty string; got ''.")
     flags = _flag_overrides(strategy=strategy, backend=backend, verifier=verifier,
                             budget=budget, model=model)
-    config = run_config(_merge_overrides(flags, overrides or []))
+    if pipeline is not None:
+        if strategy or any(o.startswith("strategy") for o in overrides or []):
+            raise UsageError("--pipeline declares the strategy; drop --strategy and "
+                             "strategy overrides.")
+        from ttc.config import load_run_config
+
+        data = compose(_merge_overrides(flags, overrides or []))
+        data["strategy"] = pipeline_strategy(pipeline)
+        config = load_run_config(data)
+    else:
+        config = run_config(_merge_overrides(flags, overrides or []))
     if tree is not None:
         check_output_file(tree, option="--tree", example="tree.json")
 
@@ -217,11 +230,37 @@ def solve(
 
         ledger = ComputeLedger.total([result.ledger])
         typer.echo(f"ledger: {ledger.summary()}")
+        for label, counts in result.ledger.lines.items():
+            typer.echo(f"  {label}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
         typer.echo(f"strategy: {result.strategy} · candidates: {len(result.candidates)}")
     if tree is not None:
         from ttc.atomic import write_text_atomic
 
         write_text_atomic(tree, json.dumps(result.tree or {}, indent=1) + "\n")
+
+
+def pipeline_strategy(path: Path) -> dict[str, Any]:
+    """The composed-pipeline strategy config (``archon``) a pipeline file declares: a
+    list of layers, or a mapping with ``layers`` (and ``selection``)."""
+    import yaml
+
+    from ttc.registry import STRATEGIES
+
+    if not path.is_file():
+        raise UsageError(f"--pipeline {str(path)!r} is not a file.")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise UsageError(f"pipeline file {str(path)!r} is not valid YAML: {first}.") from err
+    if isinstance(data, list):
+        data = {"layers": data}
+    if not isinstance(data, dict) or "layers" not in data:
+        raise UsageError(f"pipeline file {str(path)!r} must hold a list of layers or a "
+                         f"mapping with `layers:`; got {type(data).__name__}.")
+    STRATEGIES.config_class("archon").check_layers(data["layers"],
+                                                   where=f"pipeline file {str(path)!r}")
+    return {"name": "archon", **data}
 
 
 def check_output_file(path: Path, *, option: str, example: str) -> None:

@@ -44,6 +44,12 @@ step the other model wrote), once. :func:`small_model_config` derives the draft 
 of a pair. ``probe`` answers a judge question (a suffix asking for a "score"): one digit
 0-9 that reads whether the trajectory so far is right, with Gaussian noise
 ``judge_noise`` on a 0-1 scale (right: 0.75, wrong: 0.3).
+
+Composed prompts (Archon's fuser): a prompt that quotes responses with ``\\boxed{...}``
+answers (before a ``Critiques:`` header, if any) is run in full (its words are prompt
+tokens), and the model's answer is one of the quoted answers, the gold one weighted
+``1 + fuse_skill`` times its count and the others by their counts; steps are tagged by
+that choice. Critique texts have no effect (the simulator cannot read advice).
 Must NOT know: rewards, strategies.
 """
 
@@ -52,6 +58,7 @@ from __future__ import annotations
 import hashlib
 import math
 import random
+import re
 from dataclasses import dataclass, field
 from typing import Literal, Sequence
 
@@ -91,6 +98,7 @@ class SimulatedBackendConfig(Frozen):
     converge_tokens: PositiveInt = 100
     wait_steps: PositiveInt = 1
     judge_noise: float = Field(default=0.2, ge=0.0)
+    fuse_skill: float = Field(default=1.0, ge=0.0)
 
 
 def step_tag(world_seed: int, correct: bool, rng: random.Random) -> str:
@@ -122,6 +130,7 @@ class ProblemModel:
     wrong: tuple[str, ...]
     wrong_weights: tuple[float, ...]
     prompt_words: tuple[str, ...]
+    shown: tuple[str, ...] = ()     # answers quoted in a composed prompt (a fuser's)
 
 
 @dataclass(slots=True)
@@ -221,10 +230,14 @@ class SimulatedGenerator:
         weights = tuple(1.0 / (i + 1) ** cfg.wrong_answer_skew for i in range(len(wrong)))
         words = tuple(_FILLER[(h >> (i % 48)) % len(_FILLER)]
                       for i in range(cfg.prompt_tokens))
+        shown = shown_answers(problem.question)
+        if shown:                       # a composed prompt is run in full
+            words = words + tuple(problem.question.split())
         if cfg.thinking:
             words = words + (cfg.think_start,)      # thinking is opened by the prompt
         return ProblemModel(difficulty=difficulty, num_steps=num_steps, gold=gold,
-                            wrong=tuple(wrong), wrong_weights=weights, prompt_words=words)
+                            wrong=tuple(wrong), wrong_weights=weights, prompt_words=words,
+                            shown=shown)
 
     def step_accuracy(self, problem: Problem) -> float:
         return 1.0 - self.config.max_step_error * self.problem_model(problem).difficulty
@@ -407,14 +420,22 @@ class SimulatedGenerator:
                          p_ok: float, greedy: bool) -> list[str]:
         cfg = self.config
         d.steps_done += 1
+        if model.shown and d.steps_done == 1:      # a fuser settles on a quoted answer
+            d.correct = rng.random() < self._fused_gold_chance(model)
         if d.steps_done >= model.num_steps:        # the final step states the answer
             d.ended = True
             if d.correct:
                 answer = model.gold
+            elif model.shown and any(a != model.gold for a in model.shown):
+                others = [a for a in model.shown if a != model.gold]
+                answer = rng.choice(others)        # uniform over quotes = by count
             else:
                 answer = rng.choices(model.wrong, weights=model.wrong_weights)[0]
             return ["Therefore", "the", "answer", "is", f"\\boxed{{{answer}}}."]
-        ok = d.correct and (p_ok >= 0.5 if greedy else rng.random() < p_ok)
+        if model.shown:
+            ok = d.correct
+        else:
+            ok = d.correct and (p_ok >= 0.5 if greedy else rng.random() < p_ok)
         d.correct = ok
         mu = math.log(cfg.mean_step_tokens) - cfg.step_tokens_sigma ** 2 / 2
         length = max(6, min(4 * cfg.mean_step_tokens,
@@ -525,6 +546,11 @@ class SimulatedGenerator:
         return ExpandOutput(continuations=(tuple(conts),), usage=GenerationUsage(
             prefill_tokens=prefill, cached_tokens=seq.length - unseen, generated_tokens=n,
             peak_kv_bytes=self.peak_kv_bytes))
+
+    def _fused_gold_chance(self, model: ProblemModel) -> float:
+        gold = sum(1 for a in model.shown if a == model.gold) * (1 + self.config.fuse_skill)
+        rest = sum(1 for a in model.shown if a != model.gold)
+        return gold / (gold + rest) if gold + rest else 0.0
 
     # -- thinking mode ---------------------------------------------------------------------
     def _converged(self, model: ProblemModel, tokens: int) -> float:
@@ -645,6 +671,15 @@ def make_problems(n: int, *, seed: int = 0, difficulty: float | tuple[float, flo
                                 metadata={"difficulty": round(float(d), 4),
                                           "num_steps": 3 + rng.randint(0, 4)}))
     return problems
+
+
+_BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
+
+
+def shown_answers(question: str) -> tuple[str, ...]:
+    """Answers a composed prompt quotes (``\\boxed{...}`` before any "Critiques:")."""
+    quoted = question.split("\nCritiques:")[0]
+    return tuple(m.strip().rstrip(".") for m in _BOXED.findall(quoted))
 
 
 def _check_peer(config: SimulatedBackendConfig, other: SimulatedBackendConfig) -> None:
