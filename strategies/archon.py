@@ -143,6 +143,7 @@ class Archon(SearchStrategy):
         state: list[Candidate] = []
         critiques: dict[int, str] = {}
         sizes: list[int] = []
+        answers: list[list[str | None]] = []
         for i, layer in enumerate(self.config.layers, 1):
             line = f"layer{i}.{layer.kind}"
             if isinstance(layer, GenerateLayer):
@@ -158,7 +159,8 @@ class Archon(SearchStrategy):
                 state = self._verify(ctx, state, layer.threshold, line)
             ctx.candidates = list(state)
             sizes.append(len(state))
-            ctx.info["layer_sizes"] = sizes
+            answers.append([c.answer for c in state])
+            ctx.info.update(layer_sizes=sizes, layer_answers=answers)
             ctx.emit(step=i, live=len(state), note=line)
 
     def choose(self, ctx: SearchContext) -> Candidate | None:

@@ -68,7 +68,7 @@ class SpecReason(SearchStrategy):
                 drafted += 1
                 score = self._judge(ctx, draft)
                 scores.append(score)
-                draft.extra.update(by="draft", judge=score)
+                draft.extra.update(by="draft", judge=score, kept=score >= cfg.threshold)
                 if score >= cfg.threshold:
                     child, accepted = draft, accepted + 1
                 else:

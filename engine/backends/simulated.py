@@ -679,7 +679,8 @@ _BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
 def shown_answers(question: str) -> tuple[str, ...]:
     """Answers a composed prompt quotes (``\\boxed{...}`` before any "Critiques:")."""
     quoted = question.split("\nCritiques:")[0]
-    return tuple(m.strip().rstrip(".") for m in _BOXED.findall(quoted))
+    found = (m.strip().rstrip(".") for m in _BOXED.findall(quoted))
+    return tuple(a for a in found if a)      # an empty \\boxed{} is an instruction
 
 
 def _check_peer(config: SimulatedBackendConfig, other: SimulatedBackendConfig) -> None:
