@@ -278,3 +278,19 @@ class ProgressEvent:
     best_score: float | None = None
     note: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class BenchReport:
+    """What one benchmark (``ttc bench NAME``) measured: absolute ``metrics`` (units in their
+    keys), ``ratios`` measured side by side in the same run, ``notes``, the ``machine``."""
+
+    name: str
+    metrics: dict[str, Any] = field(default_factory=dict)
+    ratios: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    machine: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "machine": self.machine, "metrics": self.metrics,
+                "ratios": self.ratios, "notes": self.notes}
