@@ -43,7 +43,9 @@ and step accuracy, and charges as prefill the tokens of a handle it has not run 
 step the other model wrote), once. :func:`small_model_config` derives the draft model
 of a pair. ``probe`` answers a judge question (a suffix asking for a "score"): one digit
 0-9 that reads whether the trajectory so far is right, with Gaussian noise
-``judge_noise`` on a 0-1 scale (right: 0.75, wrong: 0.3).
+``judge_noise`` on a 0-1 scale around 0.85 for a right trajectory and 0.35 for a wrong
+one (with noise 0.2, a judge threshold of 7 keeps about 74% of right steps and 3% of
+wrong ones).
 
 Composed prompts (Archon's fuser): a prompt that quotes responses with ``\\boxed{...}``
 answers (before a ``Critiques:`` header, if any) is run in full (its words are prompt
@@ -532,7 +534,7 @@ class SimulatedGenerator:
         for i in range(n):
             rng = random.Random(_hash_int(self.config.world_seed, "judge", handle,
                                           self._engine_id, seq.children, i))
-            truth = 0.75 if seq.correct else 0.3
+            truth = 0.85 if seq.correct else 0.35
             value = min(1.0, max(0.0, rng.gauss(truth, self.config.judge_noise)))
             digit = str(round(9 * value))
             conts.append(Continuation(handle=None, token_ids=(self._token_id(digit),),
