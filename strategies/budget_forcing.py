@@ -28,7 +28,7 @@ from ttc.strategies.thinking import thinking_rule
 class BudgetForcingConfig(StrategyConfig):
     name: Literal["budget_forcing"] = "budget_forcing"
     n: PositiveInt = 1
-    cap: PositiveInt | None = Field(default=None, description="thinking tokens before "
+    cap: PositiveInt | None = Field(default=512, description="thinking tokens before "
                                     "the end delimiter is forced; null: no cap")
     extend: int = Field(default=0, ge=0, description="attempted ends replaced by extend_text")
     extend_text: str = "Wait"

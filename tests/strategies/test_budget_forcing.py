@@ -37,7 +37,8 @@ def test_cap_forces_the_end_in_the_batch_without_re_prefill():
 
 def test_extend_replaces_attempted_ends_with_wait():
     natural = solve({"name": "budget_forcing", "n": 1, "cap": 100_000}, thinking_engine())
-    extended = solve({"name": "budget_forcing", "n": 1, "extend": 2}, thinking_engine())
+    extended = solve({"name": "budget_forcing", "n": 1, "cap": None, "extend": 2},
+                     thinking_engine())
     text = extended.candidates[0].text
     assert extended.info["waits"] == 2
     assert text.count("Wait") == 2
@@ -65,13 +66,13 @@ def test_extend_on_an_engine_that_cannot_replace_tokens_is_refused():
 
     gen = CapOnly(SimulatedBackendConfig(thinking=True))
     with pytest.raises(ConfigError, match="cannot"):
-        solve({"name": "budget_forcing", "extend": 1}, gen)
+        solve({"name": "budget_forcing", "cap": None, "extend": 1}, gen)
     assert solve({"name": "budget_forcing", "cap": 8}, gen).info["forced_ends"] == 1
 
 
 def test_budget_forcing_needs_a_cap_or_extensions():
     with pytest.raises(ConfigError, match="cap .* or extensions"):
-        solve({"name": "budget_forcing"}, thinking_engine())
+        solve({"name": "budget_forcing", "cap": None}, thinking_engine())
 
 
 def test_step_wise_strategies_carry_the_cap_across_calls():
