@@ -847,7 +847,17 @@ class NativeGenerator(NativeEngine):
         # None: the default system prompt; "": none (the hf backend's rule).
         gen.system_prompt = (DEFAULT_SYSTEM_PROMPT if config.system_prompt is None
                              else config.system_prompt or None)
+        gen.thinking_delimiters = thinking_delimiters_of(loaded.tokenizer)
         return gen
+
+    # Budget forcing (ttc.stopping.ThinkingBudget): the cap is a Force inside the batch;
+    # this engine does not replace sampled tokens, so "Wait" extensions are refused.
+    thinking_delimiters: tuple[str, str] | None = None
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of ``text`` without special tokens (probe suffixes, delimiters)."""
+        with self._lock:                  # NOTE: one thread at a time in the tokenizer
+            return list(self.tokenizer.encode(text, add_special_tokens=False))
 
     def root(self, problem: Problem) -> Handle:
         with self._lock:                  # NOTE: one thread at a time in the tokenizer
@@ -859,3 +869,13 @@ class NativeGenerator(NativeEngine):
         from ttc.engine.prompting import format_prompt  # noqa: PLC0415
 
         return list(format_prompt(self.tokenizer, problem, system_prompt=self.system_prompt))
+
+
+def thinking_delimiters_of(tokenizer) -> tuple[str, str] | None:
+    """``("<think>", "</think>")`` when the tokenizer has each as one token (R1, Qwen3)."""
+    try:
+        vocab = tokenizer.get_vocab()
+    except (AttributeError, NotImplementedError):
+        return None
+    pair = ("<think>", "</think>")
+    return pair if all(t in vocab for t in pair) else None
