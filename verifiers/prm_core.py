@@ -36,12 +36,15 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Literal, Protocol, Sequence
 
-from ttc.types import Problem, ScoreOutput, VerifierUsage
+from pydantic import Field
+
+from ttc.types import Frozen, Problem, ScoreOutput, VerifierUsage
 
 __all__ = ["StepFormat", "Readout", "SegmentTrie", "StepScorer", "TorchHost", "NativeHost",
-           "LogitPairReadout", "check_steps", "single_token_id"]
+           "LogitPairReadout", "check_steps", "single_token_id", "ModelVerifierConfig",
+           "ModelVerifier", "LogitPairPRM", "build_causal_lm_prm"]
 
 
 def check_steps(trajectories: Sequence[Sequence[str]]) -> None:
@@ -470,12 +473,51 @@ class StepScorer:
         self.trie.clear()
 
 
-def logit_pair_scorer(model: Any, tokenizer: Any, fmt: StepFormat, *, plus_id: int,
-                      minus_id: int, incremental: bool, max_cache_tokens: int) -> StepScorer:
-    """A :class:`StepScorer` for a causal-LM PRM read as P(plus) against P(minus) from its
-    own LM head at each step's last token (Math-Shepherd, RLHFlow), hosted by torch."""
-    head = model.get_output_embeddings()
-    readout = LogitPairReadout(head.weight, plus_id, minus_id, getattr(head, "bias", None))
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    return StepScorer(fmt, TorchHost(model.base_model, pad_id=pad), readout,
-                      incremental=incremental, max_cache_tokens=max_cache_tokens)
+# -- the base of every model-based verifier --------------------------------------------------
+class ModelVerifierConfig(Frozen):
+    """The settings every model-based verifier shares; a subclass adds its ``name`` (and the
+    checkpoint it defaults to as ``model``)."""
+
+    model: str | None = None
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    device: str = "cpu"
+    incremental: bool = True
+    max_cache_tokens: int = Field(default=65536, gt=0)
+
+    def scorer_options(self) -> dict[str, Any]:
+        return {"incremental": self.incremental, "max_cache_tokens": self.max_cache_tokens}
+
+
+class ModelVerifier:
+    """A verifier that scores through a :class:`StepScorer` over its :class:`StepFormat`."""
+
+    format: StepFormat
+    scorer: StepScorer
+    incremental: bool
+
+    def score(self, problem: Problem, trajectories: Sequence[Sequence[str]]) -> ScoreOutput:
+        return self.scorer.score(problem, trajectories)
+
+
+class LogitPairPRM(ModelVerifier):
+    """A causal-LM PRM read as P(plus) against P(minus) from its own LM head at each step's
+    last token (Math-Shepherd, RLHFlow), hosted by torch."""
+
+    def __init__(self, fmt: StepFormat, model: Any, tokenizer: Any, *, plus_id: int,
+                 minus_id: int, incremental: bool = True, max_cache_tokens: int = 65536) -> None:
+        head = model.get_output_embeddings()
+        readout = LogitPairReadout(head.weight, plus_id, minus_id, getattr(head, "bias", None))
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.format, self.incremental = fmt, incremental
+        self.scorer = StepScorer(fmt, TorchHost(model.base_model, pad_id=pad), readout,
+                                 incremental=incremental, max_cache_tokens=max_cache_tokens)
+
+
+def build_causal_lm_prm(config: ModelVerifierConfig, cls: Callable[..., ModelVerifier]
+                        ) -> ModelVerifier:
+    """Load ``config.model`` as a transformers causal LM and build ``cls(model, tokenizer,
+    incremental=..., max_cache_tokens=...)`` on it."""
+    from ttc.verifiers.hf_models import load_causal_lm
+
+    model, tok = load_causal_lm(config.model, dtype=config.dtype, device=config.device)
+    return cls(model, tok, **config.scorer_options())

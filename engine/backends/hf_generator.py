@@ -124,6 +124,10 @@ class HFGenerator:
         self._calls = 0
         self._peak = 0
 
+    def causal_lm(self) -> tuple[Any, Any]:
+        """The model and tokenizer, lent to a verifier (:class:`ttc.protocols.HostsCausalLM`)."""
+        return self.model, self.tokenizer
+
     def _check_full_attention(self) -> None:
         from transformers import DynamicCache  # noqa: PLC0415
 

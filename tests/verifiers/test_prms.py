@@ -169,11 +169,12 @@ def test_judge_probability_of_yes(incremental):
 def test_judge_shares_the_policy_model_of_an_hf_generator():
     from ttc.registry import VERIFIERS
 
-    class FakeHFGenerator:       # the attributes the factory reads from the HF generator
-        tokenizer = char_tokenizer()
-        model = tiny_causal_lm("llama", tokenizer, seed=6)
+    from ttc.engine.backends.hf_generator import HFGenerator
+    from ttc.protocols import HostsCausalLM, SupportsExtend
 
-    gen = FakeHFGenerator()
+    tok = char_tokenizer()
+    gen = HFGenerator(tiny_causal_lm("llama", tok, seed=6), tok)
+    assert isinstance(gen, HostsCausalLM) and not isinstance(gen, SupportsExtend)
     judge = VERIFIERS.build({"name": "judge"}, generator=gen)
     assert judge.shares == "weights"
     assert judge.scorer.host.backbone is gen.model.base_model
