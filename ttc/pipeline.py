@@ -23,6 +23,11 @@ from ttc.registry import BACKENDS, STRATEGIES, VERIFIERS, ConfigError, format_va
 from ttc.types import Problem, Result
 
 
+def _shares_handles(draft: Any, target: Any) -> bool:
+    shares = getattr(draft, "shares_handles_with", None)
+    return bool(shares is not None and shares(target))
+
+
 def _as_budget(budget: Budget | int | dict | None) -> Budget:
     if budget is None:
         return Budget()
@@ -48,6 +53,11 @@ class Pipeline:
         # The draft (small) model of a pair continues the target's handles.
         self.draft = None if draft is None else self._build(BACKENDS, draft,
                                                              peer=self.generator)
+        if self.draft is not None and not _shares_handles(self.draft, self.generator):
+            raise ConfigError(f"draft_backend {type(self.draft).__name__} cannot continue the "
+                              f"handles of backend {type(self.generator).__name__}; only two "
+                              f"simulated models pair today (backend=simulated "
+                              f"draft_backend=simulated_small).")
         self.verifier = self._build(VERIFIERS, verifier, generator=self.generator)
         self.strategy = self._build(STRATEGIES, strategy, generation=self.generation)
         self.budget = _as_budget(budget)

@@ -498,6 +498,10 @@ class SimulatedGenerator:
         cfg = self.config
         return (cfg.think_start, cfg.think_end) if cfg.thinking else None
 
+    def shares_handles_with(self, other: object) -> bool:
+        """True for the other model of this engine's pair (one handle table)."""
+        return isinstance(other, SimulatedGenerator) and other._seqs is self._seqs
+
     def _run_unseen(self, handle: Handle) -> int:
         """Tokens of the handle's sequence this engine has not run; marks them run."""
         unseen = 0

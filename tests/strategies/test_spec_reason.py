@@ -77,3 +77,18 @@ def test_a_pair_must_share_its_world():
     large = SimulatedGenerator(SimulatedBackendConfig(world_seed=1))
     with pytest.raises(ValueError, match="must share world_seed"):
         SimulatedGenerator(SimulatedBackendConfig(world_seed=2), peer=large)
+
+
+def test_a_draft_that_cannot_continue_the_backends_handles_is_refused():
+    from ttc.pipeline import Pipeline
+
+    class Lone(SimulatedGenerator):
+        def shares_handles_with(self, other):
+            return False
+
+    with pytest.raises(ConfigError, match="cannot continue the handles"):
+        Pipeline(generator="simulated", verifier="none", strategy="spec_reason",
+                 draft=Lone())
+    pipe = Pipeline(generator="simulated", verifier="none", strategy="spec_reason",
+                    draft={"name": "simulated", "max_step_error": 0.8})
+    assert pipe.draft.shares_handles_with(pipe.generator)
