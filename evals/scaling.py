@@ -14,7 +14,9 @@ pools the seeds of a point (accuracy interval clustered by problem), the
 accuracy-vs-generated-tokens figure is copied out, and ``reach.md`` gives each
 strategy's widest point and the tokens its curve needs to reach fixed accuracies
 (interpolated, or "not reached within N tokens"; :func:`reach_summary`). A strategy
-registered later with none of the known knobs gets one point at its defaults.
+registered later with none of the known knobs gets one point at its defaults. Budget
+forcing runs on the simulator's thinking mode and SpecReason on the simulated model
+pair (``_SETUP``).
 Must NOT know: strategy internals beyond the name of each one's width field.
 """
 
@@ -42,6 +44,11 @@ _KNOWN = {
     "threads": ("n_threads", lambda w: []),
 }
 _GENERIC = ("n", "width", "n_simulations", "max_samples", "max_n", "n_threads")
+# Strategies that need more than the plain simulated backend: a thinking model, a pair.
+_SETUP = {
+    "budget_forcing": ["backend.thinking=true"],
+    "spec_reason": ["draft_backend=simulated_small"],
+}
 
 
 def scale_overrides(name: str, width: int) -> list[str] | None:
@@ -98,8 +105,8 @@ def run_scaling(out: Path, *, widths: tuple[int, ...] = (4, 8, 16), limit: int =
         for width, extra in points:
             knobs.update(o.split("=")[0].removeprefix("strategy.") for o in extra)
             for seed in range(seeds):
-                combo = base + [f"strategy={name}", *extra, f"dataset.seed={seed}",
-                                f"seed={seed}"]
+                combo = base + [f"strategy={name}", *extra, *_SETUP.get(name, []),
+                                f"dataset.seed={seed}", f"seed={seed}"]
                 run = (f"strategy={name},width={width}" if width else f"strategy={name}"
                        ) + f",seed={seed}"
                 plans.append((run, combo, prepare_eval(compose_eval(combo),
