@@ -186,11 +186,15 @@ class Archon(SearchStrategy):
         return out
 
     def _scores(self, ctx: SearchContext, state: list[Candidate], line: str) -> list[float]:
-        todo = [list(c.steps) for c in state]
-        if not any(todo):
-            return [0.0] * len(state)
-        out = ctx.verifier.relabel(line).score(ctx.problem, [t or [""] for t in todo])
-        return [s[-1] if s else 0.0 for s in out.scores]
+        """Each candidate's last-step score; one without text scores 0 and costs no call."""
+        steps = [[t for t in c.steps if t.strip()] for c in state]
+        todo = [k for k, st in enumerate(steps) if st]
+        scores = [0.0] * len(state)
+        if todo:
+            out = ctx.verifier.relabel(line).score(ctx.problem, [steps[k] for k in todo])
+            for k, s in zip(todo, out.scores):
+                scores[k] = s[-1] if s else 0.0
+        return scores
 
     def _rank(self, ctx: SearchContext, state: list[Candidate], top_k: int,
               line: str) -> list[Candidate]:

@@ -5,7 +5,8 @@ from hypothesis import strategies as st
 
 from strategy_helpers import Run
 from ttc.config import GenerationConfig
-from ttc.engine.backends.simulated import SimulatedGenerator
+from ttc.engine.backends.simulated import (SimulatedBackendConfig, SimulatedGenerator,
+                                           small_model_config)
 from ttc.ledger import Budget
 from ttc.registry import STRATEGIES
 from ttc.types import Problem
@@ -33,7 +34,30 @@ NEW_VARIANTS = [
     {"name": "plan_and_budget", "schedule": "polynomial", "total_tokens": 300},
     {"name": "compute_optimal", "probe_samples": 2, "reuse_probe": False},
 ]
-CONFIGS = [{"name": n} for n in STRATEGIES.names()] + VARIANTS + NEW_VARIANTS
+# issue 15's thinking budgets, model pairs and composed pipelines
+PAIR_VARIANTS = [
+    {"name": "budget_forcing", "n": 3, "cap": None, "extend": 2},
+    {"name": "spec_reason", "threshold": 9},
+    {"name": "archon", "layers": [
+        {"kind": "generate", "generators": [
+            {"strategy": {"name": "best_of_n", "n": 3}},
+            {"strategy": {"name": "self_consistency", "n": 2}, "model": "draft"}]},
+        {"kind": "rank", "top_k": 2}, {"kind": "critique"}, {"kind": "fuse", "fusers": 2},
+        {"kind": "verify"}]},
+]
+CONFIGS = [{"name": n} for n in STRATEGIES.names()] + VARIANTS + NEW_VARIANTS + PAIR_VARIANTS
+
+
+def _engines(strategy) -> tuple[SimulatedGenerator, dict, list[SimulatedGenerator]]:
+    """The generator a strategy needs (a thinking model, a pair), run() extras, engines."""
+    if strategy.name == "budget_forcing":
+        gen = SimulatedGenerator(SimulatedBackendConfig(thinking=True))
+        return gen, {}, [gen]
+    gen = SimulatedGenerator()
+    if not strategy.needs_draft:
+        return gen, {}, [gen]
+    draft = SimulatedGenerator(small_model_config(gen.config), peer=gen)
+    return gen, {"draft": draft}, [gen, draft]
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -45,29 +69,33 @@ CONFIGS = [{"name": n} for n in STRATEGIES.names()] + VARIANTS + NEW_VARIANTS
 def test_budgets_are_never_exceeded(config, tokens, calls, difficulty, seed):
     strategy = STRATEGIES.build({**config, "keep_tree": False},
                                 generation=GenerationConfig(seed=seed, max_tokens=600))
-    gen = SimulatedGenerator()
+    gen, extra, engines = _engines(strategy)
     budget = Budget(max_generated_tokens=tokens, max_verifier_calls=calls)
     problem = Problem(id=str(seed), question="q", answer="1",
                       metadata={"difficulty": difficulty, "num_steps": 5})
-    result = strategy.run(problem, generator=gen, verifier=SimulatedPRM(), budget=budget)
+    result = strategy.run(problem, generator=gen, verifier=SimulatedPRM(), budget=budget,
+                          **extra)
     assert result.ledger.generated_tokens <= tokens
     if calls is not None:
         assert result.ledger.verifier_calls <= calls
-    assert gen.live_handles == 0 and gen.resident_tokens() == 0
+    for engine in engines:
+        assert engine.live_handles == 0 and engine.resident_tokens() == 0
 
 
 def _run_within(config: dict, tokens: int, calls: int | None, seed: int) -> None:
     strategy = STRATEGIES.build({**config, "keep_tree": False},
                                 generation=GenerationConfig(seed=seed, max_tokens=600))
-    gen = SimulatedGenerator()
+    gen, extra, engines = _engines(strategy)
     problem = Problem(id=str(seed), question="q", answer="1",
                       metadata={"difficulty": 0.6, "num_steps": 5})
     result = strategy.run(problem, generator=gen, verifier=SimulatedPRM(),
-                          budget=Budget(max_generated_tokens=tokens, max_verifier_calls=calls))
+                          budget=Budget(max_generated_tokens=tokens, max_verifier_calls=calls),
+                          **extra)
     assert result.ledger.generated_tokens <= tokens
     if calls is not None:
         assert result.ledger.verifier_calls <= calls
-    assert gen.live_handles == 0 and gen.resident_tokens() == 0
+    for engine in engines:
+        assert engine.live_handles == 0 and engine.resident_tokens() == 0
 
 
 def test_new_strategies_and_options_keep_every_budget():
@@ -76,6 +104,17 @@ def test_new_strategies_and_options_keep_every_budget():
     news = [{"name": n} for n in ("self_eval", "plan_and_budget", "compute_optimal",
                                   "threads")] + NEW_VARIANTS
     for i, config in enumerate(news):
+        for tokens, calls in ((1, None), (37, 2), (400, 5), (2500, None)):
+            _run_within(config, tokens, calls, seed=i)
+
+
+def test_thinking_budgets_model_pairs_and_pipelines_keep_every_budget():
+    """Budget forcing, SpecReason and a composed pipeline at defaults and as variants,
+    under tight and loose token and verifier-call budgets; both engines of a pair end
+    with no live handle and no resident KV."""
+    configs = [{"name": n} for n in ("budget_forcing", "spec_reason", "archon")] \
+        + PAIR_VARIANTS
+    for i, config in enumerate(configs):
         for tokens, calls in ((1, None), (37, 2), (400, 5), (2500, None)):
             _run_within(config, tokens, calls, seed=i)
 
