@@ -57,10 +57,16 @@ def _build(name: str):
 @pytest.mark.parametrize("name", STRATEGIES.names())
 def test_ledger_equals_engine_counters_with_the_model_as_judge(name):
     engine = _engine(seed=21)
+    strategy = _build(name)
+    if strategy.needs_draft:
+        pytest.skip("a draft model pairs only with a simulated engine today (the simulated "
+                    "check below covers it)")
+    if name == "budget_forcing":        # the cap forces "</think>" as text on this tokenizer
+        engine.thinking_delimiters = ("<think>", "</think>")
     judge = VERIFIERS.build({"name": "judge"}, generator=engine)
     before = engine.stats()
-    result = _build(name).run(PROBLEM, generator=engine, verifier=judge,
-                              budget=Budget(max_generated_tokens=120))
+    result = strategy.run(PROBLEM, generator=engine, verifier=judge,
+                          budget=Budget(max_generated_tokens=120))
     after = engine.stats()
     led = result.ledger
     assert led.generated_tokens == after["decode_tokens_run"] - before["decode_tokens_run"]
@@ -96,16 +102,23 @@ def test_a_prm_on_its_own_engine_is_charged_what_that_engine_ran():
 def test_ledger_equals_the_simulated_engine_and_prm(name):
     """The same check on the simulator: every token its engine and PRM ran is charged once
     (a call that bypassed the metered views would show up here)."""
-    from ttc.engine.backends.simulated import SimulatedGenerator
+    from ttc.engine.backends.simulated import (SimulatedBackendConfig, SimulatedGenerator,
+                                               small_model_config)
     from ttc.verifiers.simulated import SimulatedPRM
 
-    gen, prm = SimulatedGenerator(), SimulatedPRM()
+    strategy = STRATEGIES.build({"name": name, "keep_tree": False},
+                                generation=GenerationConfig(seed=5, max_tokens=200))
+    gen, prm = SimulatedGenerator(SimulatedBackendConfig(
+        thinking=name == "budget_forcing")), SimulatedPRM()
+    engines, extra = [gen], {}
+    if strategy.needs_draft:            # the small model of a pair: both engines add up
+        extra["draft"] = SimulatedGenerator(small_model_config(gen.config), peer=gen)
+        engines.append(extra["draft"])
     problem = Problem(id="s", question="q", answer="1", metadata={"difficulty": 0.4,
                                                                   "num_steps": 4})
-    result = STRATEGIES.build({"name": name, "keep_tree": False},
-                              generation=GenerationConfig(seed=5, max_tokens=200)).run(
-        problem, generator=gen, verifier=prm, budget=Budget(max_generated_tokens=3000))
+    result = strategy.run(problem, generator=gen, verifier=prm,
+                          budget=Budget(max_generated_tokens=3000), **extra)
     led = result.ledger
-    assert led.generated_tokens == gen.decode_tokens_run
-    assert led.prefill_tokens == gen.prefill_tokens_run
+    assert led.generated_tokens == sum(e.decode_tokens_run for e in engines)
+    assert led.prefill_tokens == sum(e.prefill_tokens_run for e in engines)
     assert led.verifier_tokens == prm.tokens_run
