@@ -95,3 +95,20 @@ def test_setting_the_budget_twice_is_refused():
     with pytest.raises(ConfigError, match="set the thinking budget once"):
         solve({"name": "budget_forcing", "cap": 10}, thinking_engine(),
               generation=GenerationConfig(thinking_cap=20))
+
+
+def test_the_cli_refuses_budget_forcing_without_delimiters_in_one_line():
+    from typer.testing import CliRunner
+
+    from ttc.cli import app
+
+    out = CliRunner().invoke(app, ["solve", "Q?", "-s", "budget_forcing", "backend=simulated",
+                                   "verifier=simulated"])
+    assert out.exit_code == 2, out.output
+    assert "needs a model that thinks between delimiters" in out.output
+    assert "Traceback" not in out.output and len(out.output.strip().splitlines()) == 1
+    ok = CliRunner().invoke(app, ["solve", "Q?", "-s", "budget_forcing", "backend=simulated",
+                                  "backend.thinking=true", "strategy.cap=16", "-q",
+                                  "verifier=simulated", "--json"])
+    assert ok.exit_code == 0, ok.output
+    assert '"forced_ends": 1' in ok.output
