@@ -14,7 +14,7 @@ from ttc.verifiers.math_shepherd import MathShepherdPRM
 from ttc.verifiers.qwen_prm import SYSTEM, QwenPRM, RewardHead
 from ttc.verifiers.rlhflow import RLHFlowPRM
 
-from verifier_tiny import char_tokenizer, tiny_causal_lm, tiny_config
+from fakes import char_tokenizer, tiny_causal_lm, tiny_config
 
 PROBLEM = Problem(id="p", question="What is 2+3*4?")
 STEPS = ["Step 1: 3*4 = 12.\n\n", "Step 2: 2+12 = 14.\n\n", "The answer is 14."]
