@@ -18,7 +18,10 @@ Scripted generators and verifiers (no model):
     StepVerifier      scores a step 0.9 when ``rule(step)`` holds, else 0.1
 
 The simulated world (no model, seeded): ``world()`` a simulated engine and PRM,
-``problems()`` simulated problems, ``NoEmbedGenerator`` a generator that cannot embed.
+``problems()`` simulated problems, ``NoEmbedGenerator`` a generator that cannot embed;
+``thinking_engine()`` the thinking-mode simulator, ``model_pair()`` a (large, small)
+simulated pair sharing handles, ``sim_problem()`` one problem of a chosen difficulty and
+``solve()`` one strategy run on them.
 
 Every fake generator counts a token per word and cuts at ``max_tokens`` and the call's
 ``token_limit`` the way an engine does, unless its docstring says otherwise.
@@ -32,7 +35,8 @@ from typing import Callable, Sequence
 
 import torch
 
-from ttc.engine.backends.simulated import SimulatedBackendConfig, SimulatedGenerator
+from ttc.engine.backends.simulated import (SimulatedBackendConfig, SimulatedGenerator,
+                                           small_model_config)
 from ttc.evals.tasks import make_problems
 from ttc.types import (Continuation, ExpandOutput, ExpandRequest, FinishReason, GenerationUsage,
                        Handle, Problem, ScoreOutput, VerifierUsage)
@@ -413,3 +417,38 @@ class NoEmbedGenerator:
 
     def kv_bytes(self) -> int:
         return self.inner.kv_bytes()
+
+
+# -- thinking mode and model pairs ----------------------------------------------------------
+SIM_PROMPT_TOKENS = 120
+
+
+def sim_problem(difficulty: float = 0.5, num_steps: int = 5, pid: str = "p") -> Problem:
+    return Problem(id=pid, question=f"question {pid}", answer="123",
+                   metadata={"difficulty": difficulty, "num_steps": num_steps})
+
+
+def thinking_engine(**kw) -> SimulatedGenerator:
+    """The simulator in thinking mode: ``<think>`` ends the prompt, ``</think>`` one token."""
+    return SimulatedGenerator(SimulatedBackendConfig(prompt_tokens=SIM_PROMPT_TOKENS,
+                                                     thinking=True, **kw))
+
+
+def model_pair(**kw) -> tuple[SimulatedGenerator, SimulatedGenerator]:
+    """(large, small) simulated models sharing one world and one handle table."""
+    large = SimulatedGenerator(SimulatedBackendConfig(prompt_tokens=SIM_PROMPT_TOKENS, **kw))
+    small = SimulatedGenerator(small_model_config(large.config), peer=large)
+    return large, small
+
+
+def solve(config: dict, gen, *, prob: Problem | None = None, draft=None,
+          generation=None, auroc: float = 0.9):
+    """One run of the strategy ``config`` on ``gen`` (and ``draft``) with a simulated PRM."""
+    from ttc.config import GenerationConfig
+    from ttc.registry import STRATEGIES
+
+    strategy = STRATEGIES.build(config, generation=generation or GenerationConfig())
+    extra = {} if draft is None else {"draft": draft}
+    return strategy.run(prob or sim_problem(), generator=gen,
+                        verifier=SimulatedPRM(SimulatedPRMConfig(auroc=auroc)), **extra)
+

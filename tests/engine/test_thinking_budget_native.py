@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from native_helpers import tiny_engine, tiny_hf_model
+from fakes import tiny_engine, tiny_hf_model
 from ttc.engine.native.engine import thinking_delimiters_of
 from ttc.stopping import ThinkingBudget
 from ttc.types import ExpandRequest, SamplingParams

@@ -6,7 +6,10 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from sim_helpers_iii import PROMPT_TOKENS, pair, problem, solve
+from fakes import SIM_PROMPT_TOKENS as PROMPT_TOKENS
+from fakes import model_pair as pair
+from fakes import sim_problem as problem
+from fakes import solve
 from ttc.cli import app
 from ttc.registry import STRATEGIES, ConfigError
 from ttc.strategies.archon import (ArchonConfig, FuseLayer, GenerateLayer, GeneratorSpec,

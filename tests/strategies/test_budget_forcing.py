@@ -4,7 +4,9 @@ carry the control, and a model without delimiters gets one clear error."""
 
 import pytest
 
-from sim_helpers_iii import PROMPT_TOKENS, problem, solve, thinking_engine
+from fakes import SIM_PROMPT_TOKENS as PROMPT_TOKENS
+from fakes import sim_problem as problem
+from fakes import solve, thinking_engine
 from ttc.config import GenerationConfig
 from ttc.engine.backends.simulated import SimulatedBackendConfig, SimulatedGenerator
 from ttc.registry import ConfigError

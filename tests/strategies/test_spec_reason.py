@@ -3,7 +3,9 @@ probe and rewrites the rejected ones; both models have their own ledger lines.""
 
 import pytest
 
-from sim_helpers_iii import pair, problem, solve
+from fakes import model_pair as pair
+from fakes import sim_problem as problem
+from fakes import solve
 from ttc.engine.backends.simulated import SimulatedBackendConfig, SimulatedGenerator
 from ttc.registry import ConfigError
 from ttc.strategies.spec_reason import judge_score
