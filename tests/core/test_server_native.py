@@ -111,7 +111,7 @@ class _SubmitGenerator:
     def root(self, problem):
         return "h"
 
-    def submit(self, requests):
+    def submit(self, requests, *, token_limit=None):
         self.jobs.append(_NeverDone())
         return self.jobs[-1]
 
