@@ -817,11 +817,19 @@ class _RawJob:
         return f"token_id:{t}" if self.as_ids else (
             self.s.decode([t]) if self.s.tokenizer is not None else f"token_id:{t}")
 
+    def _top(self, top: Any, k: int) -> dict[str, float]:
+        """Top log-probs keyed by token text; tokens with the same text (e.g. partial UTF-8
+        bytes) keep the most likely one's value, so the first key is still the argmax."""
+        out: dict[str, float] = {}
+        for t, lp in list(top)[:k]:
+            out.setdefault(self._tok(t), lp)
+        return out
+
     def _logprobs(self, j: int, c: Continuation, echoes: list) -> dict[str, Any] | None:
         if not self.params.logprobs:
             return None
-        ids, lps, tops = list(c.token_ids), list(c.logprobs) or [None] * len(c.token_ids), \
-            [dict((self._tok(t), lp) for t, lp in top) for top in c.top_logprobs] \
+        ids, lps = list(c.token_ids), list(c.logprobs) or [None] * len(c.token_ids)
+        tops = [self._top(top, self.params.top_logprobs) for top in c.top_logprobs] \
             if c.top_logprobs else [None] * len(c.token_ids)
         if self.echo:
             p_ids = self.prompts[j][1]
@@ -829,8 +837,7 @@ class _RawJob:
             k = self.params.top_logprobs
             ids = p_ids + ids
             lps = list(p_lps) + lps
-            tops = [None] + [dict((self._tok(t), lp) for t, lp in top[:max(k, 1)])
-                             for top in p_tops[1:]] + tops
+            tops = [None] + [self._top(top, max(k, 1)) for top in p_tops[1:]] + tops
         tokens = [self._tok(t) for t in ids]
         offsets, at = [], 0
         for tok in tokens:
