@@ -22,7 +22,7 @@ MAX_STOP_CHARS = 256
 # Fields a body may carry; what each means is in docs/backends.md ("Serving").
 _COMMON = {"model", "stream", "stream_options", "n", "temperature", "top_p", "top_k", "seed",
            "stop", "max_tokens", "user", "frequency_penalty", "presence_penalty",
-           "logit_bias", "ttc", "include_stop_str_in_output"}
+           "logit_bias", "ttc", "include_stop_str_in_output", "no_stop_trim"}
 CHAT_FIELDS = _COMMON | {"messages", "max_completion_tokens", "response_format", "tools",
                          "tool_choice", "parallel_tool_calls", "logprobs", "top_logprobs",
                          "store", "metadata", "service_tier"}

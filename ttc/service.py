@@ -484,7 +484,8 @@ class TTCService:
             generation=generation, budget=budget,
             n=int_field(body, "n", 1, lo=1, hi=self.limits.max_width, option="--max-width"),
             max_tokens=max_tokens, stop=stop,
-            keep_stop=bool(body.get("include_stop_str_in_output")),
+            keep_stop=bool(body.get("include_stop_str_in_output")
+                           or body.get("no_stop_trim")),
             stream=stream, include_usage=include_usage)
 
     def _decode_for_rules(self, ids: Any) -> str:
@@ -748,7 +749,8 @@ class _RawJob:
                  echo: bool, gone: GoneFlag) -> None:
         self.s, self.body, self.prompts, self.params = service, body, prompts, params
         self.n, self.echo, self.gone = n, echo, gone
-        self.keep_stop = bool(body.get("include_stop_str_in_output"))
+        self.keep_stop = bool(body.get("include_stop_str_in_output")
+                              or body.get("no_stop_trim"))
         self.as_ids = bool(body.get("return_tokens_as_token_ids"))
         self.model = body.get("model")
 
