@@ -201,3 +201,9 @@ def chat_conversation(body: dict[str, Any]) -> tuple[tuple[Message, ...], str]:
         raise RequestError(400, "the last message must be a non-empty user message (the "
                            "question).", param="messages")
     return tuple(turns[:-1]), last.content
+
+
+def usage_json(prefill: int, cached: int, generated: int) -> dict[str, Any]:
+    return {"prompt_tokens": prefill + cached, "completion_tokens": generated,
+            "total_tokens": prefill + cached + generated,
+            "prompt_tokens_details": {"cached_tokens": cached}}

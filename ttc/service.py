@@ -57,15 +57,15 @@ from typing import Any, Iterator
 
 from ttc.api_fields import (CHAT_FIELDS, COMPLETION_FIELDS, RequestError, chat_conversation,
                             check_fields, float_field, int_field, seed_field, short,
-                            stop_field, stream_fields, ttc_fields, unsupported)
+                            stop_field, stream_fields, ttc_fields, unsupported, usage_json)
 from ttc.config import RunConfig
 from ttc.faults import describe
 from ttc.registry import STRATEGIES, ConfigError
+from ttc.serve_raw import RawJob
 from ttc.serve_search import (ClientGone, Disconnected, GoneFlag, Progress, RequestGeneration,
                               StopStrings, Watched)
 from ttc.sharing import shared_engine
-from ttc.types import (Continuation, ExpandRequest, FinishReason, Handle, Problem, ProgressEvent,
-                       Result, SamplingParams, TokenEvent)
+from ttc.types import Handle, Problem, Result, SamplingParams
 
 __all__ = ["TTCService", "ServerLimits", "RequestError", "Disconnected", "error_reply",
            "RawPrefixes"]
@@ -292,21 +292,23 @@ class TTCService:
     def tokenize(self, body: dict[str, Any]) -> dict[str, Any]:
         check_fields(body, {"model", "prompt", "messages", "add_special_tokens",
                             "add_generation_prompt"}, what="/tokenize")
-        special = body.get("add_special_tokens", "messages" not in body)
         if "messages" in body:
+            # The prompt a strategy request with these messages starts from (the engine's
+            # own chat template and system-prompt rule).
             context, question = chat_conversation(body)
-            from ttc.engine.prompting import prompt_text  # noqa: PLC0415  (engine helper)
-            problem = Problem(question=question, context=context)
-            with self._tok_lock:
-                text = prompt_text(self.tokenizer, problem,
-                                   system_prompt=getattr(self.generator, "system_prompt", None))
-            self._need_tokenizer("/tokenize")
+            fmt = getattr(self.generator, "format", None)
+            if self.tokenizer is None or not callable(fmt):
+                raise RequestError(400, f"tokenizing messages needs a backend with a chat "
+                                   f"template (native or hf); this server's backend is "
+                                   f"{self.config.backend.name!r}.", param="messages")
+            ids = list(fmt(Problem(question=question, context=context)))
         else:
             text = body.get("prompt")
             if not isinstance(text, str):
                 raise RequestError(400, f"prompt must be a string; got {short(text)}.",
                                    param="prompt")
-        ids = self.encode(text, special=bool(special))
+            special = body.get("add_special_tokens", True)
+            ids = self.encode(text, special=bool(special))
         return {"tokens": ids, "count": len(ids), "max_model_len": self.max_model_len()}
 
     def detokenize(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -553,7 +555,7 @@ class TTCService:
             else:
                 choices.append({"index": i, "text": out["text"],
                                 "finish_reason": out["finish_reason"], "logprobs": None})
-        usage = _usage(*[sum(o["usage"][k] for o in outcomes) for k in range(3)])
+        usage = usage_json(*[sum(o["usage"][k] for o in outcomes) for k in range(3)])
         ttc = outcomes[0]["ttc"] if len(outcomes) == 1 else {
             "searches": [o["ttc"] for o in outcomes]}
         return {"id": f"ttc-{uuid.uuid4().hex}",
@@ -625,7 +627,7 @@ class TTCService:
                             ttc={"event": "result", "search": i, **out["ttc"]})
                 yield chunk([piece(i, None, out["finish_reason"])])
             if plan.include_usage:
-                yield chunk([], usage=_usage(*totals))
+                yield chunk([], usage=usage_json(*totals))
         finally:
             if done < plan.n:                  # the client left (or a search failed)
                 gone.tripped.set()
@@ -715,7 +717,7 @@ class TTCService:
                                f"native backend can).", param="echo")
         prompts = self._raw_prompts(body)
         gone = client_gone if isinstance(client_gone, GoneFlag) else GoneFlag(client_gone)
-        job = _RawJob(self, body, prompts, params, n, echo, gone)
+        job = RawJob(self, body, prompts, params, n, echo, gone)
         if stream:
             return job.stream(include_usage)
         return job.reply()
@@ -733,211 +735,3 @@ def _event_json(i: int, ev: Any) -> dict[str, Any]:
         if key in ev.extra:
             out["leader_answer"] = ev.extra[key]
     return out
-
-
-def _usage(prefill: int, cached: int, generated: int) -> dict[str, Any]:
-    return {"prompt_tokens": prefill + cached, "completion_tokens": generated,
-            "total_tokens": prefill + cached + generated,
-            "prompt_tokens_details": {"cached_tokens": cached}}
-
-
-class _RawJob:
-    """One raw completion request: every prompt expanded ``n`` times in one engine call."""
-
-    def __init__(self, service: TTCService, body: dict[str, Any],
-                 prompts: list[tuple[str, list[int] | None]], params: SamplingParams, n: int,
-                 echo: bool, gone: GoneFlag) -> None:
-        self.s, self.body, self.prompts, self.params = service, body, prompts, params
-        self.n, self.echo, self.gone = n, echo, gone
-        self.keep_stop = bool(body.get("include_stop_str_in_output")
-                              or body.get("no_stop_trim"))
-        self.as_ids = bool(body.get("return_tokens_as_token_ids"))
-        self.model = body.get("model")
-
-    # handles: a remembered one for the prompt, else a fresh one (kept as evictable cache)
-    def _acquire(self) -> list[tuple[Any, Handle, bool]]:
-        held = []
-        try:
-            for text, ids in self.prompts:
-                key: Any = tuple(ids) if ids is not None else text
-                handle = self.s.raw.acquire(key)
-                remembered = handle is not None
-                if handle is None:
-                    handle = (self.s.generator.handle_for_tokens(ids) if ids is not None
-                              else self.s.generator.root(Problem(question=text)))
-                    # False when another request remembered it meanwhile: ours is private.
-                    remembered = self.s.raw.adopt(key, handle, in_use=True)
-                held.append((key, handle, remembered))
-        except BaseException:
-            self._done(held)
-            raise
-        return held
-
-    def _done(self, held: list[tuple[Any, Handle, bool]]) -> None:
-        for key, handle, remembered in held:
-            if remembered:
-                self.s.raw.done(handle, key)
-            else:
-                self.s.generator.release([handle])
-
-    def _expand(self, on_token: Any = None) -> tuple[Any, list]:
-        held = self._acquire()
-        try:
-            requests = []
-            for j, (_, handle, _) in enumerate(held):
-                cb = None if on_token is None else (lambda ev, j=j: on_token(j, ev))
-                requests.append(ExpandRequest(prefix=handle, n=self.n, params=self.params,
-                                              on_token=cb))
-            watched = Watched(self.s.generator, gone=self.gone)
-            try:
-                out = watched.expand(requests)
-            except Disconnected:
-                with self.s._stats_lock:
-                    self.s.stats["cancelled"] += 1
-                self.s.cancelled += 1
-                raise
-            echoes = [self.s.generator.score_tokens(ids, top_k=max(1, self.params.top_logprobs))
-                      for _, ids in self.prompts] if self.echo else []
-        finally:
-            self._done(held)
-        for (key, _, _), conts in zip(held, out.continuations):
-            for c in conts:
-                ckey = key + tuple(c.token_ids) if isinstance(key, tuple) else key + c.text
-                if c.handle is not None and not self.s.raw.adopt(ckey, c.handle, in_use=False):
-                    self.s.generator.release([c.handle])
-        return out, echoes
-
-    def _finish(self, c: Continuation) -> tuple[str, str, str | None]:
-        """(text, finish_reason, stop_reason) of a continuation, the stop string trimmed."""
-        stop = next((s for s in self.params.stop if c.text.endswith(s)), None) \
-            if c.finish is FinishReason.STOP else None
-        text = c.text if self.keep_stop or stop is None else c.text[:-len(stop)]
-        reason = "stop" if c.finish in (FinishReason.STOP, FinishReason.EOS) else "length"
-        return text, reason, stop
-
-    def _tok(self, t: int) -> str:
-        return f"token_id:{t}" if self.as_ids else (
-            self.s.decode([t]) if self.s.tokenizer is not None else f"token_id:{t}")
-
-    def _top(self, top: Any, k: int) -> dict[str, float]:
-        """Top log-probs keyed by token text; tokens with the same text (e.g. partial UTF-8
-        bytes) keep the most likely one's value, so the first key is still the argmax."""
-        out: dict[str, float] = {}
-        for t, lp in list(top)[:k]:
-            out.setdefault(self._tok(t), lp)
-        return out
-
-    def _logprobs(self, j: int, c: Continuation, echoes: list) -> dict[str, Any] | None:
-        if not self.params.logprobs:
-            return None
-        ids, lps = list(c.token_ids), list(c.logprobs) or [None] * len(c.token_ids)
-        tops = [self._top(top, self.params.top_logprobs) for top in c.top_logprobs] \
-            if c.top_logprobs else [None] * len(c.token_ids)
-        if self.echo:
-            p_ids = self.prompts[j][1]
-            p_lps, p_tops, _ = echoes[j]
-            k = self.params.top_logprobs
-            ids = p_ids + ids
-            lps = list(p_lps) + lps
-            tops = [None] + [self._top(top, max(k, 1)) for top in p_tops[1:]] + tops
-        tokens = [self._tok(t) for t in ids]
-        offsets, at = [], 0
-        for tok in tokens:
-            offsets.append(at)
-            at += len(tok)
-        out: dict[str, Any] = {"tokens": tokens, "token_logprobs": lps, "text_offset": offsets}
-        out["top_logprobs"] = tops if (self.params.top_logprobs or self.echo) else None
-        return out
-
-    def reply(self) -> dict[str, Any]:
-        out, echoes = self._expand()
-        choices = []
-        for j, conts in enumerate(out.continuations):
-            for i, c in enumerate(conts):
-                text, reason, stop = self._finish(c)
-                if self.echo:
-                    text = self.prompts[j][0] + text
-                choices.append({"index": j * self.n + i, "text": text, "stop_reason": stop,
-                                "finish_reason": reason,
-                                "logprobs": self._logprobs(j, c, echoes)})
-        return {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion",
-                "created": int(time.time()), "model": self.model, "choices": choices,
-                "usage": self._usage(out, echoes)}
-
-    def _usage(self, out: Any, echoes: list) -> dict[str, Any]:
-        u = out.usage
-        scored = sum(e[2] for e in echoes)
-        self.s.count(prompt=u.prefill_tokens + u.cached_tokens + scored,
-                     generated=u.generated_tokens)
-        return _usage(u.prefill_tokens + scored, u.cached_tokens, u.generated_tokens)
-
-    def stream(self, include_usage: bool) -> Iterator[dict[str, Any]]:
-        """Tokens as the engine samples them. Text that could still become a stop string
-        is held back until the branch ends, so the streamed text equals the reply's."""
-        events: queue.SimpleQueue = queue.SimpleQueue()
-        box: list[Any] = []
-
-        def work() -> None:
-            try:
-                box.append(self._expand(lambda j, ev: events.put((j, ev))))
-            except BaseException as err:  # noqa: BLE001  (reported in the stream)
-                box.append(err)
-            finally:
-                events.put(None)
-
-        thread = threading.Thread(target=work, daemon=True, name="ttc-raw-stream")
-        thread.start()
-        return self._chunks(events, box, thread, include_usage)
-
-    def _chunks(self, events: queue.SimpleQueue, box: list, thread: threading.Thread,
-                include_usage: bool) -> Iterator[dict[str, Any]]:
-        rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
-        hold = max((len(s) for s in self.params.stop), default=0)
-        texts: dict[int, str] = {}
-        sent: dict[int, int] = {}
-
-        def chunk(choices: list, **extra: Any) -> dict[str, Any]:
-            c = {"id": rid, "object": "text_completion", "created": created,
-                 "model": self.model, "choices": choices, **extra}
-            if include_usage and "usage" not in c:
-                c["usage"] = None
-            return c
-
-        finished = False
-        try:
-            if self.echo:
-                yield chunk([{"index": j * self.n + i, "text": p[0], "finish_reason": None,
-                              "logprobs": None}
-                             for j, p in enumerate(self.prompts) for i in range(self.n)])
-            while True:
-                item = events.get()
-                if item is None:
-                    break
-                j, ev = item
-                idx = j * self.n + ev.branch
-                texts[idx] = texts.get(idx, "") + ev.text
-                safe = len(texts[idx]) - hold
-                if safe > sent.get(idx, 0):
-                    yield chunk([{"index": idx, "text": texts[idx][sent.get(idx, 0):safe],
-                                  "finish_reason": None, "logprobs": None}])
-                    sent[idx] = safe
-            thread.join()
-            res = box[0]
-            if isinstance(res, BaseException):
-                raise res
-            out, echoes = res
-            for j, conts in enumerate(out.continuations):
-                for i, c in enumerate(conts):
-                    idx = j * self.n + i
-                    text, reason, _ = self._finish(c)
-                    yield chunk([{"index": idx, "text": text[sent.get(idx, 0):],
-                                  "finish_reason": reason,
-                                  "logprobs": self._logprobs(j, c, echoes)}])
-            finished = True
-            usage = self._usage(out, echoes)
-            if include_usage:
-                yield chunk([], usage=usage)
-        finally:
-            if not finished:
-                self.gone.tripped.set()
-            thread.join()
