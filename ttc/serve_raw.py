@@ -46,8 +46,7 @@ class RawJob:
                 handle = self.s.raw.acquire(key)
                 remembered = handle is not None
                 if handle is None:
-                    handle = (self.s.generator.handle_for_tokens(ids) if ids is not None
-                              else self.s.generator.root(Problem(question=text)))
+                    handle = self._handle(text, ids)
                     # False when another request remembered it meanwhile: ours is private.
                     remembered = self.s.raw.adopt(key, handle, in_use=True)
                 held.append((key, handle, remembered))
@@ -55,6 +54,14 @@ class RawJob:
             self._done(held)
             raise
         return held
+
+    def _handle(self, text: str, ids: list[int] | None) -> Handle:
+        """A pinned handle for the prompt as given. Engines without token handles (vLLM,
+        HTTP, simulated) take text prompts only, which they format as a problem."""
+        make = getattr(self.s.generator, "handle_for_tokens", None)
+        if ids is not None and callable(make):
+            return make(ids)
+        return self.s.generator.root(Problem(question=text))
 
     def _done(self, held: list[tuple[Any, Handle, bool]]) -> None:
         for key, handle, remembered in held:

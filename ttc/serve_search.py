@@ -9,7 +9,7 @@ generator view a request's strategy runs on: before every call it asks whether t
 is gone, and an ``expand`` on an engine that can ``submit`` is cancelled mid-flight when it
 is (the job's KV is freed at once); the :class:`Disconnected` it raises unwinds the
 strategy, whose ``run`` releases every handle it holds. Each finished ``expand`` is reported
-(branches, tokens so far) for streaming.
+(branches, tokens so far, the answers reached and their leader) for streaming.
 
     client ─ HTTP ─► TTCService ─► strategy.run(generator=Watched(shared engine))
                                         │ expand ─► gone()? ─► submit ─► poll ─► cancel
@@ -26,6 +26,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
+from ttc.answers import extract_answer
 from ttc.config import GenerationConfig
 from ttc.stopping import Stop
 from ttc.types import ExpandOutput, ExpandRequest, Handle, Problem, SamplingParams
@@ -99,6 +100,12 @@ class Progress:
     expands: int = 0
     generated_tokens: int = 0
     branches: int = 0
+    answers: dict[str, int] = field(default_factory=dict)   # final answers seen, counted
+
+    @property
+    def leader_answer(self) -> str | None:
+        """The answer most branches reached so far (the vote's leader), if any."""
+        return max(self.answers, key=self.answers.get) if self.answers else None
 
 
 class Watched:
@@ -147,7 +154,13 @@ class Watched:
             self.progress.expands += 1
             self.progress.generated_tokens += out.usage.generated_tokens
             self.progress.branches = sum(len(cs) for cs in out.continuations)
-            snapshot = Progress(**vars(self.progress))
+            for c in (c for cs in out.continuations for c in cs):
+                answer = extract_answer(c.text) if ("boxed" in c.text or "####" in c.text) \
+                    else None
+                if answer is not None:
+                    self.progress.answers[answer] = self.progress.answers.get(answer, 0) + 1
+            snapshot = Progress(**{**vars(self.progress),
+                                   "answers": dict(self.progress.answers)})
         if self.on_expand is not None:
             self.on_expand(snapshot)
         return out

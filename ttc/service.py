@@ -669,6 +669,10 @@ class TTCService:
                 out.append((item, ids))
             elif is_ids(item):
                 vocab = len(self._need_tokenizer("a token-id prompt"))
+                if not callable(getattr(self.generator, "handle_for_tokens", None)):
+                    raise RequestError(400, f"token-id prompts need a backend with token "
+                                       f"handles (native or hf); this server's backend is "
+                                       f"{self.config.backend.name!r}.", param="prompt")
                 if not all(0 <= t < vocab for t in item):
                     raise RequestError(400, f"a token-id prompt holds ids outside [0, "
                                        f"{vocab}); got {short(item)}.", param="prompt")
@@ -727,11 +731,13 @@ def _event_json(i: int, ev: Any) -> dict[str, Any]:
     """A progress event as the ``ttc`` object of a stream chunk."""
     if isinstance(ev, Progress):
         return {"event": "expand", "search": i, "expands": ev.expands,
-                "live_branches": ev.branches, "tokens_so_far": ev.generated_tokens}
-    out: dict[str, Any] = {"event": "progress", "search": i, "step": ev.step,
-                           "live_branches": ev.live, "best_score": ev.best_score,
-                           "note": ev.note}
+                "live_branches": ev.branches, "tokens_so_far": ev.generated_tokens,
+                "leader_answer": ev.leader_answer, "answers_seen": sum(ev.answers.values())}
+    out: dict[str, Any] = {"event": "progress", "search": i, "step": int(ev.step),
+                           "live_branches": int(ev.live),
+                           "best_score": None if ev.best_score is None else float(ev.best_score),
+                           "note": str(ev.note)}
     for key in ("answer", "leader", "leader_answer"):
-        if key in ev.extra:
-            out["leader_answer"] = ev.extra[key]
+        if ev.extra.get(key) is not None:
+            out["leader_answer"] = str(ev.extra[key])
     return out

@@ -59,7 +59,7 @@ def test_local_chat_completions_scores_gsm8k(url, tmp_path):
     assert 0.0 <= strict <= 1.0 and 0.0 <= flexible <= 1.0
     samples = [json.loads(line) for p in tmp_path.rglob("samples_gsm8k_local_*.jsonl")
                for line in p.read_text().splitlines()]
-    assert len(samples) == GSM8K_LIMIT
+    assert {s["doc_id"] for s in samples} == set(range(GSM8K_LIMIT))   # a row per filter
     replies = [s["resps"][0][0] for s in samples]
     assert all(isinstance(r, str) for r in replies) and any(r.strip() for r in replies)
     print(f"gsm8k_local (limit {GSM8K_LIMIT}): strict {strict:.3f}, flexible {flexible:.3f}")
@@ -73,9 +73,9 @@ def test_local_completions_loglikelihood_scores_multiple_choice(url, tmp_path):
     assert 0.0 <= scores["acc,none"] <= 1.0 and 0.0 <= scores["acc_norm,none"] <= 1.0
     samples = [json.loads(line) for p in tmp_path.rglob("samples_arith_mc_local_*.jsonl")
                for line in p.read_text().splitlines()]
-    assert len(samples) == 12
+    assert {s["doc_id"] for s in samples} == set(range(12))
     for s in samples:                    # four log-likelihoods per question, all real
-        lls = [r[0][0] for r in s["resps"]]
+        lls = [float(r[0][0]) for r in s["resps"]]
         assert len(lls) == 4 and all(ll < 0 for ll in lls)
     print(f"arith_mc_local (12 questions): acc {scores['acc,none']:.3f}, "
           f"acc_norm {scores['acc_norm,none']:.3f}")

@@ -49,6 +49,8 @@ def test_stream_sends_progress_then_the_answer_and_usage(sim):
     assert finish[-1] in ("stop", "length") and all(f is None for f in finish[:-1])
     assert chunks[-1].usage.completion_tokens == result["ledger"]["generated_tokens"]
     assert tokens[-1] == result["ledger"]["generated_tokens"]
+    last = [p for p in progress if p["event"] == "expand"][-1]
+    assert last["answers_seen"] > 0 and last["leader_answer"] is not None
 
 
 def test_n_runs_independent_searches(sim):
