@@ -17,9 +17,8 @@ import pytest
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")   # no fetch at import
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).parents[1] / "core"))
-sys.path.insert(0, str(Path(__file__).parents[1] / "engine"))
 
-from hf_helpers import save_tiny  # noqa: E402
+from fakes import save_tiny
 from server_helpers import SIMULATED, start, stop  # noqa: E402
 
 

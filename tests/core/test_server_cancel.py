@@ -13,8 +13,7 @@ import httpx
 import pytest
 from server_helpers import start, stop
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "engine"))
-from hf_helpers import save_tiny  # noqa: E402
+from fakes import save_tiny
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import threading
 import time
 
 import pytest
-from native_helpers import EOS, tiny_engine, tiny_hf_model
+from fakes import EOS, tiny_engine, tiny_hf_model
 
 from ttc.engine.native.kv_cache import KVCacheFull
 from ttc.stopping import Force, ForceAfter, Stop, WindowConfidence
