@@ -5,9 +5,7 @@ where they were)."""
 from __future__ import annotations
 
 import json
-import sys
 import time
-from pathlib import Path
 
 import httpx
 import pytest
