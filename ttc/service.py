@@ -351,6 +351,11 @@ class TTCService:
         if "running" in engine:
             metric("branches_running", "gauge", "Branches in the engine's decode batch.",
                    engine["running"])
+        if "prefills_waiting" in engine:
+            metric("queue_prefills_waiting", "gauge",
+                   "Prompts queued for KV pages (not yet prefilled).", engine["prefills_waiting"])
+            metric("queue_branches_preempted", "gauge",
+                   "Branches preempted, waiting to resume.", engine["preempted"])
         return "\n".join(lines) + "\n"
 
     def count(self, *, failed: bool = False, prompt: int = 0, generated: int = 0) -> None:

@@ -410,7 +410,10 @@ class NativeEngine:
                 "decode_tokens_run": self.scheduler.decode_tokens_run,
                 "pages_used": self.pool.num_used, "pages_total": self.pool.num_pages,
                 "handles": len(self._handles),
-                "running": len(self.scheduler.running_branches())}
+                "running": len(self.scheduler.running_branches()),
+                "prefills_waiting": len(self.scheduler.waiting),
+                "preempted": sum(b.preempted for j in self.scheduler.jobs for b in j.branches
+                                 if not b.done)}
 
     # -- prefill ----------------------------------------------------------------------
     def _prefill(self, st: _NativeHandle, *, keep_hidden: bool = False,

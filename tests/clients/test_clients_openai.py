@@ -183,3 +183,5 @@ def test_tokenizer_endpoints_metrics_and_request_id(tiny):
               if line and not line.startswith("#")}
     assert values["ttc_requests_total"] >= 1 and values["ttc_generation_tokens_total"] >= 2
     assert 0 <= values["ttc_kv_usage_ratio"] <= 1 and values["ttc_kv_pages_total"] > 0
+    assert values["ttc_queue_prefills_waiting"] == 0 == values["ttc_queue_branches_preempted"]
+    assert values["ttc_requests_running"] == 1          # this /metrics request

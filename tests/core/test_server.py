@@ -428,3 +428,18 @@ def test_a_closed_server_ends_its_keep_alive_connections_too():
         s.server_close()
         with pytest.raises(httpx.TransportError):
             client.get(s.url + "/models")
+
+
+@pytest.mark.parametrize("field,noop,refused", [
+    ("frequency_penalty", 0, 0.5), ("presence_penalty", 0.0, -1), ("logit_bias", {}, {"1": 2}),
+    ("tools", [], [{"type": "function", "function": {"name": "f"}}]),
+    ("tool_choice", "none", "required"), ("response_format", {"type": "text"},
+                                          {"type": "json_schema"}),
+    ("store", False, True), ("user", "alice", 3)])
+def test_no_op_values_pass_and_anything_else_is_named(server, field, noop, refused):
+    """Clients send some fields with their do-nothing value; those pass, any other value is
+    a 400 naming the field (never dropped silently)."""
+    body = {"model": "best_of_n-2", "messages": [{"role": "user", "content": "1+1?"}]}
+    assert _post(server, "/chat/completions", {**body, field: noop}).status_code == 200
+    r = _post(server, "/chat/completions", {**body, field: refused})
+    assert r.status_code == 400 and r.json()["error"]["param"] == field, r.text
