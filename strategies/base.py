@@ -151,6 +151,12 @@ class SearchContext:
                               handle=cont.handle, logprob=float(sum(cont.logprobs)),
                               finish=cont.finish.value)
         self._pinned.add(child.id)
+        if cont.top_logprobs:                  # per-token signals, for confidence scores
+            child.extra["top_logprobs"] = cont.top_logprobs
+        if cont.stop_reason is not None:
+            child.extra["stop_reason"] = cont.stop_reason
+        if cont.stats:
+            child.extra["stats"] = dict(cont.stats)
         path_tokens = sum(n.num_tokens for n in self.tree.path(child))
         answer = extract_answer(cont.text) if "boxed" in cont.text else None
         whole = "".join(self.tree.steps(child))
