@@ -18,7 +18,7 @@ EXPECTED = {"gsm8k": (1319, "18"), "math500": (500, None), "aime24": (30, "204")
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_shipped_sets_load_with_gold_answers(name):
     import yaml
-    from ttc.cli import CONF_DIR
+    from ttc.compose import CONF_DIR
 
     cfg = yaml.safe_load((CONF_DIR / "dataset" / f"{name}.yaml").read_text())
     problems = load_problems(cfg)
@@ -113,7 +113,7 @@ def test_simulated_sets_follow_their_difficulty_range():
 
 def test_every_dataset_yaml_holds_exactly_the_schema_fields():
     import yaml
-    from ttc.cli import CONF_DIR
+    from ttc.compose import CONF_DIR
 
     paths = sorted((CONF_DIR / "dataset").glob("*.yaml"))
     assert {p.stem for p in paths} >= {*EXPECTED, "sim_easy", "sim_mixed", "sim_hard"}
