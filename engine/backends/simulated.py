@@ -317,7 +317,7 @@ class SimulatedGenerator:
         return _hash_int("tok", word) % self.config.vocab_size
 
     def _greedy_ok(self, p_ok: float, key: tuple) -> bool:
-        """Whether the greedy step after ``key`` (prefix, position) is right."""
+        """Whether the greedy step ``key`` (prefix handle, its length, steps before) is right."""
         if not self.config.greedy_can_err:
             return p_ok >= 0.5
         u = (_hash_int(self.config.world_seed, "greedy", key) % 1_000_000 + 0.5) / 1_000_000
@@ -469,7 +469,7 @@ class SimulatedGenerator:
         greedy = req.params.temperature == 0.0
         while True:
             if not queue:
-                greedy_key = (req.prefix, seq.length + len(d.words))
+                greedy_key = (req.prefix, seq.length, d.steps_done)
                 queue = self._next_step_words(model, d, rng, p_ok, greedy, greedy_key)
                 qual = self._step_quality(queue, d.correct, salt)
             room = budget - len(d.words)
