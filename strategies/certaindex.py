@@ -50,3 +50,24 @@ def reward_certaindex(rewards: Sequence[float], how: Literal["mean", "max"] = "m
     if how == "max":
         return max(rewards)
     raise ValueError(f"unknown reward certaindex {how!r}; allowed: mean, max.")
+
+
+def certaindex_check(answers: Sequence[str | None], rewards: Sequence[float], *,
+                     entropy: float | None, reward: float | None,
+                     reward_how: Literal["mean", "max"]) -> dict[str, float | bool]:
+    """Evaluate the configured signals; ``stop`` when every configured one passes.
+
+    ``entropy``: stop needs H~ >= it; ``reward``: stop needs the mean/max reward >= it.
+    With neither configured, ``stop`` is False (no early stop).
+    """
+    record: dict[str, float | bool] = {"answers": float(len(answers))}
+    passed: list[bool] = []
+    if entropy is not None:
+        record["entropy"] = answer_certaindex(answers)
+        passed.append(record["entropy"] >= entropy)
+    if reward is not None:
+        record["reward"] = reward_certaindex([min(1.0, max(0.0, r)) for r in rewards],
+                                             reward_how)
+        passed.append(record["reward"] >= reward)
+    record["stop"] = bool(passed) and all(passed)
+    return record
