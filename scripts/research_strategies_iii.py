@@ -329,7 +329,70 @@ def report(dc: dict[str, Any], dy: dict[str, Any], rc: dict[str, Any], *, comman
             lines.append(f"| {wname} | {m} | {_acc(r['pooled'])} | "
                          f"{_est(r['accuracy_delta'], signed=True)} | "
                          f"{_est(r['tokens_ratio'])} |")
+    lines += ["", "## Reading it", ""] + reading(dc, dy, rc) + ["", *CANNOT_SHOW]
     return "\n".join(lines) + "\n"
+
+
+def _verdict(e: Estimate) -> str:
+    if e.low > 0:
+        return "above zero"
+    if e.high < 0:
+        return "below zero"
+    return "includes zero"
+
+
+def reading(dc: dict[str, Any], dy: dict[str, Any], rc: dict[str, Any]) -> list[str]:
+    out = []
+    for name, m in dc["methods"].items():
+        s, a = m["saved_vs_sc64"], m["accuracy_vs_sc64"]
+        out.append(f"* {name}: {_est(s, pct=True)} fewer tokens than the same 64 traces run "
+                   f"to completion (paper: 43-85% on real models), accuracy change "
+                   f"{_est(a, signed=True)} (interval {_verdict(a)}); "
+                   f"{_est(m['stopped_share'], pct=True)} of the traces after warm-up "
+                   f"were stopped by the window rule, {m['traces']:.1f} traces run per "
+                   "problem (the consensus stop ends the rest).")
+    for name, m in dy["methods"].items():
+        s, a = m["saved"], m["accuracy_delta"]
+        out.append(f"* Dynasor {name}: {_est(s, pct=True)} tokens saved vs full chains "
+                   f"(interval {_verdict(s)}; paper: 11-29% at equal accuracy), accuracy "
+                   f"change {_est(a, signed=True)} (interval {_verdict(a)}).")
+    for wname, res in rc.items():
+        parts = [f"{m} {_est(res[m]['accuracy_delta'], signed=True)}" for m in RECHECK]
+        out.append(f"* {wname}: accuracy minus self-consistency n=16: " + "; ".join(parts)
+                   + ".")
+    return out
+
+
+CANNOT_SHOW = [
+    "## What this simulator cannot show",
+    "",
+    "* DeepConf: token confidence here is a designed signal. Each step's mean confidence "
+    f"separates right from wrong steps with AUROC {LOGPROB_AUROC}, and errors are absorbing, "
+    "so a wrong trace stays low-confidence from its first error on. Confidently-wrong "
+    "traces exist only as the AUROC's overlap; real models have systematic ones (the paper "
+    "reports DeepConf-low losing accuracy in 8 of 20 settings). The accuracy gains above "
+    "follow from the chosen AUROC and are not evidence about real models. The token saving "
+    "comes from the same two mechanisms as the paper's (traces cut by the window rule, and "
+    "the consensus stop), but at a different scale: simulated traces have ~120-300 tokens "
+    "and a 32-token window, real ones 10k-30k tokens and a 2,048-token window.",
+    "* Dynasor: a simulated trace ends as soon as it states its answer. Real reasoning "
+    "models keep checking after they already know it: on AMC23 the median chain is 2.7k "
+    "tokens while probes are right by a median 830. That tail is where Dynasor saves on "
+    "real models, and it does not exist here, so only the steps before the last can be "
+    "saved. A probe of a trace that is still right states the gold answer with probability "
+    "(progress)^2 (or progress, in the f^1 row), so an early exit can also escape a later "
+    "error. Any accuracy change is a property of this probe model.",
+    "* Cost is generated tokens only: no wall-clock, no warm-up barrier latency, and probes "
+    "are not run concurrently with the chain (Dynasor's probes add latency here that a "
+    "batched engine would hide). Probe suffixes are prefill and are not in the token "
+    "columns.",
+    "* The re-check: adaptive consistency and first-finish read no log-probs, and the new "
+    "signals do not change the sampling draws, so their rows are identical in both worlds "
+    "and their earlier conclusions hold unchanged. Only RPC reads log-probs (mean token "
+    "log-prob per path), so it is the only method the new world can move. Greedy errors "
+    "(`greedy_can_err`) and path-correlated PRM noise (`path_correlation`) are available in "
+    "the simulator but none of these methods uses greedy decoding or a PRM.",
+]
 
 
 def plot(dc: dict[str, Any], dy: dict[str, Any], path: Path) -> None:
@@ -381,16 +444,28 @@ def _jsonable(x: Any) -> Any:
 def run_all(*, quick: bool, seeds: int = SEEDS, echo: Echo = lambda _m: None
             ) -> tuple[dict[str, Any], dict[str, Any]]:
     """All three checks; returns (summaries, per-seed runs)."""
-    runs: dict[str, list] = {"deepconf": [], "dynasor": [], "recheck": []}
+    runs: dict[str, Any] = {"deepconf": [], "dynasor": [], "recheck": []}
     for s in range(seeds):
         runs["deepconf"].append(deepconf_seed(s, quick=quick))
         runs["dynasor"].append(dynasor_seed(s, quick=quick))
         runs["recheck"].append(recheck_seed(s, quick=quick))
         echo(f"seed {s} done")
-    summary = {"deepconf": summarize_deepconf(runs["deepconf"]),
-               "dynasor": summarize_dynasor(runs["dynasor"]),
-               "recheck": summarize_recheck(runs["recheck"])}
-    return summary, runs
+    runs["quick"] = quick
+    return summarize(runs), runs
+
+
+def summarize(runs: dict[str, Any]) -> dict[str, Any]:
+    return {"deepconf": summarize_deepconf(runs["deepconf"]),
+            "dynasor": summarize_dynasor(runs["dynasor"]),
+            "recheck": summarize_recheck(runs["recheck"])}
+
+
+def load_runs(path: Path) -> dict[str, Any]:
+    """Per-seed runs saved by a full run (JSON object keys back to the n they were)."""
+    runs = json.loads(path.read_text(encoding="utf-8"))
+    for seed in runs["deepconf"]:
+        seed["sc"] = {int(n): v for n, v in seed["sc"].items()}
+    return runs
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -400,16 +475,28 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "docs")
     ap.add_argument("--json", action="store_true", help="print the summary as JSON, write "
                     "nothing")
+    ap.add_argument("--from-runs", type=Path, default=None, help="rebuild the report from a "
+                    "saved research_strategies_iii_runs.json instead of running")
     args = ap.parse_args(argv)
     if args.seeds < 2:
         ap.error(f"--seeds must be at least 2 (an interval needs replicates); got {args.seeds}.")
     echo = (lambda m: print(m, file=sys.stderr))
-    summary, runs = run_all(quick=args.quick, seeds=args.seeds, echo=echo)
+    if args.from_runs is not None:
+        runs = load_runs(args.from_runs)
+        summary = summarize(runs)
+        args.seeds = len(runs["deepconf"])
+    else:
+        summary, runs = run_all(quick=args.quick, seeds=args.seeds, echo=echo)
     if args.json:
         print(json.dumps(_jsonable(summary), indent=1, sort_keys=True))
         return summary
+    given = list(argv if argv is not None else sys.argv[1:])
+    if args.from_runs is not None:          # the command that produced the runs
+        i = given.index("--from-runs")
+        given = given[:i] + given[i + 2:]
+        given += ["--quick"] if runs.get("quick") and "--quick" not in given else []
     command = "python scripts/research_strategies_iii.py " + " ".join(
-        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+        shlex.quote(a) for a in given)
     args.out.mkdir(parents=True, exist_ok=True)
     text = report(summary["deepconf"], summary["dynasor"], summary["recheck"],
                   command=command.strip(), seeds=args.seeds, quick=args.quick)
