@@ -151,9 +151,11 @@ class SearchContext:
                               handle=cont.handle, logprob=float(sum(cont.logprobs)),
                               finish=cont.finish.value)
         self._pinned.add(child.id)
-        if cont.top_logprobs:                  # per-token signals, for confidence scores
+        # NOTE: top log-probs are large; a strategy that asks for them reduces them to
+        # what it needs and pops them, so they never reach the result's tree.
+        if cont.top_logprobs:
             child.extra["top_logprobs"] = cont.top_logprobs
-        if cont.stop_reason is not None:
+        if cont.finish is FinishReason.RULE:   # which stop rule ended it, and its summary
             child.extra["stop_reason"] = cont.stop_reason
         if cont.stats:
             child.extra["stats"] = dict(cont.stats)

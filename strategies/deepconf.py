@@ -172,12 +172,12 @@ class DeepConf(SearchStrategy):
             warm = self._sample(ctx, first, tag="warm", rule=None)
             mark_step_done(ctx, warm)
             scored = [(node, self._score(node)) for node in warm]
-            stop_if_cut(ctx, warm)
             threshold = keep_threshold([s for _, s in scored], cfg.eta)
             info["keep_threshold"] = threshold
             for node, score in scored:
                 if score >= threshold:           # ties kept
                     ctx.offer(node, score=score)
+            stop_if_cut(ctx, warm)
             if cfg.mode == "offline":
                 return
             # NOTE: the online rule compares window means (lowest group), whatever
