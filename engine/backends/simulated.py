@@ -22,6 +22,15 @@ Accounting is honest and mirrors a paged engine:
                 the prompt on first use        -> prefill_tokens
     release(h): tokens no longer under a pinned handle are freed at once
 
+Token signals (DeepConf, RPC): with ``logprob_auroc`` set, every token's log-prob and
+top-k log-probs come from a per-step latent that is higher on right steps than on wrong
+ones with that AUROC (:meth:`SimulatedGenerator._step_quality`,
+:func:`token_top_logprobs`); ``SamplingParams.stop_rules`` run on every drafted token, as
+inside a decode batch. ``probe`` answers "what is your answer now?" from the trace's
+progress (Dynasor). Signals and probes never change the solving draws, so results that
+read no log-probs are the same with them on or off. ``greedy_can_err`` lets greedy steps
+be wrong (right with probability p_ok, fixed per prefix and step).
+
 ``modelled_seconds`` accumulates what the work would take on a real engine
 (a prefill rate and a per-decode-step cost that grows with batch), for overhead benches.
 Must NOT know: rewards, strategies.
