@@ -26,6 +26,7 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
+from ttc.atomic import write_text_atomic
 from ttc.compose import compose_eval, sweep_axes
 from ttc.registry import ConfigError
 
@@ -115,6 +116,4 @@ def _write_sweep_json(root: Path, axes: dict[str, list[str]], fixed: list[str],
     for name, combo in runs:
         known[name] = {"name": name, "dir": f"runs/{name}", "overrides": combo}
     data = {"axes": axes, "fixed": fixed, "runs": list(known.values())}
-    tmp = path.with_name(".sweep.json.tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps(data, indent=1) + "\n")

@@ -38,8 +38,9 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from ttc.engine.backends.simulated import SimulatedBackendConfig, SimulatedGenerator, make_problems
+from ttc.engine.backends.simulated import SimulatedBackendConfig, SimulatedGenerator
 from ttc.evals.stats import Estimate, ReachKind, mean_interval, tokens_to_reach, wilson_interval
+from ttc.evals.tasks import make_problems
 from ttc.strategies.adaptive_consistency import AdaptiveConsistency, AdaptiveConsistencyConfig
 from ttc.strategies.deepconf import DeepConf, DeepConfConfig
 from ttc.strategies.dynasor import Dynasor, DynasorConfig

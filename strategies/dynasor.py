@@ -112,7 +112,7 @@ class Dynasor(SearchStrategy):
                         chain["end"] = "finished"
                         ctx.offer(child)
                         continue
-                    if child.extra.get("cut_by_budget"):
+                    if child.cut_by_budget:
                         still.append((i, child))
                         continue
                     probe = ctx.generator.probe(

@@ -7,7 +7,7 @@ import importlib.util
 
 import pytest
 import torch
-from native_helpers import ByteTokenizer, tiny_hf_model
+from fakes import ByteTokenizer, tiny_hf_model
 
 from ttc.config import GenerationConfig
 from ttc.stopping import WindowConfidence
@@ -86,3 +86,19 @@ def test_deepconf_online_on_the_embedded_model():
     gen = NativeGenerator.from_config(NativeBackendConfig(dtype="float32", kv_memory_gb=0.5))
     r = _run_online(gen)
     _check_online(r)
+
+
+def test_dynasor_probes_on_the_native_engine_are_charged_once(engine):
+    from ttc.strategies.dynasor import Dynasor, DynasorConfig
+
+    before = engine.stats()
+    r = Dynasor(DynasorConfig(n=2, chunk_tokens=4, window=2, probe_tokens=3),
+                generation=GenerationConfig(seed=4, max_tokens=24)).run(
+        PROBLEM, generator=engine, verifier=NoVerifier())
+    after = engine.stats()
+    probes = sum(len(c["probes"]) for c in r.info["dynasor"])
+    assert probes >= 2                      # a probe after every 4-token chunk
+    # chain tokens, probe tokens and probe suffixes: the ledger equals what the engine ran
+    assert r.ledger.generated_tokens == after["decode_tokens_run"] - before["decode_tokens_run"]
+    assert r.ledger.prefill_tokens == after["prefill_tokens_run"] - before["prefill_tokens_run"]
+    assert after["handles"] == before["handles"]        # probes and chains all released

@@ -3,7 +3,7 @@ one runs on, and off means off."""
 
 from __future__ import annotations
 
-from strategy_helpers import ScriptedGenerator
+from fakes import ScriptedGenerator
 
 from ttc.engine.backends.simulated import SimulatedBackendConfig, SimulatedGenerator
 from ttc.strategies.certaindex import certaindex_check

@@ -7,8 +7,8 @@ import types
 
 import pytest
 
-from ttc.engine.backends.simulated import (SimulatedBackendConfig, SimulatedGenerator,
-                                           make_problems)
+from ttc.engine.backends.simulated import SimulatedBackendConfig, SimulatedGenerator
+from ttc.evals.tasks import make_problems
 from ttc.stopping import WindowConfidence, token_confidence
 from ttc.strategies.deepconf import (DeepConf, DeepConfConfig, consensus, group_confidences,
                                      keep_threshold, trace_score, weighted_vote)
