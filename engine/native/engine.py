@@ -193,6 +193,7 @@ class NativeEngine:
     """A model, its paged KV pool, radix tree, step loop, and the handles into them."""
 
     thread_safe = True        # many threads may call every method at once
+    supports_token_rules = True   # returns top_logprobs and runs stop_rules inside the batch
 
     def __init__(self, model: NativeModel, tokenizer: Any, *, page_size: int = 16,
                  kv_memory_gb: float = 2.0, max_batch_tokens: int = 2048,
