@@ -88,6 +88,6 @@ class SpecReason(SearchStrategy):
                                             if n.extra.get("by") == "target"))
 
     def _judge(self, ctx: SearchContext, draft: Node) -> int:
-        out = ctx.generator.probe(draft.handle, self.config.judge_suffix, max_new=1,
-                                  params=SamplingParams(temperature=0.0, max_tokens=1))
-        return judge_score(out.continuations[0][0].text)
+        reply = ctx.generator.probe(draft.handle, self.config.judge_suffix, max_new=1,
+                                    params=SamplingParams(temperature=0.0, max_tokens=1))
+        return judge_score(reply.text)

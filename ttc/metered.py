@@ -10,9 +10,7 @@ call into its ledger phase, and charges the usage the engine or verifier reporte
                          ComputeLedger ◄── charge_verification(usage) ── MeteredVerifier
 
 A view may carry a ``line`` label (a model of a pair, a pipeline layer): its usage is
-then charged to the totals *and* to ``ledger.lines[line]``. ``probe`` (engines with
-:class:`~ttc.protocols.SupportsProbe`) is charged like an expand: its suffix prefill and
-its decoded tokens, one LM call.
+then charged to the totals *and* to ``ledger.lines[line]``.
 Must NOT know: what the engine or verifier is.
 """
 
@@ -21,9 +19,9 @@ from __future__ import annotations
 from typing import Sequence
 
 from ttc.ledger import ComputeLedger
-from ttc.protocols import Generator, SupportsEmbeddings, SupportsProbe, Verifier
-from ttc.types import (ExpandOutput, ExpandRequest, FinishReason, Handle, Problem,
-                       ScoreOutput, VerifierUsage)
+from ttc.protocols import Generator, SupportsEmbeddings, Verifier
+from ttc.types import (Continuation, ExpandOutput, ExpandRequest, FinishReason, Handle,
+                       Problem, SamplingParams, ScoreOutput, VerifierUsage)
 
 
 class MeteredGenerator:
@@ -52,31 +50,48 @@ class MeteredGenerator:
             c.finish is FinishReason.BUDGET for cs in out.continuations for c in cs))
         return out
 
-    # -- optional abilities ------------------------------------------------------------
+    def pin(self, handles: Sequence[Handle], *, value: float | None = None) -> None:
+        self.inner.pin(list(handles), value=value)
+
+    def release(self, handles: Sequence[Handle]) -> None:
+        if handles:
+            self.inner.release(list(handles))
+
+    def kv_bytes(self) -> int:
+        return self.inner.kv_bytes()
+
+    @property
+    def supports_token_rules(self) -> bool:
+        """Whether the engine returns ``top_logprobs`` and runs ``stop_rules`` while it
+        decodes (an engine says so with ``supports_token_rules = True``)."""
+        return bool(getattr(self.inner, "supports_token_rules", False))
+
     @property
     def supports_probe(self) -> bool:
-        return isinstance(self.inner, SupportsProbe) and hasattr(self.inner, "encode")
+        return callable(getattr(self.inner, "probe", None))
+
+    def probe(self, handle: Handle, suffix: str, *, max_new: int,
+              params: SamplingParams | None = None) -> Continuation:
+        """One throw-away continuation of ``handle`` + ``suffix`` on shared KV, charged.
+
+        The suffix is tokenized by the engine (no special tokens); ``max_new`` is capped by
+        the generated-token budget left, so a probe never overspends it.
+        """
+        if not self.supports_probe:
+            raise ValueError(f"the {type(self.inner).__name__} engine cannot probe a branch "
+                             f"(no probe on shared KV); use backend=native or simulated.")
+        token_limit = self.ledger.check_generation()   # raises BudgetExhausted at 0
+        if token_limit is not None:
+            max_new = min(max_new, token_limit)
+        with self.ledger.phase("generate"):
+            out = self.inner.probe(handle, self._encode(suffix), max_new=max_new,
+                                   params=params)
+        self.ledger.charge_generation(out.usage, line=self.line)
+        return out.continuations[0][0]
 
     def encode(self, text: str) -> list[int]:
         """Token ids of ``text`` (no special tokens) in this engine's tokenizer."""
-        encode = getattr(self.inner, "encode", None)
-        if encode is None:
-            raise TypeError(f"{type(self.inner).__name__} does not expose its tokenizer "
-                            f"(encode).")
-        return list(encode(text))
-
-    def probe(self, handle: Handle, suffix: str, *, max_new: int, params=None,
-              n: int = 1) -> ExpandOutput:
-        """A throw-away continuation of ``handle`` + ``suffix`` on shared KV, charged."""
-        if not self.supports_probe:
-            raise TypeError(f"{type(self.inner).__name__} cannot run probes.")
-        token_limit = self.ledger.check_generation()
-        max_new = max_new if token_limit is None else min(max_new, token_limit)
-        with self.ledger.phase("generate"):
-            out = self.inner.probe(handle, self.encode(suffix), max_new=max_new,
-                                   params=params, n=n)
-        self.ledger.charge_generation(out.usage, line=self.line)
-        return out
+        return self._encode(text)
 
     @property
     def thinking_delimiters(self) -> tuple[str, str] | None:
@@ -88,15 +103,11 @@ class MeteredGenerator:
         """Whether stop rules may replace a sampled token (``ttc.stopping.Replace``)."""
         return bool(getattr(self.inner, "can_replace_tokens", False))
 
-    def pin(self, handles: Sequence[Handle], *, value: float | None = None) -> None:
-        self.inner.pin(list(handles), value=value)
-
-    def release(self, handles: Sequence[Handle]) -> None:
-        if handles:
-            self.inner.release(list(handles))
-
-    def kv_bytes(self) -> int:
-        return self.inner.kv_bytes()
+    def _encode(self, text: str) -> list[int]:
+        encode = getattr(self.inner, "encode", None)
+        if callable(encode):
+            return list(encode(text))
+        return list(self.inner.tokenizer.encode(text, add_special_tokens=False))
 
     @property
     def supports_embeddings(self) -> bool:
