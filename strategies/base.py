@@ -221,8 +221,10 @@ class SearchContext:
         context), so that scoring its children scores context + continuation; it has no
         token ids of its own (the prompt is prefilled, and charged, when first expanded).
         """
+        # NOTE: the conversation before the question (a client's system prompt, earlier
+        # turns) stays with every prompt of the search.
         problem = Problem(id=self.problem.id, question=question, answer=self.problem.answer,
-                          metadata=self.problem.metadata)
+                          metadata=self.problem.metadata, context=self.problem.context)
         handle = self.generator.root(problem)
         node = self.tree.add(self.root, text=context, handle=handle)
         node.extra["prompt"] = question
