@@ -2,12 +2,18 @@
 
 import pytest
 
+from ttc.types import EventKind
+
 NAMES = ["beam", "dvts", "particle_filtering", "first_finish", "adaptive_consistency", "rpc"]
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_progress_events_count_steps(run, name):
     r = run({"name": name}, difficulty=0.5, num_steps=5)
+    assert r.events[-1].kind is EventKind.CHOSEN            # tree events come too
+    steps = [e.step for e in r.events]
+    assert steps == sorted(steps)                           # and repeat the latest step
+    r.events = [e for e in r.events if e.kind is EventKind.STEP]
     steps = [e.step for e in r.events]
     assert steps and steps == sorted(steps) and steps[-1] >= 1
     assert all(e.live >= 0 for e in r.events)
