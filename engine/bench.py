@@ -41,7 +41,7 @@ import time
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-from ttc.bench import BenchReport
+from ttc.types import BenchReport
 from ttc.types import ExpandRequest, Problem, SamplingParams
 
 _FILLER = ("In a quiet town by the sea, an old clockmaker kept a shop full of ticking "

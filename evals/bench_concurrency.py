@@ -41,7 +41,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Sequence
 
-from ttc.bench import BenchReport
+from ttc.types import BenchReport
 from ttc.sharing import shared_generator
 
 BACKENDS_ALLOWED = ("native", "simulated", "vllm")

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import time
 
-from ttc.bench import BenchReport
+from ttc.types import BenchReport
 from ttc.config import GenerationConfig
 from ttc.ledger import Budget
 from ttc.registry import STRATEGIES
@@ -31,7 +31,8 @@ CANDIDATES = ("best_of_n", "beam", "astar", "dvts")
 
 
 def run(*, quick: bool) -> BenchReport:
-    from ttc.engine.backends.simulated import SimulatedBackendConfig, SimulatedGenerator, make_problems
+    from ttc.engine.backends.simulated import SimulatedBackendConfig, SimulatedGenerator
+    from ttc.evals.tasks import make_problems
     from ttc.verifiers.simulated import SimulatedPRMConfig, build_simulated_prm
 
     problems = make_problems(8 if quick else 40, seed=11, difficulty=(0.2, 0.8))

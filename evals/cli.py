@@ -1,9 +1,8 @@
 """The logic behind ``ttc eval``, ``ttc sweep``, ``ttc report`` and ``ttc tree``.
 
-Contract: ``ttc.cli`` declares the commands and composes Hydra configs; this module turns
-overrides into validated plans and runs them. Shorthands on top of ``ttc.cli``'s
-(``budget=N``/``budget.tokens=N`` mean ``budget.max_generated_tokens=N``):
-``seed=N`` means ``generation.seed=N``.
+Contract: ``ttc.cli`` declares the commands and :mod:`ttc.compose` composes the configs
+(groups, shorthands such as ``budget=N`` and ``seed=N``, merging, sweep axes); this module
+turns them into validated plans and runs them.
 
 Sweep folder layout (``ttc sweep ... output=DIR``)::
 
@@ -23,37 +22,15 @@ Must NOT know: strategy or engine internals.
 
 from __future__ import annotations
 
-import itertools
 import json
 from pathlib import Path
 from typing import Any, Callable
 
+from ttc.atomic import write_text_atomic
+from ttc.compose import compose_eval, sweep_axes
 from ttc.registry import ConfigError
 
-GROUPS = ("backend", "verifier", "strategy", "generation", "budget", "dataset")
 _SHORT = {"budget.max_generated_tokens": "budget", "generation.seed": "seed"}
-
-
-def eval_overrides(overrides: list[str]) -> list[str]:
-    """Shorthands expanded, group choices first (a later choice of one group wins)."""
-    from ttc.cli import expand_shorthands
-
-    merged: list[str] = []
-    for item in expand_shorthands(list(overrides)):
-        key, sep, value = item.partition("=")
-        if key == "seed" and sep:
-            item = f"generation.seed={value}"
-            key = "generation.seed"
-        if key in GROUPS:
-            merged = [m for m in merged if m.partition("=")[0] != key]
-        merged.append(item)
-    return sorted(merged, key=lambda m: 0 if m.partition("=")[0] in GROUPS else 1)
-
-
-def compose_eval(overrides: list[str]) -> dict[str, Any]:
-    from ttc.cli import compose
-
-    return compose(eval_overrides(overrides), config_name="eval", groups=GROUPS)
 
 
 def run_eval_command(overrides: list[str], *, echo: Callable[[str], None] = print,
@@ -88,32 +65,6 @@ def summary_line(s: dict[str, Any]) -> str:
 
 
 # -- sweeps -------------------------------------------------------------------------------
-def expand_sweep(overrides: list[str]) -> tuple[dict[str, list[str]], list[str],
-                                                list[list[str]]]:
-    """(axes, fixed overrides, one override list per combination), via Hydra's grammar."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException
-
-    items = eval_overrides(overrides)
-    try:
-        parsed = OverridesParser.create().parse_overrides(items)
-    except HydraException as err:
-        raise ConfigError(str(err).splitlines()[0]) from err
-    axes: dict[str, list[str]] = {}
-    fixed: list[str] = []
-    for item, ov in zip(items, parsed):
-        if ov.is_sweep_override():
-            values = list(ov.sweep_string_iterator())
-            if not values:
-                raise ConfigError(f"sweep axis {ov.key_or_group!r} has no values.")
-            axes[ov.key_or_group] = values
-        else:
-            fixed.append(item)
-    combos = [fixed + [f"{k}={v}" for k, v in zip(axes, values)]
-              for values in itertools.product(*axes.values())]
-    return axes, fixed, combos
-
-
 def run_name(combo: list[str], axes: dict[str, list[str]]) -> str:
     parts = []
     for item in combo:
@@ -133,7 +84,7 @@ def run_sweep_command(overrides: list[str], *, echo: Callable[[str], None] = pri
         raise ConfigError("ttc sweep needs output=DIR (the results folder).")
     root = Path(out_items[-1].partition("=")[2]).expanduser()
     rest = [o for o in overrides if o.partition("=")[0] != "output"]
-    axes, fixed, combos = expand_sweep(rest)
+    axes, fixed, combos = sweep_axes(rest)
     plans = []
     for combo in combos:
         name = run_name(combo, axes)
@@ -165,6 +116,4 @@ def _write_sweep_json(root: Path, axes: dict[str, list[str]], fixed: list[str],
     for name, combo in runs:
         known[name] = {"name": name, "dir": f"runs/{name}", "overrides": combo}
     data = {"axes": axes, "fixed": fixed, "runs": list(known.values())}
-    tmp = path.with_name(".sweep.json.tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps(data, indent=1) + "\n")

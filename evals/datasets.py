@@ -11,16 +11,20 @@ line *with file and line number*, checksum mismatch, no problems).
     builtin       evals/data/<name>/test.jsonl (shipped)    sha256 checked on every load
     file          path: a .jsonl / .json / .parquet file    fields mapped by *_field
     hub           path: a `datasets` hub id (+ subset)      needs the hub or its cache
-    simulated     engine.simulated.make_problems            n, difficulty, seed
-    countdown     verifiers.programmatic.countdown_problem   n, seed, task_size (numbers)
-    arithmetic_chain  verifiers.programmatic.arithmetic_chain_problem  task_size (ops)
+    simulated     evals.tasks.make_problems                 n, difficulty, seed
+    countdown     evals.tasks.countdown_problem             n, seed, task_size (numbers)
+    arithmetic_chain  evals.tasks.arithmetic_chain_problem  task_size (ops)
+
+A name alone (``load_problems("sim_hard")``) means the shipped settings the CLI uses
+(``ttc/conf/dataset/<name>.yaml``), so Python and ``ttc eval dataset=NAME`` load the same
+problems.
 
 Countdown and arithmetic-chain problems carry their task in ``metadata``, so the
 ``programmatic`` verifier checks every step exactly (``verifier=programmatic``).
 
 The shipped files are byte-for-byte copies of public test splits; ``data/manifest.json``
 holds their sha256 and source, ``data/PROVENANCE.md`` the full provenance.
-Must NOT know: strategies, engines (beyond the simulated problem generator), Hydra.
+Must NOT know: strategies, engines, Hydra.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, PositiveInt, ValidationError, model_validator
+from pydantic import PositiveInt, ValidationError, model_validator
 
 from ttc.registry import ConfigError, format_validation_error
 from ttc.types import Frozen, Problem
@@ -81,7 +85,7 @@ def dataset_config(data: Any) -> DatasetConfig:
     if isinstance(data, DatasetConfig):
         return data
     if isinstance(data, str):
-        data = {"name": data}
+        data = shipped_dataset(data)
     if not isinstance(data, dict):
         raise ConfigError(f"dataset must be a name or a mapping; got {data!r}.")
     try:
@@ -92,6 +96,19 @@ def dataset_config(data: Any) -> DatasetConfig:
             raise ConfigError(f"dataset: {str(first.get('msg')).removeprefix('Value error, ')}."
                               ) from err
         raise ConfigError(format_validation_error("dataset", err)) from err
+
+
+def shipped_dataset(name: str) -> dict[str, Any]:
+    """The settings of a dataset the CLI knows by name (``ttc/conf/dataset/<name>.yaml``)."""
+    import yaml
+
+    from ttc.compose import CONF_DIR, group_options
+
+    choices = [c for c in group_options("dataset") if c not in ("file", "hub")]
+    if name not in choices:
+        raise ConfigError(f"unknown dataset {name!r}; available by name: {', '.join(choices)} "
+                          f"(a local file or a hub set needs a mapping with source and path).")
+    return yaml.safe_load((CONF_DIR / "dataset" / f"{name}.yaml").read_text(encoding="utf-8"))
 
 
 # -- reading records ----------------------------------------------------------------------
@@ -211,7 +228,7 @@ def _plain(answer: Any) -> str:
 
 
 def _programmatic(cfg: DatasetConfig) -> list[Problem]:
-    from ttc.verifiers.programmatic import arithmetic_chain_problem, countdown_problem
+    from ttc.evals.tasks import arithmetic_chain_problem, countdown_problem
 
     problems = []
     for i in range(cfg.n):
@@ -233,7 +250,7 @@ def load_problems(cfg: DatasetConfig | dict | str, *, limit: int | None = None) 
     if limit is not None and limit <= 0:
         raise ConfigError(f"limit must be a positive number of problems; got {limit!r}.")
     if cfg.source == "simulated":
-        from ttc.engine.backends.simulated import make_problems
+        from ttc.evals.tasks import make_problems
 
         diff = cfg.difficulty if isinstance(cfg.difficulty, float | int) else tuple(cfg.difficulty)
         problems = make_problems(cfg.n, seed=cfg.seed, difficulty=diff, prefix=cfg.name)

@@ -10,7 +10,7 @@ branches decode in the same batch, and a slow problem does not hold back a shard
 Cores: each actor asks Ray for ``num_cpus=1`` and its native engine runs one torch
 thread (``backend.threads=1``), so N actors on N cores never oversubscribe them. Each
 record is made on the worker with the runner's own
-:func:`~ttc.evals.runner.solve_to_record` (the same JSONL format as a local run, failed
+:func:`~ttc.evals.records.solve_to_record` (the same JSONL format as a local run, failed
 records included) and passed to ``accept`` on the driver as soon
 as it arrives: the runner appends it to ``results.jsonl`` at once, so an interrupted run
 (a worker crash, Ctrl-C, an unreachable server) keeps every finished record and resumes
@@ -63,7 +63,7 @@ class _Worker:
         return Pipeline.from_config(self.config, shared=self.shared)
 
     def solve(self, index: int, problem: dict[str, Any]) -> dict[str, Any]:
-        from ttc.evals.runner import solve_to_record  # noqa: PLC0415
+        from ttc.evals.records import solve_to_record  # noqa: PLC0415
 
         return solve_to_record(self._pipeline(), Problem.model_validate(problem), index,
                                config=self.config, dataset=self.dataset,

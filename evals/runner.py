@@ -75,7 +75,6 @@ import json
 import os
 import sys
 import threading
-import time
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,16 +83,16 @@ from typing import Any, Callable, Literal
 from pydantic import PositiveInt, ValidationError
 
 from ttc.atomic import write_atomic, write_text_atomic
+from ttc.compose import RUN_GROUPS
 from ttc.config import RunConfig, load_run_config
 from ttc.evals.datasets import DatasetConfig, dataset_config, load_problems
-from ttc.evals.grading import grader_name, is_correct, ungradable
+from ttc.evals.grading import grader_name
 from ttc.evals.metrics import is_failed
 from ttc.evals.progress import EvalProgress, choose_display
-from ttc.faults import describe, stops_the_run
+from ttc.evals.records import solve_to_record
 from ttc.registry import ConfigError, format_validation_error
-from ttc.types import Frozen, Problem, Result
+from ttc.types import Frozen, Problem
 
-RUN_KEYS = ("backend", "verifier", "strategy", "generation", "budget")
 _BUILD_LOCK = threading.Lock()        # pipelines are built one at a time (see pipeline())
 EVAL_KEYS = ("dataset", "limit", "output", "concurrency", "save_tree", "progress",
              "fresh_engine", "executor", "share_engine", "retry_failed")
@@ -130,10 +129,10 @@ class EvalPlan:
 
 def split_config(data: dict[str, Any]) -> tuple[RunConfig, EvalSettings]:
     """Validate a composed eval config into the run config and the eval settings."""
-    unknown = sorted(set(data) - set(RUN_KEYS) - set(EVAL_KEYS))
+    unknown = sorted(set(data) - set(RUN_GROUPS) - set(EVAL_KEYS))
     if unknown:
         raise ConfigError(f"{unknown[0]} is not a known eval setting; allowed: "
-                          f"{', '.join(RUN_KEYS + EVAL_KEYS)}.")
+                          f"{', '.join(RUN_GROUPS + EVAL_KEYS)}.")
     config = load_run_config(data, extra_keys=EVAL_KEYS)
     eval_data = {k: data[k] for k in EVAL_KEYS if k in data}
     if "dataset" not in eval_data:
@@ -269,79 +268,6 @@ def _drop_records(path: Path, ids: set[str]) -> None:
 
 
 # -- running ------------------------------------------------------------------------------
-def make_record(problem: Problem, index: int, result: Result, *, dataset: str, seed: int,
-                wall: float, save_tree: bool) -> dict[str, Any]:
-    answers = [c.answer for c in result.candidates]
-    record = {
-        "id": problem.id, "index": index, "gold": problem.answer, "answer": result.answer,
-        "correct": is_correct(problem.answer, result.answer),
-        "ungradable": ungradable(problem.answer),     # None, or why the gold cannot be graded
-        "strategy": result.strategy, "dataset": dataset, "seed": seed,
-        "grader": grader_name(),
-        "candidate_answers": answers,
-        "candidate_correct": [is_correct(problem.answer, a) for a in answers],
-        "candidate_scores": [c.score for c in result.candidates],
-        "ledger": result.ledger.model_dump(mode="json"),
-        "budget_exhausted": result.budget_exhausted,
-        "wall_seconds": round(wall, 6),
-    }
-    if save_tree:
-        record["tree"] = result.tree
-    return record
-
-
-def failed_record(problem: Problem, index: int, err: BaseException, *, strategy: str,
-                  dataset: str, seed: int, wall: float) -> dict[str, Any]:
-    """The record of a problem whose solve raised: its error in one line, no answer."""
-    return {"id": problem.id, "index": index, "gold": problem.answer, "answer": None,
-            "correct": None, "strategy": strategy, "dataset": dataset, "seed": seed,
-            "error": describe(err), "error_type": type(err).__name__,
-            "wall_seconds": round(wall, 6)}
-
-
-def solve_to_record(pipe: Any, problem: Problem, index: int, *, config: RunConfig,
-                    dataset: str, save_tree: bool) -> dict[str, Any]:
-    """Solve one problem into its record; a failure of the problem becomes a failed record,
-    a fault of the machine or network (:func:`ttc.faults.stops_the_run`) is raised."""
-    window = _kv_window(pipe.generator)
-    t0 = time.perf_counter()
-    try:
-        result = pipe.solve(problem)
-    except BaseException as err:
-        if window is not None:
-            window.close()
-        if stops_the_run(err):
-            raise
-        return failed_record(problem, index, err, strategy=config.strategy.name,
-                             dataset=dataset, seed=config.generation.seed,
-                             wall=time.perf_counter() - t0)
-    wall = time.perf_counter() - t0
-    record = make_record(problem, index, result, dataset=dataset,
-                         seed=config.generation.seed, wall=wall, save_tree=save_tree)
-    if window is not None:
-        record["ledger"]["peak_kv_bytes"] = window.close()
-    return record
-
-
-class _KVWindow:
-    """The most KV bytes resident in an engine's page pool while one problem runs."""
-
-    def __init__(self, pool: Any, bytes_per_page: int) -> None:
-        self.pool, self.bytes_per_page = pool, bytes_per_page
-        self.wid = pool.open_window()
-
-    def close(self) -> int:
-        return self.pool.close_window(self.wid) * self.bytes_per_page
-
-
-def _kv_window(generator: Any) -> _KVWindow | None:
-    pool = getattr(generator, "pool", None)
-    page_bytes = getattr(pool, "page_bytes", 0)
-    if pool is None or not hasattr(pool, "open_window") or not page_bytes:
-        return None                  # the engine's own high-water mark stays in the ledger
-    return _KVWindow(pool, page_bytes)
-
-
 def run_eval(plan: EvalPlan, *, on_record: Callable[[dict[str, Any]], None] | None = None,
              echo: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run every problem of ``plan`` without a record; return the summary of the file.

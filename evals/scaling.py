@@ -82,7 +82,8 @@ def run_scaling(out: Path, *, widths: tuple[int, ...] = (4, 8, 16), limit: int =
                 dataset: str = "sim_hard", budget: int = 16384, seeds: int = 10,
                 echo=print) -> Path:
     """Run the sweep into ``out`` and return the accuracy-vs-tokens PNG."""
-    from ttc.evals.cli import _write_sweep_json, compose_eval, summary_line
+    from ttc.compose import compose_eval
+    from ttc.evals.cli import _write_sweep_json, summary_line
     from ttc.evals.report import write_report
     from ttc.evals.runner import prepare_eval, run_eval
 

@@ -40,7 +40,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-from ttc.engine.backends.simulated import SimulatedBackendConfig, SimulatedGenerator, make_problems
+from ttc.engine.backends.simulated import SimulatedBackendConfig, SimulatedGenerator
+from ttc.evals.tasks import make_problems
 from ttc.evals.stats import Estimate, mean_interval, tokens_to_reach, wilson_interval
 from ttc.registry import STRATEGIES
 from ttc.verifiers.simulated import SimulatedPRM, SimulatedPRMConfig

@@ -39,10 +39,11 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from ttc.engine.backends.simulated import SimulatedBackendConfig, SimulatedGenerator, make_problems
+from ttc.engine.backends.simulated import SimulatedBackendConfig, SimulatedGenerator
+from ttc.evals.tasks import make_problems
 from ttc.evals.stats import (Estimate, ReachKind, mean_interval, reach_ratio, tokens_to_reach,
                              wilson_interval)
-from ttc.strategies.allocation import solve_allocated, solve_uniform
+from ttc.evals.allocation import solve_allocated, solve_uniform
 from ttc.strategies.astar import AStarConfig, AStarDecoding
 from ttc.strategies.best_of_n import BestOfN, BestOfNConfig
 from ttc.strategies.ets import ETS, ETSConfig

@@ -9,7 +9,7 @@
     answer: weighted vote over every sample drawn
 
 :class:`BudgetScheduler` and the two stopping rules are plain values and functions, so
-any strategy (or an eval) can use them; ``ttc.strategies.allocation`` splits a
+any strategy (or an eval) can use them; ``ttc.evals.allocation`` splits a
 dataset-level budget over problems.
 
 KV lifecycle: every sample is released as soon as it is scored (only the prompt stays).

@@ -30,7 +30,8 @@ from pydantic import Field, PositiveInt, model_validator
 
 from ttc.aggregate import Selection, StepAggregation
 from ttc.strategies.base import SearchContext, SearchStrategy, StrategyConfig, register
-from ttc.strategies.common import best_score, first_step_guard, mark_step_done, stop_if_cut
+from ttc.strategies.common import (best_score, first_step_guard, mark_step_done, spread,
+                                   stop_if_cut)
 from ttc.tree import Node, NodeStatus
 
 
@@ -111,9 +112,3 @@ class DVTS(SearchStrategy):
                 ctx.offer(c, score=ctx.value(c, self.config.aggregation))
         ctx.release([tree.node], prune=False)
         tree.done = True
-
-
-def spread(total: int, parts: int) -> list[int]:
-    """``total`` split into ``parts`` near-equal counts, larger ones first."""
-    base, extra = divmod(total, parts)
-    return [base + (i < extra) for i in range(parts)]

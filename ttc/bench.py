@@ -1,6 +1,7 @@
 """Named benchmarks behind ``ttc bench NAME [--quick] [--json PATH]``.
 
-Contract: a benchmark is a function ``run(*, quick: bool) -> BenchReport`` in some module,
+Contract: a benchmark is a function ``run(*, quick: bool) -> BenchReport`` (the report type
+is a core type, :class:`ttc.types.BenchReport`) in some module,
 listed here by name and import path (imported only when run). Its report holds
 ``name``, ``machine`` (filled in here), ``metrics`` (absolute figures, with units in
 their keys) and ``ratios`` (measured side by side in the same run: machines are
@@ -15,11 +16,12 @@ import inspect
 import json
 import os
 import platform
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ttc.atomic import write_text_atomic
 from ttc.registry import ConfigError, UnknownName
+from ttc.types import BenchReport
 
 # name -> "module:function"; each entry's module docstring says what it measures.
 BENCHMARKS: dict[str, str] = {
@@ -29,19 +31,6 @@ BENCHMARKS: dict[str, str] = {
     "prm": "ttc.verifiers.bench:run",
     "concurrency": "ttc.evals.bench_concurrency:run",
 }
-
-
-@dataclass
-class BenchReport:
-    name: str
-    metrics: dict[str, Any] = field(default_factory=dict)
-    ratios: dict[str, float] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-    machine: dict[str, Any] = field(default_factory=dict)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "machine": self.machine, "metrics": self.metrics,
-                "ratios": self.ratios, "notes": self.notes}
 
 
 def describe_machine() -> dict[str, Any]:
@@ -85,7 +74,5 @@ def run_benchmark(name: str, *, quick: bool, json_path: str | Path | None = None
     if json_path is not None:
         path = Path(json_path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(report.to_json(), indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, path)
+        write_text_atomic(path, json.dumps(report.to_json(), indent=2, sort_keys=True) + "\n")
     return report

@@ -1,10 +1,10 @@
 """The ``ttc`` command line: solve, strategies, config, bench (and the commands later
 layers add: grade, eval, sweep, report, tree, serve).
 
-Contract: the only module that imports Hydra. It composes the config groups shipped in
-``ttc/conf`` with the user's overrides (``strategy=astar``, ``strategy.n=16``; the flags
-``--strategy astar`` and ``--budget 4096`` are spelled-out overrides), validates the result
-into a frozen :class:`~ttc.config.RunConfig`, and hands it to the Pipeline. Every
+Contract: declares the commands. Configs are composed by :mod:`ttc.compose` from the
+user's overrides (``strategy=astar``, ``strategy.n=16``; the flags ``--strategy astar`` and
+``--budget 4096`` are spelled-out overrides) into a frozen :class:`~ttc.config.RunConfig`
+handed to the Pipeline; the eval commands' logic is :mod:`ttc.evals.cli`'s. Every
 failure of a command is one line on stderr, never a traceback (:mod:`ttc.faults`): exit
 code 2 for user errors (unknown name, bad value, unknown key, empty question, an output
 path that cannot be written, a memory setting beyond the machine), 1 for faults met
@@ -26,10 +26,9 @@ from typing import Any, Callable, Optional
 import click
 import typer
 
+from ttc.compose import run_config
 from ttc.registry import ConfigError
 
-CONF_DIR = Path(__file__).parent / "conf"
-GROUPS = ("backend", "verifier", "strategy", "generation", "budget")
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="ttc: test-time compute orchestration for LLM reasoning.")
@@ -75,57 +74,6 @@ def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-# -- composing ----------------------------------------------------------------------------
-def group_options(group: str, conf_dir: Path = CONF_DIR) -> list[str]:
-    return sorted(p.stem for p in (conf_dir / group).glob("*.yaml"))
-
-
-def _check_group_choices(overrides: list[str], groups: tuple[str, ...], conf_dir: Path) -> None:
-    for item in overrides:
-        key, sep, value = item.lstrip("+~").partition("=")
-        if not sep:
-            raise UsageError(f"override {item!r} must look like key=value "
-                             f"(for example strategy=beam or strategy.n=16).")
-        if key in groups:
-            options = group_options(key, conf_dir)
-            for choice in value.split(","):
-                if choice not in options:
-                    raise UsageError(f"unknown {key} {choice!r}; available: "
-                                     f"{', '.join(options)}.")
-
-
-def compose(overrides: list[str], *, config_name: str = "config",
-            groups: tuple[str, ...] = GROUPS, conf_dir: Path = CONF_DIR) -> dict[str, Any]:
-    """Compose the Hydra config with overrides into a plain dict."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.errors import HydraException
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
-    _check_group_choices(overrides, groups, conf_dir)
-    try:
-        with initialize_config_dir(config_dir=str(conf_dir), version_base=None):
-            cfg = hydra_compose(config_name=config_name, overrides=overrides)
-        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
-    except (HydraException, OmegaConfBaseException) as err:
-        raise UsageError(_hydra_message(err, overrides)) from err
-
-
-def _hydra_message(err: Exception, overrides: list[str]) -> str:
-    text = str(err)
-    if "Could not override" in text or "not in struct" in text:
-        key = text.split("'")[1] if "'" in text else text
-        return f"{key} is not a known setting; run `ttc config` to see the settings."
-    return text.splitlines()[0]
-
-
-def run_config(overrides: list[str]):
-    from ttc.config import load_run_config
-
-    return load_run_config(compose(overrides))
-
-
 def _flag_overrides(*, strategy: str | None, backend: str | None, verifier: str | None,
                     budget: int | None, model: str | None) -> list[str]:
     out = []
@@ -143,37 +91,6 @@ def _flag_overrides(*, strategy: str | None, backend: str | None, verifier: str 
     if model:
         out.append(f"backend.model={model}")
     return out
-
-
-_BUDGET_ALIASES = {"budget.tokens": "budget.max_generated_tokens",
-                   "budget.verifier_calls": "budget.max_verifier_calls",
-                   "budget.wall_seconds": "budget.max_wall_seconds"}
-
-
-def expand_shorthands(overrides: list[str]) -> list[str]:
-    """``budget=2048`` and ``budget.tokens=2048`` mean ``budget.max_generated_tokens=2048``
-    (comma lists too, for sweeps); ``budget.verifier_calls`` and ``budget.wall_seconds``
-    likewise name their ``max_`` fields."""
-    out = []
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if key == "budget" and sep and all(v.strip().isdigit() for v in value.split(",")):
-            key = "budget.max_generated_tokens"
-        key = _BUDGET_ALIASES.get(key, key)
-        out.append(f"{key}{sep}{value}")
-    return out
-
-
-def _merge_overrides(flags: list[str], extra: list[str]) -> list[str]:
-    """Flags first, then key=value arguments; a later group choice wins."""
-    merged: list[str] = []
-    for item in expand_shorthands(flags + list(extra)):
-        key = item.partition("=")[0]
-        if key in GROUPS:
-            merged = [m for m in merged if m.partition("=")[0] != key]
-        merged.append(item)
-    # Group choices must come before that group's field overrides.
-    return sorted(merged, key=lambda m: 0 if m.partition("=")[0] in GROUPS else 1)
 
 
 # -- commands -----------------------------------------------------------------------------
@@ -198,7 +115,7 @@ def solve(
         raise UsageError("the question must be a non-empty string; got ''.")
     flags = _flag_overrides(strategy=strategy, backend=backend, verifier=verifier,
                             budget=budget, model=model)
-    config = run_config(_merge_overrides(flags, overrides or []))
+    config = run_config(flags, overrides or [])
     if tree is not None:
         check_output_file(tree, option="--tree", example="tree.json")
 
@@ -303,7 +220,7 @@ def show_config(
     """Print the composed and validated config."""
     import yaml
 
-    config = run_config(_merge_overrides([], overrides or []))
+    config = run_config(overrides or [])
     typer.echo(yaml.safe_dump(config.dump(), sort_keys=False).rstrip())
 
 
@@ -447,7 +364,7 @@ def serve(
     limits = ServerLimits(max_width=max_width, max_tokens=max_tokens,
                           max_connections=max_connections, read_timeout_s=read_timeout,
                           max_body_bytes=max_body_bytes)
-    config = run_config(_merge_overrides([], overrides or []))
+    config = run_config(overrides or [])
     try:
         server = make_server(config, host=host, port=port, api_key=api_key, verbose=verbose,
                              limits=limits)

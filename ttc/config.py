@@ -5,7 +5,7 @@ one config each for backend, verifier and strategy. The last three are looked up
 their ``name`` in :mod:`ttc.registry`, so a typo fails at start-up with the list of
 registered names. Hydra groups in ``ttc/conf/`` map one to one onto these schemas
 (``ttc/conf/strategy/beam.yaml`` holds exactly the fields of ``BeamConfig``); only
-``ttc.cli`` composes them, then calls :func:`load_run_config` on a plain dict.
+``ttc.compose`` composes them, then calls :func:`load_run_config` on a plain dict.
 Must NOT know: Hydra (it sees plain dicts), engine internals.
 """
 

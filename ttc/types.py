@@ -328,3 +328,19 @@ class ProgressEvent:
     generated_tokens: int = 0
     budget_tokens: int | None = None
     budget_exhausted: bool = False
+
+
+@dataclass
+class BenchReport:
+    """What one benchmark (``ttc bench NAME``) measured: absolute ``metrics`` (units in their
+    keys), ``ratios`` measured side by side in the same run, ``notes``, the ``machine``."""
+
+    name: str
+    metrics: dict[str, Any] = field(default_factory=dict)
+    ratios: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    machine: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "machine": self.machine, "metrics": self.metrics,
+                "ratios": self.ratios, "notes": self.notes}

@@ -24,7 +24,7 @@ import random
 import time
 from typing import Any
 
-from ttc.bench import BenchReport
+from ttc.types import BenchReport
 from ttc.types import Problem
 
 BEAMS, KEEP, DEPTH = 16, 4, 8

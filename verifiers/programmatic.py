@@ -39,14 +39,13 @@ a valid but incomplete chain scores 0.0 at its last step. Limits: with a non-def
 ended with a blank line reads as paused.
 
 It runs no model: ``tokens`` is 0 and ``calls`` counts trajectories.
-Generators: :func:`countdown_problem`, :func:`arithmetic_chain_problem` (seeded,
-deterministic) and :func:`reference_steps` (a correct solution), for datasets.
+The tasks themselves (seeded makers and a reference solution) are
+:mod:`ttc.evals.tasks`'s.
 Must NOT know: models, engines, strategies.
 """
 
 from __future__ import annotations
 
-import random
 import re
 from fractions import Fraction
 from functools import lru_cache
@@ -56,8 +55,8 @@ from ttc.answers import answer_key, extract_answer
 from ttc.registry import VERIFIERS
 from ttc.types import STEP_DELIMITER, Frozen, Problem, ScoreOutput, VerifierUsage
 
-__all__ = ["countdown_problem", "arithmetic_chain_problem", "reference_steps",
-           "check_steps_exact", "ProgrammaticVerifier", "ProgrammaticConfig", "parse_equation"]
+__all__ = ["check_steps_exact", "ProgrammaticVerifier", "ProgrammaticConfig", "parse_equation",
+           "reachable", "apply_op", "task_meta"]
 
 _EQ = re.compile(r"(-?\d+)\s*([+\-*/×x÷])\s*(-?\d+)\s*=\s*(-?\d+)")
 _OPS = {"×": "*", "x": "*", "÷": "/"}
@@ -72,7 +71,7 @@ def parse_equation(step: str) -> tuple[int, str, int, int] | None:
     return int(a), _OPS.get(op, op), int(b), int(c)
 
 
-def _apply(a: int, op: str, b: int) -> Fraction:
+def apply_op(a: int, op: str, b: int) -> Fraction:
     if op == "+":
         return Fraction(a + b)
     if op == "-":
@@ -84,7 +83,7 @@ def _apply(a: int, op: str, b: int) -> Fraction:
 
 # -- Countdown -----------------------------------------------------------------------------
 @lru_cache(maxsize=1 << 16)
-def _reachable(numbers: tuple[int, ...], target: int) -> bool:
+def reachable(numbers: tuple[int, ...], target: int) -> bool:
     if target in numbers:
         return True
     n = len(numbers)
@@ -97,97 +96,16 @@ def _reachable(numbers: tuple[int, ...], target: int) -> bool:
             for op in "+-*/":
                 if op in "+*" and i > j:
                     continue
-                v = _apply(a, op, b)
+                v = apply_op(a, op, b)
                 if v.denominator != 1 or v <= 0:
                     continue
-                if _reachable(tuple(sorted(rest + [int(v)])), target):
+                if reachable(tuple(sorted(rest + [int(v)])), target):
                     return True
     return False
 
 
-def countdown_problem(seed: int, *, n_numbers: int = 4, max_number: int = 25,
-                      target_range: tuple[int, int] = (10, 200)) -> Problem:
-    """A solvable Countdown instance (deterministic in ``seed``)."""
-    if n_numbers < 2:
-        raise ValueError(f"n_numbers must be at least 2; got {n_numbers!r}.")
-    rng = random.Random(seed)
-    while True:
-        nums = [rng.randint(1, max_number) for _ in range(n_numbers)]
-        target = rng.randint(*target_range)
-        if target not in nums and _reachable(tuple(sorted(nums)), target):
-            break
-    q = (f"Using the numbers {', '.join(map(str, nums))}, each at most once, and the "
-         f"operations +, -, *, / (exact division, positive results), reach {target}. "
-         f"Write one operation per step as 'a op b = c'.")
-    return Problem(id=f"countdown-{seed}", question=q, answer=str(target),
-                   metadata={"task": "countdown", "numbers": nums, "target": target})
-
-
-def _countdown_solution(numbers: tuple[int, ...], target: int) -> list[str] | None:
-    if target in numbers:
-        return []
-    n = len(numbers)
-    for i in range(n):
-        for j in range(n):
-            if i == j:
-                continue
-            a, b = numbers[i], numbers[j]
-            rest = [numbers[k] for k in range(n) if k not in (i, j)]
-            for op in "+-*/":
-                v = _apply(a, op, b)
-                if v.denominator != 1 or v <= 0:
-                    continue
-                new = tuple(sorted(rest + [int(v)]))
-                if _reachable(new, target):
-                    tail = _countdown_solution(new, target)
-                    if tail is not None:
-                        return [f"{a} {op} {b} = {int(v)}"] + tail
-    return None
-
-
-# -- Arithmetic chains ---------------------------------------------------------------------
-def arithmetic_chain_problem(seed: int, *, length: int = 5, max_operand: int = 12) -> Problem:
-    """Start from a number and apply ``length`` operations (integer results only)."""
-    if length < 1:
-        raise ValueError(f"length must be a positive integer; got {length!r}.")
-    rng = random.Random(seed)
-    start = rng.randint(2, 20)
-    value, ops = start, []
-    for _ in range(length):
-        op = rng.choice("+-*/")
-        if op == "/":
-            divisors = [d for d in range(2, max_operand + 1) if value % d == 0]
-            if not divisors:
-                op = "+"
-            else:
-                b = rng.choice(divisors)
-        if op != "/":
-            b = rng.randint(2, max_operand)
-        ops.append([op, b])
-        value = int(_apply(value, op, b))
-    words = {"+": "add", "-": "subtract", "*": "multiply by", "/": "divide by"}
-    q = (f"Start with {start}. Then " + ", then ".join(f"{words[o]} {b}" for o, b in ops)
-         + ". What is the result? Write one operation per step as 'a op b = c'.")
-    return Problem(id=f"chain-{seed}", question=q, answer=str(value),
-                   metadata={"task": "arithmetic_chain", "start": start, "ops": ops})
-
-
-def reference_steps(problem: Problem) -> list[str]:
-    """A correct step-by-step solution (each step ends with the step delimiter)."""
-    meta = _task(problem)
-    if meta["task"] == "countdown":
-        steps = _countdown_solution(tuple(sorted(meta["numbers"])), int(meta["target"])) or []
-    else:
-        value, steps = int(meta["start"]), []
-        for op, b in meta["ops"]:
-            new = int(_apply(value, op, int(b)))
-            steps.append(f"{value} {op} {b} = {new}")
-            value = new
-    return [s + "\n\n" for s in steps] + [f"The answer is \\boxed{{{problem.answer}}}."]
-
-
 # -- checking ------------------------------------------------------------------------------
-def _task(problem: Problem) -> dict[str, Any]:
+def task_meta(problem: Problem) -> dict[str, Any]:
     meta = problem.metadata or {}
     task = meta.get("task")
     if task not in ("countdown", "arithmetic_chain"):
@@ -198,7 +116,7 @@ def _task(problem: Problem) -> dict[str, Any]:
 
 def check_steps_exact(problem: Problem, steps: Sequence[str]) -> list[bool]:
     """Per step: is it good? (the rules in the module docstring)."""
-    meta = _task(problem)
+    meta = task_meta(problem)
     if meta["task"] == "countdown":
         return _check_countdown(meta, steps)
     return _check_chain(meta, steps)
@@ -229,7 +147,7 @@ def _check_countdown(meta: dict[str, Any], steps: Sequence[str]) -> list[bool]:
         if answered is None and eq is not None and valid:
             a, op, b, c = eq
             rest = list(pool)
-            ok = _apply(a, op, b) == c and c > 0
+            ok = apply_op(a, op, b) == c and c > 0
             for x in (a, b):
                 if ok and x in rest:
                     rest.remove(x)
@@ -237,7 +155,7 @@ def _check_countdown(meta: dict[str, Any], steps: Sequence[str]) -> list[bool]:
                     ok = False
             if ok:
                 pool = sorted(rest + [c])
-            valid = ok and _reachable(tuple(pool), target)
+            valid = ok and reachable(tuple(pool), target)
         if final is not None:
             answered = valid and _same_number(final, target) and target in pool
         out.append(answered if answered is not None else (valid and eq is not None))
@@ -249,7 +167,7 @@ def _check_chain(meta: dict[str, Any], steps: Sequence[str]) -> list[bool]:
     ops = [(o, int(b)) for o, b in meta["ops"]]
     result = value
     for op, b in ops:
-        result = int(_apply(result, op, b))
+        result = int(apply_op(result, op, b))
     out: list[bool] = []
     valid, done = True, 0
     answered: bool | None = None
@@ -258,7 +176,7 @@ def _check_chain(meta: dict[str, Any], steps: Sequence[str]) -> list[bool]:
         if answered is None and eq is not None and valid:
             a, op, b, c = eq
             valid = done < len(ops) and (a, op, b) == (value, *ops[done]) \
-                and _apply(a, op, b) == c
+                and apply_op(a, op, b) == c
             if valid:
                 value, done = c, done + 1
         if final is not None:

@@ -408,23 +408,6 @@ def _join_words(words: Sequence[str]) -> str:
     return "".join(out)
 
 
-def make_problems(n: int, *, seed: int = 0, difficulty: float | tuple[float, float] = (0.0, 1.0),
-                  prefix: str = "sim") -> list[Problem]:
-    """``n`` simulated problems with difficulties uniform in a range (or fixed)."""
-    if n <= 0:
-        raise ValueError(f"n must be a positive integer; got {n!r}.")
-    rng = random.Random(seed)
-    problems = []
-    for i in range(n):
-        d = difficulty if isinstance(difficulty, float | int) else rng.uniform(*difficulty)
-        problems.append(Problem(id=f"{prefix}-{seed}-{i}",
-                                question=f"Simulated problem {i} (seed {seed}).",
-                                answer=str(100 + rng.randint(0, 899)),
-                                metadata={"difficulty": round(float(d), 4),
-                                          "num_steps": 3 + rng.randint(0, 4)}))
-    return problems
-
-
 @BACKENDS.register(SimulatedBackendConfig)
 def build_simulated(config: SimulatedBackendConfig, **_: object) -> SimulatedGenerator:
     return SimulatedGenerator(config)

@@ -53,13 +53,12 @@ import threading
 import weakref
 from concurrent.futures import CancelledError, Future
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import torch
 from torch import Tensor
 
 from ttc.engine.handles import HandleTable
-from ttc.engine.native.config import NativeBackendConfig
 from ttc.engine.prompting import eos_ids
 from ttc.engine.native.kv_cache import KVCacheFull, Node, PagePool, RadixTree
 from ttc.engine.native.memory import check_pool_fits
@@ -70,6 +69,9 @@ from ttc.engine.native.threads import apply_threads, choose_threads
 from ttc.registry import ConfigError
 from ttc.types import (Continuation, ExpandOutput, ExpandRequest, GenerationUsage, Handle,
                        Problem, SamplingParams, TokenEvent)
+
+if TYPE_CHECKING:
+    from ttc.engine.native.config import NativeBackendConfig
 
 __all__ = ["NativeEngine", "NativeGenerator", "KVCacheFull", "Job"]
 

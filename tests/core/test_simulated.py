@@ -4,7 +4,8 @@ import math
 
 import pytest
 
-from ttc.engine.backends.simulated import SimulatedBackendConfig, SimulatedGenerator, make_problems
+from ttc.engine.backends.simulated import SimulatedBackendConfig, SimulatedGenerator
+from ttc.evals.tasks import make_problems
 from ttc.evals.stats import mean_interval
 from ttc.ledger import Budget
 from ttc.strategies.best_of_n import BestOfN, BestOfNConfig

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ttc.bench import BenchReport
+from ttc.types import BenchReport
 from ttc.engine import bench as eb
 
 

@@ -18,7 +18,7 @@ EXPECTED = {"gsm8k": (1319, "18"), "math500": (500, None), "aime24": (30, "204")
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_shipped_sets_load_with_gold_answers(name):
     import yaml
-    from ttc.cli import CONF_DIR
+    from ttc.compose import CONF_DIR
 
     cfg = yaml.safe_load((CONF_DIR / "dataset" / f"{name}.yaml").read_text())
     problems = load_problems(cfg)
@@ -90,8 +90,10 @@ def test_bad_inputs_give_one_clear_error(tmp_path):
     empty.write_text("")
     with pytest.raises(ConfigError, match="has no problems"):
         load_problems({"name": "e", "source": "file", "path": str(empty)})
-    with pytest.raises(ConfigError, match="unknown builtin dataset 'gsm9k'"):
+    with pytest.raises(ConfigError, match="unknown dataset 'gsm9k'; available by name: .*gsm8k"):
         dataset_config("gsm9k")
+    with pytest.raises(ConfigError, match="unknown builtin dataset 'gsm9k'"):
+        dataset_config({"name": "gsm9k"})
     with pytest.raises(ConfigError, match="does not exist"):
         load_problems({"name": "m", "source": "file", "path": str(tmp_path / "nope.jsonl")})
     wrong = tmp_path / "w.jsonl"
@@ -113,7 +115,7 @@ def test_simulated_sets_follow_their_difficulty_range():
 
 def test_every_dataset_yaml_holds_exactly_the_schema_fields():
     import yaml
-    from ttc.cli import CONF_DIR
+    from ttc.compose import CONF_DIR
 
     paths = sorted((CONF_DIR / "dataset").glob("*.yaml"))
     assert {p.stem for p in paths} >= {*EXPECTED, "sim_easy", "sim_mixed", "sim_hard"}
@@ -126,7 +128,8 @@ def test_every_dataset_yaml_holds_exactly_the_schema_fields():
 
 @pytest.mark.parametrize("source,size", [("countdown", 4), ("arithmetic_chain", 3)])
 def test_generated_task_sets_have_exact_step_checks(source, size):
-    from ttc.verifiers.programmatic import check_steps_exact, reference_steps
+    from ttc.evals.tasks import reference_steps
+    from ttc.verifiers.programmatic import check_steps_exact
 
     problems = load_problems({"name": source, "source": source, "n": 5, "seed": 2,
                               "task_size": size})
@@ -140,3 +143,14 @@ def test_generated_task_sets_have_exact_step_checks(source, size):
     again = load_problems({"name": source, "source": source, "n": 5, "seed": 2,
                            "task_size": size})
     assert again == problems
+
+
+def test_every_dataset_the_cli_names_loads_by_name_in_python():
+    """``load_problems(NAME)`` loads what ``ttc eval dataset=NAME`` does (same settings)."""
+    from ttc.compose import compose_eval
+    from ttc.evals.runner import split_config
+
+    for name in ("sim_hard", "arithmetic_chain", "countdown", "gsm8k", "amc23"):
+        by_name = load_problems(name, limit=5)
+        _, settings = split_config(compose_eval([f"dataset={name}"]))
+        assert by_name == load_problems(settings.dataset, limit=5), name

@@ -4,7 +4,7 @@ import pytest
 
 from ttc.evals.grading import is_correct, ungradable
 from ttc.evals.metrics import summarize
-from ttc.evals.runner import make_record
+from ttc.evals.records import make_record
 from ttc.types import Candidate, Problem, Result
 
 

@@ -8,7 +8,8 @@ import pytest
 from typer.testing import CliRunner
 
 from ttc.cli import app
-from ttc.evals.cli import expand_sweep, run_sweep_command
+from ttc.compose import sweep_axes
+from ttc.evals.cli import run_sweep_command
 from ttc.evals.report import PLOTS, collect, figures, seed_list, write_report
 from ttc.evals.runner import read_results
 from ttc.evals.stats import clustered_proportion_interval
@@ -88,7 +89,7 @@ def test_sweep_validates_every_combination_before_writing(tmp_path):
 
 
 def test_sweep_axes_use_hydra_grammar():
-    axes, fixed, combos = expand_sweep(["seed=range(0,3)", "budget=8,32", "limit=2"])
+    axes, fixed, combos = sweep_axes(["seed=range(0,3)", "budget=8,32", "limit=2"])
     assert axes == {"generation.seed": ["0", "1", "2"],
                     "budget.max_generated_tokens": ["8", "32"]}
     assert fixed == ["limit=2"] and len(combos) == 6

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from ttc.engine.backends.simulated import SimulatedBackendConfig, SimulatedGenerator, make_problems
+from ttc.engine.backends.simulated import SimulatedBackendConfig, SimulatedGenerator
+from ttc.evals.tasks import make_problems
 from ttc.types import ExpandOutput, ExpandRequest, Handle, Problem
 from ttc.verifiers.simulated import SimulatedPRM, SimulatedPRMConfig
 

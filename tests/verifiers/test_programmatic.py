@@ -4,8 +4,8 @@ import pytest
 
 from ttc.registry import VERIFIERS
 from ttc.types import Problem
-from ttc.verifiers.programmatic import (arithmetic_chain_problem, check_steps_exact,
-                                        countdown_problem, parse_equation, reference_steps)
+from ttc.evals.tasks import arithmetic_chain_problem, countdown_problem, reference_steps
+from ttc.verifiers.programmatic import check_steps_exact, parse_equation
 
 
 @pytest.mark.parametrize("seed", range(8))

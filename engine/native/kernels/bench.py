@@ -31,7 +31,7 @@ import statistics
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from ttc.bench import BenchReport
+from ttc.types import BenchReport
 from ttc.registry import ConfigError
 
 NUM_HEADS, NUM_KV_HEADS, HEAD_DIM, PAGE_SIZE = 32, 8, 64, 16

@@ -8,7 +8,7 @@ from sim_helpers_ii import problems, world
 from ttc.ledger import Budget
 from ttc.strategies.adaptive import (Adaptive, AdaptiveConfig, BudgetScheduler,
                                      prm_confident, vote_confidence)
-from ttc.strategies.allocation import (allocate_samples, solve_allocated, solve_uniform,
+from ttc.evals.allocation import (allocate_samples, solve_allocated, solve_uniform,
                                        success_estimate)
 from ttc.types import Candidate
 
