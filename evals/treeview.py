@@ -15,7 +15,8 @@ Contract: reads one problem's record from a results file written with ``save_tre
 - ``.html`` (:func:`write_tree_html`): ONE self-contained page (inline CSS and JS, no
   network at view time): a collapsible tree with each node's step text, tokens, score
   and status, the chosen path highlighted and opened, budget exhaustion marked, and a
-  search box over the nodes' text and answers.
+  search box over the nodes' text and answers (``tree.html#search=TEXT`` opens with a
+  search).
 
 Files are written atomically (no half-written or stray file when drawing fails).
 Must NOT know: which strategy grew the tree.
@@ -432,8 +433,8 @@ document.getElementById("expand").onclick = () => all().forEach(d => { d.open = 
 document.getElementById("collapse").onclick = () => all().forEach(d => { d.open = false; });
 document.getElementById("path").onclick = () =>
   all().forEach(d => { d.open = d.classList.contains("chosen"); });
-document.getElementById("search").addEventListener("input", ev => {
-  const q = ev.target.value.trim().toLowerCase();
+function search(value) {
+  const q = value.trim().toLowerCase();
   let hits = 0;
   for (const d of all()) {
     const n = byId.get(Number(d.dataset.id));
@@ -447,7 +448,12 @@ document.getElementById("search").addEventListener("input", ev => {
     }
   }
   document.getElementById("hits").textContent = q ? hits + " matching nodes" : "";
-});
+}
+const box = document.getElementById("search");
+box.addEventListener("input", ev => search(ev.target.value));
+// A link may carry a search: tree.html#search=boxed
+const wanted = new URLSearchParams(location.hash.slice(1)).get("search");
+if (wanted) { box.value = wanted; search(wanted); }
 </script>
 </body>
 </html>
