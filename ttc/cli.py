@@ -183,7 +183,8 @@ def _watch_display(question: str, config):
     from ttc.live import LiveView
 
     view = LiveView(question, title=f"{config.strategy.name} · {config.backend.name} · "
-                                    f"{config.verifier.name}")
+                                    f"{config.verifier.name}",
+                    budget_tokens=config.budget.max_generated_tokens)
     return view.callback, view.close
 
 

@@ -11,7 +11,8 @@ the search. :func:`render` draws the model as a rich renderable (header + tree),
                                 └─► to_json()  ──► anything else (a server, a test)
 
 Status shown: ``live`` (open: may still be expanded), ``expanded`` (has children),
-``pruned``, ``finished`` (terminal); the chosen leaf and its path are starred. Pruned leaves are folded into one line per
+``pruned``, ``finished`` (terminal), and ``open`` for a node the search ended without
+expanding (e.g. cut by the budget); the chosen leaf and its path are starred. Pruned leaves are folded into one line per
 parent and a parent shows at most ``max_children`` other children, so a wide search
 stays readable; the numbers of hidden nodes are written where they are folded.
 Must NOT know: strategies, engines, verifiers; it reads events only.
@@ -28,8 +29,9 @@ from ttc.types import EventKind, NodeUpdate, ProgressEvent
 
 STATUS_LABELS = {"open": "live", "expanded": "expanded", "terminal": "finished",
                  "pruned": "pruned"}
-_STYLES = {"live": "cyan", "expanded": "blue", "finished": "green", "pruned": "grey50"}
-_GLYPHS = {"live": "●", "expanded": "○", "finished": "■", "pruned": "✗"}
+_STYLES = {"live": "cyan", "expanded": "blue", "finished": "green", "pruned": "grey50",
+           "open": "yellow"}
+_GLYPHS = {"live": "●", "expanded": "○", "finished": "■", "pruned": "✗", "open": "◌"}
 
 
 @dataclass(slots=True)
@@ -44,15 +46,17 @@ class LiveNode:
     answer: str | None = None
     children: list[int] = field(default_factory=list)
 
-    @property
-    def shown_status(self) -> str:
+    def shown_status(self, done: bool = False) -> str:
+        if done and self.status == "open":
+            return "open"         # the search ended before expanding it
         return STATUS_LABELS.get(self.status, self.status)
 
 
 class LiveTree:
     """The tree model built from progress events (thread-safe: apply and snapshot lock)."""
 
-    def __init__(self, question: str = "", *, title: str = "") -> None:
+    def __init__(self, question: str = "", *, title: str = "",
+                 budget_tokens: int | None = None) -> None:
         self.title = title
         self.nodes: dict[int, LiveNode] = {0: LiveNode(id=0, parent=None, depth=0,
                                                        text=question, status="expanded")}
@@ -61,7 +65,7 @@ class LiveTree:
         self.best_score: float | None = None
         self.note = ""
         self.generated_tokens = 0
-        self.budget_tokens: int | None = None
+        self.budget_tokens = budget_tokens
         self.chosen: int | None = None
         self.done = False
         self.budget_exhausted = False
@@ -111,7 +115,8 @@ class LiveTree:
         out = {"live": 0, "expanded": 0, "finished": 0, "pruned": 0}
         for node in self.nodes.values():
             if node.parent is not None:
-                out[node.shown_status] = out.get(node.shown_status, 0) + 1
+                status = node.shown_status(self.done)
+                out[status] = out.get(status, 0) + 1
         return out
 
     def to_json(self) -> dict[str, Any]:
@@ -123,7 +128,7 @@ class LiveTree:
                     "done": self.done, "budget_exhausted": self.budget_exhausted,
                     "nodes": [{"id": n.id, "parent": n.parent, "depth": n.depth,
                                "text": n.text, "tokens": n.tokens,
-                               "status": n.shown_status, "score": n.score,
+                               "status": n.shown_status(self.done), "score": n.score,
                                "answer": n.answer} for n in self.nodes.values()]}
 
 
@@ -153,7 +158,8 @@ def render(tree: LiveTree, *, max_children: int = 6, width: int = 100):
             (f"{tree.title} " if tree.title else "", "bold"),
             (state, "bold red" if tree.budget_exhausted else "bold"),
             f" · step {tree.step} · live {counts['live']} · finished {counts['finished']}"
-            f" · pruned {counts['pruned']}",
+            f" · pruned {counts['pruned']}"
+            + (f" · left open {counts['open']}" if counts.get("open") else ""),
             f" · best {tree.best_score:.3f}" if tree.best_score is not None else "",
             f" · {tree.note}" if tree.note and not tree.done else "")
         budget = tree.budget_tokens
@@ -171,13 +177,13 @@ def render(tree: LiveTree, *, max_children: int = 6, width: int = 100):
     return Group(header, bar_row, root)
 
 
-def _label(node: LiveNode, *, chosen: bool, width: int):
+def _label(node: LiveNode, *, chosen: bool, width: int, done: bool):
     from rich.text import Text
 
     # 4 columns of tree guides per depth, ~30 for the fixed fields, the answer if any.
     answer = f"  → {snippet(node.answer, 20)}" if node.answer is not None else ""
     text_width = max(12, width - 4 * node.depth - 30 - len(answer))
-    status = node.shown_status
+    status = node.shown_status(done)
     style = "bold yellow" if chosen else _STYLES.get(status, "")
     score = f"{node.score:.2f}" if node.score is not None else " –  "
     label = Text(f"{'★' if chosen else _GLYPHS.get(status, '?')} #{node.id} ", style=style)
@@ -200,11 +206,11 @@ def _add_children(branch, tree: LiveTree, node_id: int, path: set[int], *,
                   and k.id not in path]
         rest = [k for k in kids if k not in folded]
         # The chosen path first, then finished, then live, best scores first.
-        rest.sort(key=lambda k: (k.id not in path, k.shown_status != "finished",
+        rest.sort(key=lambda k: (k.id not in path, k.status != "terminal",
                                  -(k.score if k.score is not None else -1.0), k.id))
         hidden = rest[max_children:]
         for kid in rest[:max_children]:
-            sub = shown.add(_label(kid, chosen=kid.id in path, width=width))
+            sub = shown.add(_label(kid, chosen=kid.id in path, width=width, done=tree.done))
             if kid.children:
                 stack.append((sub, kid.id))
         if folded:
@@ -236,12 +242,12 @@ class LiveView:
     """
 
     def __init__(self, question: str, *, console: Any = None, title: str = "",
-                 refresh_s: float = 0.1, clock: Callable[[], float] = time.monotonic
-                 ) -> None:
+                 budget_tokens: int | None = None, refresh_s: float = 0.1,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         from rich.console import Console
         from rich.live import Live
 
-        self.tree = LiveTree(question, title=title)
+        self.tree = LiveTree(question, title=title, budget_tokens=budget_tokens)
         self._console = console or Console(stderr=True)
         # NOTE: while live, a tree taller than the terminal is cut with an ellipsis (rich
         # cannot move the cursor above the screen); close() then prints it whole, once.
@@ -249,9 +255,14 @@ class LiveView:
                           vertical_overflow="ellipsis", transient=True)
         self._refresh_s, self._clock = refresh_s, clock
         self._last = float("-inf")
-        self._live.start()
+        self._started = False
 
     def callback(self, event: ProgressEvent) -> None:
+        # NOTE: started at the first event, so what prints before the search (a model
+        # being converted or loaded) is not mixed into the live area.
+        if not self._started:
+            self._started = True
+            self._live.start()
         self.tree.apply(event)
         now = self._clock()
         if event.kind is EventKind.CHOSEN or now - self._last >= self._refresh_s:
@@ -259,7 +270,8 @@ class LiveView:
             self._live.update(self._render(), refresh=True)
 
     def close(self) -> None:
-        self._live.stop()
+        if self._started:
+            self._live.stop()
         self._console.print(self._render())
 
     def _render(self):

@@ -68,7 +68,12 @@ def test_a_budget_cut_search_is_marked():
     for e in events:
         live.apply(e)
     assert live.budget_exhausted
-    assert "BUDGET EXHAUSTED" in render_text(live)
+    text = render_text(live)
+    assert "BUDGET EXHAUSTED" in text
+    # nothing is "live" once the search ended; what it left unexpanded says "open"
+    assert live.counts()["live"] == 0
+    left = sum(n.status == "open" for n in live.nodes.values())
+    assert left and f"left open {left}" in text and "◌" in text
 
 
 def test_the_view_prints_the_final_tree_whole_when_closed():
