@@ -150,7 +150,7 @@ def seed_list(seeds) -> str:
 
 def _nice_ticks(lo: float, hi: float, *, zero: bool = False) -> list[float]:
     """Plain tick values for a log (or symlog) axis over [lo, hi]: powers of ten, or
-    1, 2, 5 x 10^k, or finer steps (the first giving four ticks), then evenly spaced round numbers, when that leaves fewer than three
+    1, 2, 5 x 10^k, or finer steps (the first giving three ticks), then evenly spaced round numbers, when that leaves fewer than three
     ticks; 0 first when ``zero``."""
     import math
 
@@ -161,7 +161,7 @@ def _nice_ticks(lo: float, hi: float, *, zero: bool = False) -> list[float]:
                         for k in range(math.floor(math.log10(lo)) - 1,
                                        math.ceil(math.log10(hi)) + 2)
                         for m in mantissas if lo <= m * 10.0 ** k <= hi})
-        if len(ticks) >= 4:
+        if len(ticks) >= 3:
             break
     if len(ticks) < 3:                  # less than a decade: evenly spaced round numbers
         from matplotlib.ticker import MaxNLocator
@@ -246,8 +246,11 @@ def figures(rows: list[dict[str, Any]]):
                             fmt="none", ecolor=color, elinewidth=1.0, capsize=3, alpha=0.7)
                 if not many:
                     for x, y, r in zip(xs, ys, pts):
+                        # Above the point near the floor, below it elsewhere; one row per
+                        # strategy so points at one spot keep their labels apart.
+                        dy = 4 + 8 * i if y < 0.15 else -10 - 8 * i
                         ax.annotate(f"b={r['budget']:,}" if r["budget"] else "b=∞", (x, y),
-                                    textcoords="offset points", xytext=(5, -10 - 3 * (i % 3)),
+                                    textcoords="offset points", xytext=(5, dy),
                                     fontsize=6.5, color=color)
             _set_x_axis(ax, every_x, allow_zero=(xkey == "verifier_calls_per_problem"))
             ax.set_xlabel(xlabel)

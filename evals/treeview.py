@@ -228,7 +228,8 @@ def draw_tree(record: dict[str, Any], out: str | Path, *, title: str | None = No
         cax = fig.add_axes((1 - 0.7 / width, ax.get_position().y0, 0.12 / width,
                             ax.get_position().height))
         fig.colorbar(scatter, cax=cax, label="verifier score")
-    handles = [Line2D([], [], marker="o", ls="", color="#bbbbbb", mec="black", label="live"),
+    handles = [Line2D([], [], marker="o", ls="", color="#bbbbbb", mec="black",
+                      label="open / expanded"),
                Line2D([], [], marker="s", ls="", color="#bbbbbb", mec="black",
                       label="finished"),
                Line2D([], [], marker="X", ls="", color="#bbbbbb", mec="black", label="pruned"),
