@@ -167,13 +167,18 @@ def _progress_display(quiet: bool):
         return None, lambda: None
     from rich.console import Console
 
+    from ttc.types import EventKind
+
     console = Console(stderr=True)
     status = console.status("searching…")
     status.start()
 
     def on_event(event) -> None:
+        if event.kind is not EventKind.STEP:   # tree events are for --watch
+            return
         best = f" · best {event.best_score:.3f}" if event.best_score is not None else ""
-        status.update(f"step {event.step} · {event.live} live{best} {event.note}")
+        used = f" · {event.generated_tokens:,} tokens" if event.generated_tokens else ""
+        status.update(f"step {event.step} · {event.live} live{best}{used} {event.note}")
 
     return on_event, status.stop
 
