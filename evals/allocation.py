@@ -75,8 +75,7 @@ def _merge(problem: Problem, parts: list[Result], strategy: str) -> Result:
     return Result(problem_id=problem.id, strategy=strategy,
                   answer=chosen.answer if chosen else None,
                   trajectory=chosen.steps if chosen else (), candidates=cands,
-                  ledger=ledger.snapshot(), budget_exhausted=ledger.budget_exhausted,
-                  info={"samples": len(cands)})
+                  ledger=ledger.snapshot(), info={"samples": len(cands)})
 
 
 def _best_of_n(problem: Problem, n: int, *, generator: Generator, verifier: Verifier,

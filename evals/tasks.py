@@ -17,7 +17,7 @@ from __future__ import annotations
 import random
 
 from ttc.types import Problem
-from ttc.verifiers.programmatic import apply_op, reachable, task_meta
+from ttc.verifiers.programmatic import apply_op, moves, reachable, task_meta
 
 
 # -- simulated ------------------------------------------------------------------------------
@@ -60,22 +60,11 @@ def countdown_problem(seed: int, *, n_numbers: int = 4, max_number: int = 25,
 def _countdown_solution(numbers: tuple[int, ...], target: int) -> list[str] | None:
     if target in numbers:
         return []
-    n = len(numbers)
-    for i in range(n):
-        for j in range(n):
-            if i == j:
-                continue
-            a, b = numbers[i], numbers[j]
-            rest = [numbers[k] for k in range(n) if k not in (i, j)]
-            for op in "+-*/":
-                v = apply_op(a, op, b)
-                if v.denominator != 1 or v <= 0:
-                    continue
-                new = tuple(sorted(rest + [int(v)]))
-                if reachable(new, target):
-                    tail = _countdown_solution(new, target)
-                    if tail is not None:
-                        return [f"{a} {op} {b} = {int(v)}"] + tail
+    for a, op, b, value, after in moves(numbers):
+        if reachable(after, target):
+            tail = _countdown_solution(after, target)
+            if tail is not None:
+                return [f"{a} {op} {b} = {value}"] + tail
     return None
 
 

@@ -102,7 +102,7 @@ class AStarDecoding(SearchStrategy):
             scorable = [c for c in flat if c.text.strip()]
             ctx.score(scorable)
             for child in flat:
-                if not child.text.strip() or child.extra.get("cut_by_budget"):
+                if not child.text.strip() or child.cut_by_budget:
                     ctx.release([child])
                     continue
                 f = priority(child.extra.get("step_scores", []))

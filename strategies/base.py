@@ -186,7 +186,7 @@ class SearchContext:
                 whole, fallback_last_number=(cont.finish is FinishReason.EOS
                                              and self.generation.last_number_answer))
         elif cont.finish is FinishReason.BUDGET:
-            child.extra["cut_by_budget"] = True
+            child.cut_by_budget = True
         self.emit_tree(EventKind.NODE_ADDED, child)
         return child
 
@@ -316,7 +316,7 @@ class SearchStrategy:
         try:
             self.search(ctx)
         except BudgetExhausted:
-            ledger.budget_exhausted = True
+            pass                    # the ledger that raised it has marked itself exhausted
         finally:
             ledger.record_kv_bytes(ctx.generator.kv_bytes())
             ctx.release_all()
@@ -334,8 +334,7 @@ class SearchStrategy:
             trajectory=chosen.steps if chosen else (),
             candidates=tuple(ctx.candidates),
             tree=ctx.tree.to_json() if self.config.keep_tree else None,
-            ledger=ledger.snapshot(), budget_exhausted=ledger.budget_exhausted,
-            info=ctx.info)
+            ledger=ledger.snapshot(), info=ctx.info)
 
     def search(self, ctx: SearchContext) -> None:
         raise NotImplementedError

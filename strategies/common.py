@@ -93,7 +93,7 @@ def best_score(nodes: Sequence[Node]) -> float | None:
 
 def mark_step_done(ctx: SearchContext, children: Sequence[Node]) -> None:
     """Record a search step (expand + score) that fitted in the budget: no child was cut."""
-    if not any(c.extra.get("cut_by_budget") for c in children):
+    if not any(c.cut_by_budget for c in children):
         ctx.info["steps_completed"] = ctx.info.get("steps_completed", 0) + 1
 
 
@@ -103,10 +103,8 @@ def stop_if_cut(ctx: SearchContext, children: Sequence[Node]) -> None:
     A cut call leaves a few tokens of allowance that lockstep decoding cannot share out
     (fewer than one per branch), so continuing would only issue empty expansions.
     """
-    if any(c.extra.get("cut_by_budget") for c in children):
-        ctx.ledger.budget_exhausted = True
-        raise BudgetExhausted("generated-token", ctx.ledger.budget.max_generated_tokens or 0,
-                              ctx.ledger.generated_tokens)
+    if any(c.cut_by_budget for c in children):
+        raise ctx.ledger.exhausted("generated-token")
 
 
 @contextmanager

@@ -62,7 +62,7 @@ class FirstFinish(SearchStrategy):
                 ctx.emit(step=step, live=len(live), note=f"{len(finished)} finished")
                 if finished:
                     first = min(finished, key=lambda f: length[f.id])
-                    cut = any(c.extra.get("cut_by_budget") for c in children)
+                    cut = any(c.cut_by_budget for c in children)
                     if cut or all(length[first.id] <= length[s.id] for s in live):
                         ctx.info["first_finish_tokens"] = length[first.id]
                         ctx.offer(first)

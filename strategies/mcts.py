@@ -170,7 +170,7 @@ class MCTS(SearchStrategy):
                 flat = [c for cs in kids for c in cs]
                 ctx.score([c for c in flat if c.text.strip()])
                 for leaf, cs in zip(leaves, kids):
-                    live = [c for c in cs if c.text.strip() and not c.extra.get("cut_by_budget")]
+                    live = [c for c in cs if c.text.strip() and not c.cut_by_budget]
                     ctx.release([c for c in cs if c not in live])
                     if live:
                         priors = priors_from_logprobs(
@@ -254,7 +254,7 @@ class MCTS(SearchStrategy):
             r.extra["rollout"] = True
         ctx.score([r for r in rollouts if r.text.strip()])
         for (path, child), r in zip(todo, rollouts):
-            if r.score is not None and not r.extra.get("cut_by_budget"):
+            if r.score is not None and not r.cut_by_budget:
                 path[-1].extra["rollout_value"] = r.score
                 if r.id not in offered:
                     offered.add(r.id)

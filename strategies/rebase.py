@@ -98,7 +98,7 @@ class RewardBalancedSearch(SearchStrategy):
                     remaining -= 1
                     ctx.offer(node, score=ctx.value(node, cfg.aggregation))
                     ctx.release([node], prune=False)
-                elif node.extra.get("cut_by_budget") or (node.parent is not None
+                elif node.cut_by_budget or (node.parent is not None
                                                         and not node.text.strip()):
                     ctx.release([node])
                 else:

@@ -8,7 +8,7 @@ candidates by :func:`ttc.answers.answer_key`; ties go to the class seen first.
     majority             the most frequent answer class
     weighted_majority    the class with the largest sum of scores (weight = score,
                          or exp(score / T) with a temperature)
-    best_score           the single candidate with the highest score
+    best (top_candidate) the single candidate with the highest score
 Must NOT know: where candidates or scores came from.
 """
 
@@ -83,7 +83,7 @@ def weighted_majority(candidates: Sequence[Candidate], *,
     return _winner(candidates, vote_totals(candidates, weighted=True, temperature=temperature))
 
 
-def best_score(candidates: Sequence[Candidate]) -> Candidate | None:
+def top_candidate(candidates: Sequence[Candidate]) -> Candidate | None:
     scored = [c for c in candidates if c.answer is not None] or list(candidates)
     if not scored:
         return None
@@ -96,4 +96,4 @@ def select(candidates: Sequence[Candidate], rule: Selection | str) -> Candidate 
         return majority(candidates)
     if rule is Selection.WEIGHTED:
         return weighted_majority(candidates)
-    return best_score(candidates)
+    return top_candidate(candidates)

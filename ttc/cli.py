@@ -84,9 +84,6 @@ def _flag_overrides(*, strategy: str | None, backend: str | None, verifier: str 
     if verifier:
         out.append(f"verifier={verifier}")
     if budget is not None:
-        if budget <= 0:
-            raise UsageError(f"--budget must be a positive number of generated tokens; "
-                             f"got {budget}.")
         out.append(f"budget.max_generated_tokens={budget}")
     if model:
         out.append(f"backend.model={model}")

@@ -47,10 +47,19 @@ class BudgetExhausted(Exception):
         self.spent = spent
 
 
-class Budget(Frozen):
-    """Hard limits for one problem, in any combination; ``None`` means unlimited."""
+DEFAULT_GENERATED_TOKENS = 4096
 
-    max_generated_tokens: PositiveInt | None = None
+
+class Budget(Frozen):
+    """Hard limits for one problem, in any combination; ``None`` means unlimited.
+
+    The one place budgets are validated (every limit positive) and the one default:
+    ``Budget()`` allows :data:`DEFAULT_GENERATED_TOKENS` generated tokens, as
+    ``ttc/conf/budget/default.yaml`` and ``Pipeline(budget=None)`` do;
+    :data:`UNLIMITED` sets no limit (a bare :class:`ComputeLedger` only counts).
+    """
+
+    max_generated_tokens: PositiveInt | None = DEFAULT_GENERATED_TOKENS
     max_verifier_calls: PositiveInt | None = None
     max_wall_seconds: PositiveFloat | None = None
 
@@ -60,11 +69,15 @@ class Budget(Frozen):
                 and self.max_wall_seconds is None)
 
 
+UNLIMITED = Budget(max_generated_tokens=None)
+
+
 class ComputeLedger:
-    """Mutable counters for one problem (or, after :meth:`merge`, for many)."""
+    """Mutable counters for one problem (or, after :meth:`merge`, for many); with no
+    ``budget`` they only count (:data:`UNLIMITED`)."""
 
     def __init__(self, budget: Budget | None = None, *, clock=time.perf_counter) -> None:
-        self.budget = budget or Budget()
+        self.budget = UNLIMITED if budget is None else budget
         self._clock = clock
         self._start = clock()
         self.prefill_tokens = 0
@@ -80,7 +93,9 @@ class ComputeLedger:
         self.problems = 1
 
     # -- charging (called only by ttc.metered) ---------------------------------------
-    def charge_generation(self, usage: GenerationUsage) -> None:
+    def charge_generation(self, usage: GenerationUsage, *, cut: bool = False) -> None:
+        """Charge one expand call; ``cut``: the engine cut a branch at the call's token cap
+        (``FinishReason.BUDGET``), so the generated-token budget is exhausted."""
         self.prefill_tokens += usage.prefill_tokens
         self.cached_tokens += usage.cached_tokens
         self.generated_tokens += usage.generated_tokens
@@ -92,6 +107,8 @@ class ComputeLedger:
         if limit is not None and self.generated_tokens > limit:
             raise RuntimeError(f"engine overspent the generated-token cap: "
                                f"{self.generated_tokens} > {limit}")
+        if cut:
+            self.budget_exhausted = True
 
     def charge_prefill(self, tokens: int) -> None:
         """Tokens an engine ran outside an expand call (e.g. to embed an uncomputed
@@ -123,9 +140,7 @@ class ComputeLedger:
         self.check_wall()
         remaining = self.remaining_generated_tokens()
         if remaining is not None and remaining <= 0:
-            self.budget_exhausted = True
-            raise BudgetExhausted("generated-token", self.budget.max_generated_tokens,
-                                  self.generated_tokens)
+            raise self.exhausted("generated-token")
         return remaining
 
     def check_verification(self, calls: int) -> None:
@@ -133,15 +148,26 @@ class ComputeLedger:
         self.check_wall()
         remaining = self.remaining_verifier_calls()
         if remaining is not None and calls > remaining:
-            self.budget_exhausted = True
-            raise BudgetExhausted("verifier-call", self.budget.max_verifier_calls,
-                                  self.verifier_calls)
+            raise self.exhausted("verifier-call")
 
     def check_wall(self) -> None:
         limit = self.budget.max_wall_seconds
         if limit is not None and self.elapsed() >= limit:
-            self.budget_exhausted = True
-            raise BudgetExhausted("wall-time", limit, round(self.elapsed(), 3))
+            raise self.exhausted("wall-time")
+
+    def exhausted(self, what: str) -> BudgetExhausted:
+        """Mark the budget exhausted and return the exception to raise: ``what`` is
+        "generated-token", "verifier-call" or "wall-time" (its limit and spend are read
+        here, once)."""
+        spent_and_limit = {
+            "generated-token": (self.generated_tokens, self.budget.max_generated_tokens),
+            "verifier-call": (self.verifier_calls, self.budget.max_verifier_calls),
+            "wall-time": (round(self.elapsed(), 3), self.budget.max_wall_seconds)}
+        if what not in spent_and_limit:
+            raise ValueError(f"unknown budget {what!r}; allowed: {', '.join(spent_and_limit)}.")
+        spent, limit = spent_and_limit[what]
+        self.budget_exhausted = True
+        return BudgetExhausted(what, limit if limit is not None else 0, spent)
 
     # -- timing ------------------------------------------------------------------------
     @contextmanager
@@ -202,4 +228,5 @@ class ComputeLedger:
 
 
 LedgerLike = ComputeLedger | LedgerSnapshot
-__all__ = ["Budget", "BudgetExhausted", "ComputeLedger", "LedgerLike", "PHASES"]
+__all__ = ["Budget", "BudgetExhausted", "ComputeLedger", "DEFAULT_GENERATED_TOKENS",
+           "LedgerLike", "PHASES", "UNLIMITED"]

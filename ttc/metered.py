@@ -38,9 +38,8 @@ class MeteredGenerator:
         token_limit = self.ledger.check_generation()   # raises BudgetExhausted at 0
         with self.ledger.phase("generate"):
             out = self.inner.expand(list(requests), token_limit=token_limit)
-        self.ledger.charge_generation(out.usage)
-        if any(c.finish is FinishReason.BUDGET for cs in out.continuations for c in cs):
-            self.ledger.budget_exhausted = True
+        self.ledger.charge_generation(out.usage, cut=any(
+            c.finish is FinishReason.BUDGET for cs in out.continuations for c in cs))
         return out
 
     def pin(self, handles: Sequence[Handle], *, value: float | None = None) -> None:

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from ttc.config import GenerationConfig, RunConfig
 from ttc.ledger import Budget, ComputeLedger
 from ttc.protocols import ProgressCallback
-from ttc.registry import BACKENDS, STRATEGIES, VERIFIERS, ConfigError
+from ttc.registry import BACKENDS, STRATEGIES, VERIFIERS, ConfigError, format_validation_error
 from ttc.types import Problem, Result
 
 
@@ -31,12 +31,11 @@ def _as_budget(budget: Budget | int | dict | None) -> Budget:
     if isinstance(budget, bool) or not isinstance(budget, int | dict):
         raise ConfigError(f"budget must be a Budget, a dict or a positive token count; "
                           f"got {budget!r}.")
-    if isinstance(budget, int):
-        if budget <= 0:
-            raise ConfigError(f"budget must be a positive number of generated tokens; "
-                              f"got {budget!r}.")
-        return Budget(max_generated_tokens=budget)
-    return Budget.model_validate(budget)
+    data = {"max_generated_tokens": budget} if isinstance(budget, int) else budget
+    try:
+        return Budget.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error("budget", err)) from err
 
 
 class Pipeline:

@@ -28,7 +28,9 @@ Generator (implemented in ``ttc.engine``: native, hf, simulated, vllm, http)
 Optional engine abilities, checked with ``isinstance``: :class:`SupportsEmbeddings`
 (ETS), :class:`SupportsProbe` (a throw-away continuation of a handle plus suffix tokens
 on shared KV, and truncation), :class:`SupportsExtend` (hidden states of new tokens
-after a handle: incremental PRM scoring on the policy's engine).
+after a handle: incremental PRM scoring on the policy's engine), :class:`HostsCausalLM`
+(a transformers model and tokenizer lent to a verifier). Verifiers ask an engine for
+these abilities only through these protocols.
 
 Verifier (implemented in ``ttc.verifiers``)
 -------------------------------------------
@@ -49,7 +51,7 @@ Must NOT know: concrete engines, verifiers, strategies, Hydra.
 
 from __future__ import annotations
 
-from typing import Callable, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 from ttc.types import (
     ExpandOutput,
@@ -104,6 +106,18 @@ class SupportsExtend(Protocol):
                            ) -> tuple[list, list[Handle], int]: ...
 
     def logits(self, hidden): ...
+
+    tokenizer: Any
+
+
+@runtime_checkable
+class HostsCausalLM(Protocol):
+    """Optional: a generator running a transformers causal LM in this process that lends
+    it to a verifier (a judge then shares the weights instead of loading them again)."""
+
+    def causal_lm(self) -> tuple[Any, Any]:
+        """(the transformers model with its LM head, its tokenizer)"""
+        ...
 
 
 @runtime_checkable

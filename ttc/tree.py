@@ -48,6 +48,9 @@ class Node:
     children: list[int] = field(default_factory=list)
     handle: Hashable | None = None  # runtime only: the engine's name for this prefix
     extra: dict[str, Any] = field(default_factory=dict)
+    # The generated-token budget cut this step short (finish "budget") before it ended a
+    # solution: the step is incomplete, and the search has no allowance to go on.
+    cut_by_budget: bool = False
 
     @property
     def num_tokens(self) -> int:
@@ -60,6 +63,7 @@ class Node:
             "status": self.status.value, "answer": self.answer, "finish": self.finish,
             "logprob": self.logprob, "visits": self.visits, "value": self.value,
             "children": list(self.children), "extra": self.extra,
+            "cut_by_budget": self.cut_by_budget,
         }
 
     @classmethod
@@ -70,7 +74,8 @@ class Node:
             status=NodeStatus(data["status"]), answer=data["answer"],
             finish=data.get("finish"), logprob=data.get("logprob", 0.0),
             visits=data.get("visits", 0), value=data.get("value", 0.0),
-            children=list(data["children"]), extra=dict(data.get("extra", {})))
+            children=list(data["children"]), extra=dict(data.get("extra", {})),
+            cut_by_budget=bool(data.get("cut_by_budget", False)))
 
 
 class SearchTree:

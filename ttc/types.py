@@ -12,7 +12,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, computed_field, field_validator
 
 STEP_DELIMITER = "\n\n"
 
@@ -254,14 +254,13 @@ class Result(Frozen):
     candidates: tuple[Candidate, ...] = ()
     tree: dict[str, Any] | None = None   # SearchTree.to_json(), when kept
     ledger: LedgerSnapshot = Field(default_factory=LedgerSnapshot)
-    budget_exhausted: bool = False
     info: dict[str, Any] = Field(default_factory=dict)
 
-    @model_validator(mode="after")
-    def _mirror_budget_flag(self) -> "Result":
-        if self.ledger.budget_exhausted and not self.budget_exhausted:
-            object.__setattr__(self, "budget_exhausted", True)
-        return self
+    @computed_field
+    @property
+    def budget_exhausted(self) -> bool:
+        """A budget stopped the search (the ledger's flag: :meth:`ComputeLedger.exhausted`)."""
+        return self.ledger.budget_exhausted
 
     @property
     def text(self) -> str:

@@ -28,24 +28,19 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
 
-from ttc.protocols import SupportsExtend
+from ttc.protocols import HostsCausalLM, SupportsExtend
 from ttc.registry import VERIFIERS
-from ttc.types import Frozen, Problem, ScoreOutput
+from ttc.types import Problem
+from ttc.verifiers.prm_core import ModelVerifier, ModelVerifierConfig
 
 QUESTION = "Is the last step correct? Answer Yes or No."
 _STEPS = "\x00STEPS\x00"
 
 
-class JudgeConfig(Frozen):
+class JudgeConfig(ModelVerifierConfig):
     name: Literal["judge"] = "judge"
-    model: str | None = None
     share_policy: bool = True
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    device: str = "cpu"
-    incremental: bool = True
-    max_cache_tokens: int = Field(default=65536, gt=0)
 
 
 class JudgeFormat:
@@ -86,7 +81,7 @@ class _NativeLogitPair:
         return self.engine.logits(hidden)[:, self.ids].float().softmax(-1)[:, 0]
 
 
-class Judge:
+class Judge(ModelVerifier):
     """The judge verifier (see the module docstring)."""
 
     def __init__(self, *, tokenizer: Any, model: Any = None, engine: Any = None,
@@ -109,19 +104,15 @@ class Judge:
         self.scorer = StepScorer(self.format, host, readout, incremental=incremental,
                                  max_cache_tokens=max_cache_tokens)
 
-    def score(self, problem: Problem, trajectories) -> ScoreOutput:
-        return self.scorer.score(problem, trajectories)
-
 
 @VERIFIERS.register(JudgeConfig)
 def build_judge(config: JudgeConfig, *, generator: Any = None, **_: object) -> Judge:
-    kw = dict(incremental=config.incremental, max_cache_tokens=config.max_cache_tokens)
+    kw = config.scorer_options()
     if config.share_policy and config.model is None and generator is not None:
-        tok = getattr(generator, "tokenizer", None)
-        if tok is not None and isinstance(generator, SupportsExtend):
-            return Judge(tokenizer=tok, engine=generator, **kw)
-        model = getattr(generator, "model", None)
-        if tok is not None and hasattr(model, "get_output_embeddings"):
+        if isinstance(generator, SupportsExtend):
+            return Judge(tokenizer=generator.tokenizer, engine=generator, **kw)
+        if isinstance(generator, HostsCausalLM):
+            model, tok = generator.causal_lm()
             return Judge(tokenizer=tok, model=model, **kw)
     from ttc.verifiers.hf_models import load_causal_lm
 

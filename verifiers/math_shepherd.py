@@ -14,21 +14,17 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
 
 from ttc.registry import VERIFIERS
-from ttc.types import Frozen, Problem, ScoreOutput
+from ttc.types import Problem
+from ttc.verifiers.prm_core import LogitPairPRM, ModelVerifierConfig, build_causal_lm_prm
 
 STEP_TAG = "ки"
 
 
-class MathShepherdConfig(Frozen):
+class MathShepherdConfig(ModelVerifierConfig):
     name: Literal["math_shepherd"] = "math_shepherd"
     model: str = "peiyi9979/math-shepherd-mistral-7b-prm"
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    device: str = "cpu"
-    incremental: bool = True
-    max_cache_tokens: int = Field(default=65536, gt=0)
 
 
 def plus_minus_ids(tokenizer: Any, good: str = "+", bad: str = "-") -> tuple[int, int]:
@@ -67,26 +63,13 @@ class MathShepherdFormat:
         return ids
 
 
-class MathShepherdPRM:
-    def __init__(self, model: Any, tokenizer: Any, *, incremental: bool = True,
-                 max_cache_tokens: int = 65536) -> None:
-        from ttc.verifiers.prm_core import logit_pair_scorer
-
-        self.format = MathShepherdFormat(tokenizer)
-        self.incremental = incremental
+class MathShepherdPRM(LogitPairPRM):
+    def __init__(self, model: Any, tokenizer: Any, **options: Any) -> None:
         plus, minus = plus_minus_ids(tokenizer)
-        self.scorer = logit_pair_scorer(model, tokenizer, self.format, plus_id=plus,
-                                        minus_id=minus, incremental=incremental,
-                                        max_cache_tokens=max_cache_tokens)
-
-    def score(self, problem: Problem, trajectories) -> ScoreOutput:
-        return self.scorer.score(problem, trajectories)
+        super().__init__(MathShepherdFormat(tokenizer), model, tokenizer, plus_id=plus,
+                         minus_id=minus, **options)
 
 
 @VERIFIERS.register(MathShepherdConfig)
 def build_math_shepherd(config: MathShepherdConfig, **_: object) -> MathShepherdPRM:
-    from ttc.verifiers.hf_models import load_causal_lm
-
-    model, tok = load_causal_lm(config.model, dtype=config.dtype, device=config.device)
-    return MathShepherdPRM(model, tok, incremental=config.incremental,
-                           max_cache_tokens=config.max_cache_tokens)
+    return build_causal_lm_prm(config, MathShepherdPRM)

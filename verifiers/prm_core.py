@@ -36,12 +36,15 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Literal, Protocol, Sequence
 
-from ttc.types import Problem, ScoreOutput, VerifierUsage
+from pydantic import Field
+
+from ttc.types import Frozen, Problem, ScoreOutput, VerifierUsage
 
 __all__ = ["StepFormat", "Readout", "SegmentTrie", "StepScorer", "TorchHost", "NativeHost",
-           "LogitPairReadout", "check_steps", "single_token_id"]
+           "LogitPairReadout", "check_steps", "single_token_id", "ModelVerifierConfig",
+           "ModelVerifier", "LogitPairPRM", "build_causal_lm_prm"]
 
 
 def check_steps(trajectories: Sequence[Sequence[str]]) -> None:
@@ -99,18 +102,18 @@ class LogitPairReadout:
 
 
 @dataclass(eq=False)
-class _Node:
+class _TrieNode:
     segment: tuple[int, ...]
-    parent: "_Node | None"
+    parent: "_TrieNode | None"
     depth_tokens: int                       # tokens from the root through this segment
-    children: dict[tuple[int, ...], "_Node"] = field(default_factory=dict)
+    children: dict[tuple[int, ...], "_TrieNode"] = field(default_factory=dict)
     payload: Any = None                     # TorchHost: per-layer (k, v); NativeHost: handle
     computed: bool = False
     score: float | None = None              # read at the segment end (empty probe)
     probe_score: float | None = None        # read after the probe
     tick: int = 0
 
-    def path(self) -> list["_Node"]:
+    def path(self) -> list["_TrieNode"]:
         out, n = [], self
         while n is not None and n.parent is not None:
             out.append(n)
@@ -124,32 +127,32 @@ class SegmentTrie:
     def __init__(self, *, max_tokens: int, on_evict: Callable[[Any], None] | None = None) -> None:
         if max_tokens < 1:
             raise ValueError(f"max_cache_tokens must be a positive integer; got {max_tokens!r}.")
-        self.root = _Node(segment=(), parent=None, depth_tokens=0, computed=True)
+        self.root = _TrieNode(segment=(), parent=None, depth_tokens=0, computed=True)
         self.max_tokens = max_tokens
         self.on_evict = on_evict
         self.cached_tokens = 0
         self._clock = itertools.count(1)
 
-    def child(self, parent: _Node, segment: tuple[int, ...]) -> tuple[_Node, bool]:
+    def child(self, parent: _TrieNode, segment: tuple[int, ...]) -> tuple[_TrieNode, bool]:
         node = parent.children.get(segment)
         if node is not None:
             return node, False
-        node = _Node(segment=segment, parent=parent,
+        node = _TrieNode(segment=segment, parent=parent,
                      depth_tokens=parent.depth_tokens + len(segment))
         parent.children[segment] = node
         return node, True
 
-    def touch(self, node: _Node) -> None:
+    def touch(self, node: _TrieNode) -> None:
         t = next(self._clock)
         while node is not None and node.parent is not None:
             node.tick = t
             node = node.parent
 
-    def mark_computed(self, node: _Node, payload: Any) -> None:
+    def mark_computed(self, node: _TrieNode, payload: Any) -> None:
         node.payload, node.computed = payload, True
         self.cached_tokens += len(node.segment)
 
-    def remove(self, node: _Node) -> None:
+    def remove(self, node: _TrieNode) -> None:
         for c in list(node.children.values()):
             self.remove(c)
         if node.parent is not None:
@@ -201,7 +204,7 @@ class TorchHost:
     def release(self, payload: Any) -> None:
         pass
 
-    def run(self, jobs: Sequence[tuple[_Node | None, list[int]]], *, keep: bool
+    def run(self, jobs: Sequence[tuple[_TrieNode | None, list[int]]], *, keep: bool
             ) -> tuple[list[Any], list[Any]]:
         """For each (parent, new ids): hidden states ``[n, hidden]`` and (if keep) the new KV.
 
@@ -264,7 +267,7 @@ class TorchHost:
         return out
 
     @staticmethod
-    def _gather(parent: _Node | None) -> Any:
+    def _gather(parent: _TrieNode | None) -> Any:
         import torch
 
         if parent is None or parent.parent is None:
@@ -294,7 +297,7 @@ class NativeHost:
     def release(self, payload: Any) -> None:
         self.engine.release([payload])
 
-    def run(self, jobs: Sequence[tuple[_Node | None, list[int]]], *, keep: bool
+    def run(self, jobs: Sequence[tuple[_TrieNode | None, list[int]]], *, keep: bool
             ) -> tuple[list[Any], list[Any]]:
         items = []
         for parent, new in jobs:
@@ -400,10 +403,10 @@ class StepScorer:
 
         trie, probe = self.trie, list(self.fmt.probe_ids)
         tick = next(trie._clock)
-        paths: list[list[_Node]] = []
+        paths: list[list[_TrieNode]] = []
         cached = 0
-        pending: list[_Node] = []
-        pend: set[_Node] = set()
+        pending: list[_TrieNode] = []
+        pend: set[_TrieNode] = set()
         for s in segs:
             node, path = trie.root, []
             for seg in s:
@@ -470,12 +473,51 @@ class StepScorer:
         self.trie.clear()
 
 
-def logit_pair_scorer(model: Any, tokenizer: Any, fmt: StepFormat, *, plus_id: int,
-                      minus_id: int, incremental: bool, max_cache_tokens: int) -> StepScorer:
-    """A :class:`StepScorer` for a causal-LM PRM read as P(plus) against P(minus) from its
-    own LM head at each step's last token (Math-Shepherd, RLHFlow), hosted by torch."""
-    head = model.get_output_embeddings()
-    readout = LogitPairReadout(head.weight, plus_id, minus_id, getattr(head, "bias", None))
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    return StepScorer(fmt, TorchHost(model.base_model, pad_id=pad), readout,
-                      incremental=incremental, max_cache_tokens=max_cache_tokens)
+# -- the base of every model-based verifier --------------------------------------------------
+class ModelVerifierConfig(Frozen):
+    """The settings every model-based verifier shares; a subclass adds its ``name`` (and the
+    checkpoint it defaults to as ``model``)."""
+
+    model: str | None = None
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    device: str = "cpu"
+    incremental: bool = True
+    max_cache_tokens: int = Field(default=65536, gt=0)
+
+    def scorer_options(self) -> dict[str, Any]:
+        return {"incremental": self.incremental, "max_cache_tokens": self.max_cache_tokens}
+
+
+class ModelVerifier:
+    """A verifier that scores through a :class:`StepScorer` over its :class:`StepFormat`."""
+
+    format: StepFormat
+    scorer: StepScorer
+    incremental: bool
+
+    def score(self, problem: Problem, trajectories: Sequence[Sequence[str]]) -> ScoreOutput:
+        return self.scorer.score(problem, trajectories)
+
+
+class LogitPairPRM(ModelVerifier):
+    """A causal-LM PRM read as P(plus) against P(minus) from its own LM head at each step's
+    last token (Math-Shepherd, RLHFlow), hosted by torch."""
+
+    def __init__(self, fmt: StepFormat, model: Any, tokenizer: Any, *, plus_id: int,
+                 minus_id: int, incremental: bool = True, max_cache_tokens: int = 65536) -> None:
+        head = model.get_output_embeddings()
+        readout = LogitPairReadout(head.weight, plus_id, minus_id, getattr(head, "bias", None))
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.format, self.incremental = fmt, incremental
+        self.scorer = StepScorer(fmt, TorchHost(model.base_model, pad_id=pad), readout,
+                                 incremental=incremental, max_cache_tokens=max_cache_tokens)
+
+
+def build_causal_lm_prm(config: ModelVerifierConfig, cls: Callable[..., ModelVerifier]
+                        ) -> ModelVerifier:
+    """Load ``config.model`` as a transformers causal LM and build ``cls(model, tokenizer,
+    incremental=..., max_cache_tokens=...)`` on it."""
+    from ttc.verifiers.hf_models import load_causal_lm
+
+    model, tok = load_causal_lm(config.model, dtype=config.dtype, device=config.device)
+    return cls(model, tok, **config.scorer_options())

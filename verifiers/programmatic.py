@@ -49,14 +49,14 @@ from __future__ import annotations
 import re
 from fractions import Fraction
 from functools import lru_cache
-from typing import Any, Literal, Sequence
+from typing import Any, Iterator, Literal, Sequence
 
 from ttc.answers import answer_key, extract_answer
 from ttc.registry import VERIFIERS
 from ttc.types import STEP_DELIMITER, Frozen, Problem, ScoreOutput, VerifierUsage
 
 __all__ = ["check_steps_exact", "ProgrammaticVerifier", "ProgrammaticConfig", "parse_equation",
-           "reachable", "apply_op", "task_meta"]
+           "reachable", "moves", "apply_op", "task_meta"]
 
 _EQ = re.compile(r"(-?\d+)\s*([+\-*/×x÷])\s*(-?\d+)\s*=\s*(-?\d+)")
 _OPS = {"×": "*", "x": "*", "÷": "/"}
@@ -82,10 +82,9 @@ def apply_op(a: int, op: str, b: int) -> Fraction:
 
 
 # -- Countdown -----------------------------------------------------------------------------
-@lru_cache(maxsize=1 << 16)
-def reachable(numbers: tuple[int, ...], target: int) -> bool:
-    if target in numbers:
-        return True
+def moves(numbers: tuple[int, ...]) -> Iterator[tuple[int, str, int, int, tuple[int, ...]]]:
+    """Every legal move on ``numbers``: ``(a, op, b, result, numbers after)`` (``+`` and
+    ``*`` once per pair)."""
     n = len(numbers)
     for i in range(n):
         for j in range(n):
@@ -99,9 +98,13 @@ def reachable(numbers: tuple[int, ...], target: int) -> bool:
                 v = apply_op(a, op, b)
                 if v.denominator != 1 or v <= 0:
                     continue
-                if reachable(tuple(sorted(rest + [int(v)])), target):
-                    return True
-    return False
+                yield a, op, b, int(v), tuple(sorted(rest + [int(v)]))
+
+
+@lru_cache(maxsize=1 << 16)
+def reachable(numbers: tuple[int, ...], target: int) -> bool:
+    return target in numbers or any(reachable(after, target)
+                                    for *_, after in moves(numbers))
 
 
 # -- checking ------------------------------------------------------------------------------

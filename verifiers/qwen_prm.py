@@ -18,23 +18,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
 
 from ttc.registry import VERIFIERS, ConfigError
-from ttc.types import Frozen, Problem, ScoreOutput
+from ttc.types import Problem
+from ttc.verifiers.prm_core import ModelVerifier, ModelVerifierConfig
 
 SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
 STEP_TOKEN = "<extra_0>"
 ARCHITECTURES = ("Qwen2ForProcessRewardModel",)
 
 
-class QwenPRMConfig(Frozen):
+class QwenPRMConfig(ModelVerifierConfig):
     name: Literal["qwen_prm"] = "qwen_prm"
     model: str = "Qwen/Qwen2.5-Math-PRM-7B"
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    device: str = "cpu"
-    incremental: bool = True
-    max_cache_tokens: int = Field(default=65536, gt=0)
 
 
 class QwenPRMFormat:
@@ -74,7 +70,7 @@ class RewardHead:
         return (h @ self.w2.T + self.b2).softmax(-1)[:, 1]
 
 
-class QwenPRM:
+class QwenPRM(ModelVerifier):
     """The adapter: format + backbone + reward head, scored through a StepScorer."""
 
     def __init__(self, backbone: Any, head: RewardHead, tokenizer: Any, *,
@@ -104,10 +100,6 @@ class QwenPRM:
                               f"qwen2.")
         backbone, head = _load_weights(Path(folder), torch_dtype(dtype), device)
         return cls(backbone, head, tokenizer or load_tokenizer(Path(folder)), **kw)
-
-    def score(self, problem: Problem, trajectories) -> ScoreOutput:
-        return self.scorer.score(problem, trajectories)
-
 
 def _load_weights(folder: Path, dtype: Any, device: str) -> tuple[Any, RewardHead]:
     import torch
@@ -140,5 +132,4 @@ def _load_weights(folder: Path, dtype: Any, device: str) -> tuple[Any, RewardHea
 @VERIFIERS.register(QwenPRMConfig)
 def build_qwen_prm(config: QwenPRMConfig, **_: object) -> QwenPRM:
     return QwenPRM.from_pretrained(config.model, dtype=config.dtype, device=config.device,
-                                   incremental=config.incremental,
-                                   max_cache_tokens=config.max_cache_tokens)
+                                   **config.scorer_options())

@@ -16,22 +16,18 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
 
 from ttc.registry import VERIFIERS
-from ttc.types import Frozen, Problem, ScoreOutput
+from ttc.types import Problem
+from ttc.verifiers.prm_core import LogitPairPRM, ModelVerifierConfig, build_causal_lm_prm
 
 _Q, _S0, _S1 = "\x00Q\x00", "\x00S0\x00", "\x00S1\x00"
 _PLUS = "\x00PLUS\x00"
 
 
-class RLHFlowConfig(Frozen):
+class RLHFlowConfig(ModelVerifierConfig):
     name: Literal["rlhflow"] = "rlhflow"
     model: str = "RLHFlow/Llama3.1-8B-PRM-Deepseek-Data"
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    device: str = "cpu"
-    incremental: bool = True
-    max_cache_tokens: int = Field(default=65536, gt=0)
 
 
 class RLHFlowFormat:
@@ -68,26 +64,13 @@ class RLHFlowFormat:
         return body + enc(self.to_assistant)
 
 
-class RLHFlowPRM:
-    def __init__(self, model: Any, tokenizer: Any, *, incremental: bool = True,
-                 max_cache_tokens: int = 65536) -> None:
-        from ttc.verifiers.prm_core import logit_pair_scorer
-
-        self.format = RLHFlowFormat(tokenizer)
-        self.incremental = incremental
-        self.scorer = logit_pair_scorer(model, tokenizer, self.format,
-                                        plus_id=self.format.plus_id,
-                                        minus_id=self.format.minus_id, incremental=incremental,
-                                        max_cache_tokens=max_cache_tokens)
-
-    def score(self, problem: Problem, trajectories) -> ScoreOutput:
-        return self.scorer.score(problem, trajectories)
+class RLHFlowPRM(LogitPairPRM):
+    def __init__(self, model: Any, tokenizer: Any, **options: Any) -> None:
+        fmt = RLHFlowFormat(tokenizer)
+        super().__init__(fmt, model, tokenizer, plus_id=fmt.plus_id, minus_id=fmt.minus_id,
+                         **options)
 
 
 @VERIFIERS.register(RLHFlowConfig)
 def build_rlhflow(config: RLHFlowConfig, **_: object) -> RLHFlowPRM:
-    from ttc.verifiers.hf_models import load_causal_lm
-
-    model, tok = load_causal_lm(config.model, dtype=config.dtype, device=config.device)
-    return RLHFlowPRM(model, tok, incremental=config.incremental,
-                      max_cache_tokens=config.max_cache_tokens)
+    return build_causal_lm_prm(config, RLHFlowPRM)

@@ -67,7 +67,7 @@ class _Segment:
 
 
 @dataclass(eq=False)
-class _HandleState:
+class _HFHandle:
     tokens: tuple[int, ...]
     prompt_len: int
     kv: _Segment | None = None       # covers tokens[:kv.end]
@@ -98,7 +98,7 @@ class _Branch:
 class _Group:
     """The live branches of one request, decoding over one batched DynamicCache."""
 
-    state: _HandleState
+    state: _HFHandle
     prefix_kv: _Segment
     rows: list[_Branch]               # live rows, in cache-batch order
     cache: Any
@@ -120,9 +120,13 @@ class HFGenerator:
         self.max_position = int(getattr(model.config.get_text_config(), "max_position_embeddings",
                                         None) or 1 << 62)
         self._check_full_attention()
-        self._handles: HandleTable[_HandleState] = HandleTable()
+        self._handles: HandleTable[_HFHandle] = HandleTable()
         self._calls = 0
         self._peak = 0
+
+    def causal_lm(self) -> tuple[Any, Any]:
+        """The model and tokenizer, lent to a verifier (:class:`ttc.protocols.HostsCausalLM`)."""
+        return self.model, self.tokenizer
 
     def _check_full_attention(self) -> None:
         from transformers import DynamicCache  # noqa: PLC0415
@@ -148,10 +152,10 @@ class HFGenerator:
 
     # ------------------------------------------------------------------ handles
 
-    def _new_handle(self, state: _HandleState) -> int:
+    def _new_handle(self, state: _HFHandle) -> int:
         return self._handles.add(state)
 
-    def _state(self, handle: Handle) -> _HandleState:
+    def _state(self, handle: Handle) -> _HFHandle:
         return self._handles.get(handle)
 
     def root(self, problem: Problem) -> Handle:
@@ -163,7 +167,7 @@ class HFGenerator:
         tokens = tuple(int(t) for t in token_ids)
         if not tokens:
             raise ValueError("a handle needs at least one token; got an empty sequence.")
-        return self._new_handle(_HandleState(tokens=tokens, prompt_len=prompt_len or len(tokens)))
+        return self._new_handle(_HFHandle(tokens=tokens, prompt_len=prompt_len or len(tokens)))
 
     def pin(self, handles: Sequence[Handle], *, value: float | None = None) -> None:
         for h in handles:
@@ -253,7 +257,7 @@ class HFGenerator:
             out.append((k, v) if whole else (k.clone(), v.clone()))
         return tuple(out)
 
-    def _make_ready(self, st: _HandleState) -> int:
+    def _make_ready(self, st: _HFHandle) -> int:
         """Compute KV for all of ``st``'s tokens and its next-token logits; tokens run."""
         if st.logits is not None:
             return 0
@@ -295,7 +299,7 @@ class HFGenerator:
         for r, st, rows in zip(requests, states, branches):
             conts = []
             for b in rows:
-                child = _HandleState(tokens=st.tokens + tuple(b.tokens), prompt_len=st.prompt_len,
+                child = _HFHandle(tokens=st.tokens + tuple(b.tokens), prompt_len=st.prompt_len,
                                      kv=b.kv if b.tokens else st.kv,
                                      logits=b.logits if b.tokens else st.logits)
                 generated += len(b.tokens)
@@ -309,7 +313,7 @@ class HFGenerator:
                                                   generated_tokens=generated,
                                                   peak_kv_bytes=self._peak))
 
-    def _start(self, requests: Sequence[ExpandRequest], states: Sequence[_HandleState]
+    def _start(self, requests: Sequence[ExpandRequest], states: Sequence[_HFHandle]
                ) -> tuple[list[_Group], list[list[_Branch]]]:
         groups, branches = [], []
         for gi, (r, st) in enumerate(zip(requests, states)):
@@ -360,7 +364,7 @@ class HFGenerator:
             # NOTE: snapshots of finished rows are not counted until the call ends (small).
             self._peak = max(self._peak, resident + self._transient_bytes(groups))
 
-    def _check_finish(self, b: _Branch, st: _HandleState) -> bool:
+    def _check_finish(self, b: _Branch, st: _HFHandle) -> bool:
         """Set ``b.finish`` if its newest token ends it; return True when it does."""
         token = b.tokens[-1]
         if token in self.eos_ids:

@@ -94,7 +94,7 @@ class JobResult:
 
 
 @dataclass(slots=True)
-class _HandleState:
+class _TokenHandle:
     token_ids: tuple[int, ...]
     text: str                    # text of the tokens this handle added (prompt: whole prompt)
     parent: int | None
@@ -138,7 +138,7 @@ class TokenHandleGenerator:
     thread_safe = True        # many searches may call one instance at once (ttc.sharing)
 
     def __init__(self) -> None:
-        self._handles: HandleTable[_HandleState] = HandleTable()
+        self._handles: HandleTable[_TokenHandle] = HandleTable()
         # NOTE: held only around reads and writes of _handles and _peak, never across an
         # engine call (see "threads" in the module docstring).
         self._lock = threading.Lock()
@@ -172,7 +172,7 @@ class TokenHandleGenerator:
     def root(self, problem: Problem) -> Handle:
         ids, text = self.format_prompt(problem)
         with self._lock:
-            return self._new(_HandleState(token_ids=tuple(ids), text=text, parent=None,
+            return self._new(_TokenHandle(token_ids=tuple(ids), text=text, parent=None,
                                           own=len(ids), prompt_len=len(ids)))
 
     def expand(self, requests: Sequence[ExpandRequest], *,
@@ -321,7 +321,7 @@ class TokenHandleGenerator:
                                      f"returns.")
             for b, text in zip(branches, texts):
                 finish = b.finish or FinishReason.MAX_TOKENS
-                st = _HandleState(token_ids=b.origin.token_ids + tuple(b.tokens), text=text,
+                st = _TokenHandle(token_ids=b.origin.token_ids + tuple(b.tokens), text=text,
                                   parent=b.prefix, own=len(b.tokens),
                                   prompt_len=b.origin.prompt_len,
                                   ended=finish is FinishReason.EOS)
@@ -346,10 +346,10 @@ class TokenHandleGenerator:
         *_, (_, root) = self._handles.lineage(handle)
         return root.text + self._text_of(handle)
 
-    def _new(self, st: _HandleState) -> int:
+    def _new(self, st: _TokenHandle) -> int:
         return self._handles.add(st)
 
-    def _live(self, handle: Handle) -> _HandleState:
+    def _live(self, handle: Handle) -> _TokenHandle:
         return self._handles.get(handle)
 
 

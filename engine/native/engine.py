@@ -60,7 +60,7 @@ from torch import Tensor
 
 from ttc.engine.handles import HandleTable
 from ttc.engine.prompting import eos_ids
-from ttc.engine.native.kv_cache import KVCacheFull, Node, PagePool, RadixTree
+from ttc.engine.native.kv_cache import KVCacheFull, PagePool, RadixNode, RadixTree
 from ttc.engine.native.memory import check_pool_fits
 from ttc.engine.native.model import NativeModel, from_hf
 from ttc.engine.native.runner import ModelRunner
@@ -136,8 +136,8 @@ class TicketLock:
 
 
 @dataclass(eq=False)
-class _HandleState:
-    node: Node
+class _NativeHandle:
+    node: RadixNode
     tail: tuple[int, ...]          # tokens after node still to prefill
     pinned: bool                   # False: kept by ``unpin`` as evictable cache
     prompt_len: int                # tokens of the root prompt (text_of starts after it)
@@ -150,7 +150,7 @@ class Job:
     """One submitted ``expand`` (or ``probe``): wait with :meth:`result`, stop with :meth:`cancel`."""
 
     def __init__(self, engine: "NativeEngine", requests: Sequence[ExpandRequest],
-                 states: Sequence[_HandleState], token_limit: int | None, *,
+                 states: Sequence[_NativeHandle], token_limit: int | None, *,
                  ephemeral: bool) -> None:
         self.engine = engine
         self.requests = list(requests)
@@ -163,7 +163,7 @@ class Job:
         self.future.set_running_or_notify_cancel()
         self.waiting_on = 0
         self.decode: DecodeJob | None = None
-        self.pinned: list[Node] = []
+        self.pinned: list[RadixNode] = []
         self.prefill_tokens = 0
         self.cached_tokens = 0
         self.seeds: list[int | None] = []
@@ -224,7 +224,7 @@ class NativeEngine:
         self.seed = seed
         self.threads = threads
         self._calls = 0
-        self._handles: HandleTable[_HandleState] = HandleTable()
+        self._handles: HandleTable[_NativeHandle] = HandleTable()
         self._lock = TicketLock()
         self._wake = threading.Condition(threading.Lock())
         self._thread: threading.Thread | None = None
@@ -291,12 +291,12 @@ class NativeEngine:
             self._thread.join(timeout=timeout)
 
     # -- handles ----------------------------------------------------------------------
-    def _new_handle(self, node: Node, tail: Sequence[int], prompt_len: int) -> int:
+    def _new_handle(self, node: RadixNode, tail: Sequence[int], prompt_len: int) -> int:
         self.tree.pin(node)
-        return self._handles.add(_HandleState(node=node, tail=tuple(tail), pinned=True,
+        return self._handles.add(_NativeHandle(node=node, tail=tuple(tail), pinned=True,
                                               prompt_len=prompt_len))
 
-    def _state(self, handle: Handle) -> _HandleState:
+    def _state(self, handle: Handle) -> _NativeHandle:
         st = self._handles.find(handle)
         if st is None or not st.node.alive:
             raise ValueError(f"handle {handle!r} is not live (released, evicted or never issued).")
@@ -361,7 +361,7 @@ class NativeEngine:
                 if st is not None:
                     self._drop_state(st)
 
-    def _drop_state(self, st: _HandleState) -> None:
+    def _drop_state(self, st: _NativeHandle) -> None:
         st.released = True
         if not st.node.alive:
             return                           # evicted while kept as cache
@@ -413,7 +413,7 @@ class NativeEngine:
                 "running": len(self.scheduler.running_branches())}
 
     # -- prefill ----------------------------------------------------------------------
-    def _prefill(self, st: _HandleState, *, keep_hidden: bool = False,
+    def _prefill(self, st: _NativeHandle, *, keep_hidden: bool = False,
                  on_hidden: Any = None) -> PrefillTask:
         """Queue the prefill of ``st.tail``; when done, ``st`` moves to the new node."""
         parent = st.node

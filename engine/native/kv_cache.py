@@ -42,7 +42,7 @@ parent whose last child went becomes a leaf and joins the candidates. When nothi
 can be evicted, :class:`KVCacheFull` names the setting to raise.
 
 Lookup and eviction cost: a node's children are indexed by their first token
-(``Node.index``; siblings may share a first token, since spans are cut only at page
+(``RadixNode.index``; siblings may share a first token, since spans are cut only at page
 boundaries, so each key holds a short list), and the tree keeps the set of evictable
 leaves (alive, unlocked, childless) up to date as locks, children and nodes change, so
 neither a match nor an eviction walks the whole tree.
@@ -180,15 +180,15 @@ class PagePool:
 
 
 @dataclass(eq=False)
-class Node:
+class RadixNode:
     """A span of tokens ``[start, end)`` of a cached sequence and the pages holding it."""
 
-    parent: "Node | None"
+    parent: "RadixNode | None"
     tokens: tuple[int, ...]
     start: int
     pages: list[int]
-    children: list["Node"] = field(default_factory=list)
-    index: dict[int, list["Node"]] = field(default_factory=dict)   # first token -> children
+    children: list["RadixNode"] = field(default_factory=list)
+    index: dict[int, list["RadixNode"]] = field(default_factory=dict)   # first token -> children
     lock: int = 0              # pinned handles here or below
     pins: int = 0              # pinned handles at this node exactly
     retained: int = 0          # unpinned handles kept as cache here (evictable, not freed)
@@ -212,14 +212,14 @@ class RadixTree:
     def __init__(self, pool: PagePool) -> None:
         self.pool = pool
         self.page_size = pool.page_size
-        self.root = Node(parent=None, tokens=(), start=0, pages=[])
+        self.root = RadixNode(parent=None, tokens=(), start=0, pages=[])
         self.root.lock = 1 << 60      # NOTE: the root is never evicted
         self._clock = itertools.count(1)
-        self._evictable: set[Node] = set()      # alive, unlocked, childless, not the root
+        self._evictable: set[RadixNode] = set()      # alive, unlocked, childless, not the root
         pool.evictor = self.evict
 
     # -- structure helpers (every change of children or locks goes through these) -----
-    def _link(self, parent: Node, child: Node, *, at: int | None = None) -> None:
+    def _link(self, parent: RadixNode, child: RadixNode, *, at: int | None = None) -> None:
         if at is None:
             parent.children.append(child)
         else:
@@ -228,7 +228,7 @@ class RadixTree:
         self._evictable.discard(parent)
         self._update(child)
 
-    def _unlink(self, parent: Node, child: Node) -> int:
+    def _unlink(self, parent: RadixNode, child: RadixNode) -> int:
         at = parent.children.index(child)
         del parent.children[at]
         bucket = parent.index[child.tokens[0]]
@@ -238,7 +238,7 @@ class RadixTree:
         self._update(parent)
         return at
 
-    def _update(self, node: Node) -> None:
+    def _update(self, node: RadixNode) -> None:
         if node is self.root:
             return
         if node.alive and node.lock == 0 and not node.children:
@@ -247,13 +247,13 @@ class RadixTree:
             self._evictable.discard(node)
 
     # -- lookup and insertion ---------------------------------------------------------
-    def touch(self, node: Node) -> None:
+    def touch(self, node: RadixNode) -> None:
         t = next(self._clock)
         while node is not None:
             node.last_access = t
             node = node.parent
 
-    def match(self, tokens: Sequence[int], *, limit: int | None = None) -> Node:
+    def match(self, tokens: Sequence[int], *, limit: int | None = None) -> RadixNode:
         """The deepest node whose sequence is a prefix of ``tokens[:limit]``.
 
         A match that ends inside a node splits it at the last page boundary before the
@@ -280,14 +280,14 @@ class RadixTree:
         self.touch(node)
         return node
 
-    def split(self, node: Node, at: int) -> Node:
+    def split(self, node: RadixNode, at: int) -> RadixNode:
         """Cut ``node`` at sequence position ``at`` (a page boundary); return the upper part."""
         ps = self.page_size
         assert at % ps == 0 and node.start < at < node.end
         k = at // ps - node.start // ps                 # pages that go to the upper part
-        upper = Node(parent=node.parent, tokens=node.tokens[: at - node.start], start=node.start,
-                     pages=node.pages[:k], lock=node.lock,
-                     value=node.value, last_access=node.last_access)
+        upper = RadixNode(parent=node.parent, tokens=node.tokens[: at - node.start],
+                          start=node.start, pages=node.pages[:k], lock=node.lock,
+                          value=node.value, last_access=node.last_access)
         parent = node.parent
         pos = self._unlink(parent, node)
         node.tokens = node.tokens[at - node.start:]
@@ -298,8 +298,8 @@ class RadixTree:
         self._link(upper, node)
         return upper
 
-    def add_child(self, parent: Node, tokens: Sequence[int], pages: list[int], *,
-                  payload: object = None) -> Node:
+    def add_child(self, parent: RadixNode, tokens: Sequence[int], pages: list[int], *,
+                  payload: object = None) -> RadixNode:
         """Insert a computed span under ``parent``, taking over ``pages`` (rc 1 each).
 
         If an identical child exists, its pages are kept, ``pages`` are freed, and the
@@ -316,13 +316,13 @@ class RadixTree:
                     child.payload = payload
                 self.touch(child)
                 return child
-        node = Node(parent=parent, tokens=tokens, start=parent.end, pages=list(pages),
+        node = RadixNode(parent=parent, tokens=tokens, start=parent.end, pages=list(pages),
                     payload=payload)
         self._link(parent, node)
         self.touch(node)
         return node
 
-    def page_table(self, node: Node) -> list[int]:
+    def page_table(self, node: RadixNode) -> list[int]:
         """Pages of the whole sequence ending at ``node`` (see the module docstring)."""
         parts = []
         cur = node
@@ -333,7 +333,7 @@ class RadixTree:
             cur = cur.parent
         return [p for part in reversed(parts) for p in part]
 
-    def tokens_of(self, node: Node) -> list[int]:
+    def tokens_of(self, node: RadixNode) -> list[int]:
         parts = []
         while node is not None:
             parts.append(node.tokens)
@@ -341,7 +341,7 @@ class RadixTree:
         return [t for part in reversed(parts) for t in part]
 
     # -- pins -------------------------------------------------------------------------
-    def pin(self, node: Node, *, value: float | None = None) -> None:
+    def pin(self, node: RadixNode, *, value: float | None = None) -> None:
         node.pins += 1
         if value is not None:
             node.value = value
@@ -352,7 +352,7 @@ class RadixTree:
                 self._evictable.discard(cur)
             cur = cur.parent
 
-    def unpin(self, node: Node, *, value: float | None = None) -> None:
+    def unpin(self, node: RadixNode, *, value: float | None = None) -> None:
         """Drop one pin; the node stays cached (evictable once nothing below is pinned)."""
         assert node.pins > 0, "unpin without a pin"
         node.pins -= 1
@@ -365,15 +365,15 @@ class RadixTree:
                 self._update(cur)
             cur = cur.parent
 
-    def retain(self, node: Node) -> None:
+    def retain(self, node: RadixNode) -> None:
         """Mark an unpinned handle at ``node`` as kept: evictable, but not freed on release."""
         node.retained += 1
 
-    def unretain(self, node: Node) -> None:
+    def unretain(self, node: RadixNode) -> None:
         assert node.retained > 0, "unretain without retain"
         node.retained -= 1
 
-    def free_unlocked(self, node: Node) -> int:
+    def free_unlocked(self, node: RadixNode) -> int:
         """Free ``node`` and its ancestors while each is unlocked, unretained and childless.
 
         This is what ``release`` does: KV that no pinned (or kept) handle shares goes at
@@ -403,7 +403,7 @@ class RadixTree:
                 heapq.heappush(heap, (_value_key(parent), parent.last_access, id(parent), parent))
         return freed
 
-    def _drop(self, node: Node) -> int:
+    def _drop(self, node: RadixNode) -> int:
         """Remove one unlocked node (its children are removed by the caller first or after)."""
         assert node.lock == 0 and node is not self.root
         node.alive = False
@@ -417,7 +417,7 @@ class RadixTree:
         node.payload = None
         return n
 
-    def nodes(self) -> list[Node]:
+    def nodes(self) -> list[RadixNode]:
         out, stack = [], list(self.root.children)
         while stack:
             n = stack.pop()
@@ -456,7 +456,7 @@ class RadixTree:
         self.pool.check_invariants(expected_refs=refs)
 
 
-def _value_key(node: Node) -> float:
+def _value_key(node: RadixNode) -> float:
     return float("-inf") if node.value is None else node.value
 
 

@@ -49,7 +49,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor
 
-from ttc.engine.native.kv_cache import KVCacheFull, Node, PagePool, RadixTree
+from ttc.engine.native.kv_cache import KVCacheFull, PagePool, RadixNode, RadixTree
 from ttc.engine.native.runner import DecodeGroup, ExtendItem, ModelRunner
 from ttc.engine.native.sampling import RowParams, sample, seeded_generator
 from ttc.stopping import Force, Stop
@@ -110,7 +110,7 @@ class Branch:
     job: "DecodeJob"
     request: int                 # index of its request within the job
     index: int                   # index within its request (seeding, streams)
-    prefix: Node
+    prefix: RadixNode
     params: SamplingParams
     generator: torch.Generator | None
     tracker: StopTracker
@@ -148,7 +148,7 @@ class DecodeJob:
     when the job fails (its pages already freed).
     """
 
-    prefixes: Sequence[Node]
+    prefixes: Sequence[RadixNode]
     requests: Sequence[Any]               # ExpandRequest-like: n, params, on_token
     seeds: Sequence[int | None]           # per request, for params without a seed
     token_limit: int | None
@@ -156,7 +156,7 @@ class DecodeJob:
     on_error: Callable[[BaseException], None]
     seq: int = 0
     branches: list[Branch] = field(default_factory=list)
-    shared: Node | None = None   # deepest node every prefix of the job descends from
+    shared: RadixNode | None = None   # deepest node every prefix of the job descends from
     generated: int = 0
     recomputed: int = 0          # tokens run again after a preemption (charged as prefill)
     finished: bool = False
@@ -171,7 +171,7 @@ class PrefillTask:
     tree node); ``on_error(exc)`` runs if the task fails (its pages already freed).
     """
 
-    parent: Node
+    parent: RadixNode
     tokens: tuple[int, ...]
     keep_hidden: bool
     on_done: Callable[["PrefillTask", Tensor], None]
@@ -684,9 +684,9 @@ class Scheduler:
                 _call_safely(job.on_error, err)
 
 
-def _deepest_common(nodes: Sequence[Node]) -> Node:
+def _deepest_common(nodes: Sequence[RadixNode]) -> RadixNode:
     """The deepest tree node that every one of ``nodes`` is (or descends from)."""
-    def path(n: Node) -> list[Node]:
+    def path(n: RadixNode) -> list[RadixNode]:
         out = []
         while n is not None:
             out.append(n)

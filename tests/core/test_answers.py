@@ -1,6 +1,6 @@
 import pytest
 
-from ttc.aggregate import aggregate_steps, best_score, majority, weighted_majority
+from ttc.aggregate import aggregate_steps, top_candidate, majority, weighted_majority
 from ttc.answers import answer_key, extract_answer, last_boxed
 from ttc.types import Candidate
 
@@ -46,7 +46,7 @@ def test_votes():
     cands = [cand("1", 0.9), cand("2", 0.4), cand("2", 0.4), cand("0.5", 0.1), cand("1/2", 0.1)]
     assert answer_key(majority(cands).answer) == "2"       # 2 votes; "2" seen before "1/2"
     assert weighted_majority(cands).answer == "1"           # 0.9 > 0.8 > 0.2
-    assert best_score(cands).answer == "1"
+    assert top_candidate(cands).answer == "1"
     assert majority([]) is None
 
 

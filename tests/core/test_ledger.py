@@ -81,3 +81,44 @@ def test_wall_budget_and_phases_use_the_clock():
 def test_budget_rejects_non_positive_limits(field):
     with pytest.raises(ValueError):
         Budget(**{field: 0})
+
+
+def test_one_budget_signal_from_engine_cut_to_result():
+    """A call the engine cut at its token cap marks the ledger (the one place that sets the
+    flag); a node made from such a step carries the typed ``cut_by_budget`` (through JSON);
+    a Result reads the flag from its ledger; the exception names the limit the ledger has."""
+    from ttc.tree import Node
+    from ttc.types import Result
+
+    ledger = ComputeLedger(Budget(max_generated_tokens=10))
+    ledger.charge_generation(GenerationUsage(generated_tokens=6))
+    assert not ledger.budget_exhausted
+    ledger.charge_generation(GenerationUsage(generated_tokens=4), cut=True)
+    assert ledger.budget_exhausted
+    err = ComputeLedger(Budget(max_verifier_calls=3)).exhausted("verifier-call")
+    assert (err.what, err.limit, err.spent) == ("verifier-call", 3, 0)
+    with pytest.raises(ValueError, match="unknown budget 'tokens'"):
+        ledger.exhausted("tokens")
+    node = Node(id=1, parent=0, finish="budget", cut_by_budget=True)
+    assert Node.from_json(node.to_json()).cut_by_budget
+    assert not Node.from_json(Node(id=2, parent=0).to_json()).cut_by_budget
+    result = Result(problem_id="p", strategy="s", answer=None, ledger=ledger.snapshot())
+    assert result.budget_exhausted and result.model_dump()["budget_exhausted"]
+    assert not Result(problem_id="p", strategy="s", answer=None).budget_exhausted
+
+
+def test_one_default_budget():
+    """``Budget()``, the shipped YAML and ``Pipeline(budget=None)`` agree; a bare ledger
+    only counts."""
+    from pathlib import Path
+
+    import yaml
+
+    import ttc
+    from ttc.ledger import DEFAULT_GENERATED_TOKENS
+
+    shipped = yaml.safe_load((Path(ttc.__file__).parent / "conf/budget/default.yaml").read_text())
+    assert Budget.model_validate(shipped) == Budget()
+    assert Budget().max_generated_tokens == DEFAULT_GENERATED_TOKENS
+    assert ttc.Pipeline().budget == Budget()
+    assert ComputeLedger().budget.unlimited

@@ -8,16 +8,31 @@ README = (ROOT / "README.md").read_text()
 
 
 def _tree_paths() -> list[str]:
+    """Every file and folder the Layout block names: the names that start a line (``a.py,
+    b.py`` both count) and the ``*.py`` files its description mentions (beside a file, inside
+    a folder); a line that starts in the description column continues the line above."""
     block = README.split("## Layout", 1)[1].split("```", 2)[1]
     paths, stack = [], []
     for line in block.splitlines():
-        if not line.strip():
-            continue
         indent = len(line) - len(line.lstrip())
-        name = line.strip().split()[0]
-        depth = indent // 2
-        stack = stack[:depth] + [name.rstrip("/")]
-        paths.append("/".join(stack))
+        if not line.strip() or indent >= 20:
+            folder = "/".join(stack[:-1])
+            names = []
+        else:
+            words = line.split()
+            names = [words[0].rstrip(",")]
+            for word in words[1:]:
+                if not names[-1] or not words[words.index(word) - 1].endswith(","):
+                    break
+                names.append(word.rstrip(","))
+            depth = indent // 2
+            stack = stack[:depth] + [names[0].rstrip("/")]
+            folder = "/".join(stack[:-1])
+            paths.extend("/".join([folder, n.rstrip("/")]).lstrip("/") for n in names)
+            if names[0].endswith("/"):       # a folder's description names files inside it
+                folder = "/".join(stack)
+        for mention in re.findall(r"(?<![\w/.])(\w+\.py)\b", line[24:] if names else line):
+            paths.append("/".join([folder, mention]).lstrip("/"))
     return paths
 
 

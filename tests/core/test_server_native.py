@@ -5,7 +5,6 @@ cancelled."""
 
 from __future__ import annotations
 
-import sys
 import threading
 from concurrent.futures import Future
 from pathlib import Path
@@ -18,8 +17,7 @@ from ttc.service import Disconnected, ServerLimits, TTCService
 from ttc.config import load_run_config
 from ttc.types import ExpandOutput, GenerationUsage
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "engine"))
-from hf_helpers import save_tiny  # noqa: E402
+from fakes import save_tiny
 
 
 def native_config(model_dir: Path, *, kv_memory_gb: float = 0.0005,

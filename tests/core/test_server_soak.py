@@ -21,11 +21,9 @@ import json
 import os
 import random
 import socket
-import sys
 import threading
 import time
 from collections import Counter
-from pathlib import Path
 
 import httpx
 import pytest
@@ -33,8 +31,7 @@ from server_helpers import start, stop
 
 from ttc.server import ServerLimits
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "engine"))
-from hf_helpers import save_tiny  # noqa: E402
+from fakes import save_tiny
 
 pytestmark = pytest.mark.soak
 

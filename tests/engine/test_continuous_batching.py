@@ -13,7 +13,7 @@ import threading
 import time
 
 import pytest
-from native_helpers import EOS, tiny_engine, tiny_hf_model
+from fakes import EOS, tiny_engine, tiny_hf_model
 
 from ttc.engine.native.kv_cache import KVCacheFull
 from ttc.stopping import Force, ForceAfter, Stop, WindowConfidence
@@ -270,17 +270,20 @@ def test_preemption_under_pressure_recomputes_and_keeps_results(tiny):
     handles = [eng.handle_for_tokens(pr) for pr in PROMPTS]
     got: list = [None] * len(PROMPTS)
 
+    released = threading.Semaphore(0)
+
     def keep_and_release(i):
         def done(fut):
             conts = fut.result().continuations[0]
             got[i] = [c.token_ids for c in conts]
             eng.release([c.handle for c in conts])      # on the engine's thread: reentrant
+            released.release()
         return done
     jobs = submit_together(eng, [[ExpandRequest(prefix=h, n=2, params=p)] for h in handles])
     for i, j in enumerate(jobs):
         j.future.add_done_callback(keep_and_release(i))
-    for j in jobs:
-        j.result()
+    for _ in jobs:      # a callback runs after result() wakes its waiter: wait for them all
+        assert released.acquire(timeout=120)
     assert got == want
     assert eng.stats()["preemptions"] > 0
     eng.check_invariants()

@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from hf_helpers import save_tiny, tiny_llama, tiny_tokenizer
+from fakes import save_tiny, tiny_llama, tiny_tokenizer
 from ttc.engine.backends.hf import HFBackendConfig
 from ttc.engine.backends.hf_generator import HFGenerator
 from ttc.registry import BACKENDS

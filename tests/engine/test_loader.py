@@ -8,7 +8,7 @@ import os
 import pytest
 import torch
 
-from hf_helpers import save_tiny
+from fakes import save_tiny
 from ttc.engine import loader
 from ttc.engine.loader import ModelLoadError, load_hf_model, load_model
 

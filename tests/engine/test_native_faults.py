@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from native_helpers import ByteTokenizer, tiny_hf_model
+from fakes import ByteTokenizer, tiny_hf_model
 
 import ttc.engine.native.memory as memory
 from ttc.engine.native.engine import NativeEngine
@@ -63,7 +63,7 @@ def test_available_bytes_reads_meminfo_on_cpu():
 # -- through the CLI and ttc eval, on a tiny saved model ------------------------------------
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    from hf_helpers import save_tiny
+    from fakes import save_tiny
 
     folder = tmp_path_factory.mktemp("tiny") / "m"
     save_tiny(folder)                  # max_position_embeddings=256

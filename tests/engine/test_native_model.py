@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from native_helpers import ByteTokenizer, tiny_hf_model
+from fakes import ByteTokenizer, tiny_hf_model
 
 from ttc.engine.native.engine import NativeEngine
 from ttc.types import ExpandRequest, SamplingParams

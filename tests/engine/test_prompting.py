@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from hf_helpers import tiny_tokenizer
+from fakes import tiny_tokenizer
 from ttc.engine.prompting import (DEFAULT_SYSTEM_PROMPT, continuation_ids, format_prompt,
                                   prompt_text)
 from ttc.types import STEP_DELIMITER, Problem

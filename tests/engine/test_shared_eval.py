@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from hf_helpers import save_tiny
+from fakes import save_tiny
 
 from ttc.evals.cli import run_eval_command
 

@@ -24,8 +24,7 @@ import pytest
 pytestmark = pytest.mark.vllm
 vllm = pytest.importorskip("vllm")
 
-sys.path.insert(0, str(Path(__file__).parent))
-from tiny_models import save_tiny_llama  # noqa: E402
+from fakes import save_tiny_llama  # noqa: E402  (after the importorskip)
 
 from ttc.types import ExpandRequest, FinishReason, Problem, SamplingParams  # noqa: E402
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from sim_helpers_ii import problems, world
+from fakes import problems, world
+from ttc.evals.allocation import (allocate_samples, solve_allocated, solve_uniform,
+                                  success_estimate)
 from ttc.ledger import Budget
 from ttc.strategies.adaptive import (Adaptive, AdaptiveConfig, BudgetScheduler,
                                      prm_confident, vote_confidence)
-from ttc.evals.allocation import (allocate_samples, solve_allocated, solve_uniform,
-                                       success_estimate)
 from ttc.types import Candidate
 
 

@@ -1,4 +1,4 @@
-"""Helpers for strategy tests: a simulated engine, a simulated PRM, problems, runs."""
+"""Strategy runs on the simulated engine and PRM, kept for inspection (fakes: tests/fakes.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from ttc.config import GenerationConfig
 from ttc.engine.backends.simulated import SimulatedBackendConfig, SimulatedGenerator
 from ttc.ledger import Budget
 from ttc.registry import STRATEGIES
-from ttc.types import Continuation, ExpandOutput, GenerationUsage, Problem, ProgressEvent
+from ttc.types import Problem, ProgressEvent
 from ttc.verifiers.simulated import SimulatedPRM, SimulatedPRMConfig
 
 PROMPT_TOKENS = 120
@@ -39,44 +39,3 @@ class Run:
     @property
     def tree(self) -> dict:
         return {n["id"]: n for n in self.result.tree["nodes"]}
-
-
-
-class ScriptedGenerator:
-    """A Generator whose replies are scripted: ``reply(call, request, sample)`` gives the
-    ``(text, FinishReason)`` of each continuation (indices count from 0). Tokens are the
-    text's words; ``asked`` records the ``n`` of every request, call by call."""
-
-    def __init__(self, reply) -> None:
-        self.reply = reply
-        self.asked: list[list[int]] = []
-        self.handles = 0
-
-    def root(self, problem: Problem) -> int:
-        return 0
-
-    def expand(self, requests, *, token_limit=None) -> ExpandOutput:
-        call = len(self.asked)
-        self.asked.append([r.n for r in requests])
-        out, generated = [], 0
-        for j, r in enumerate(requests):
-            conts = []
-            for i in range(r.n):
-                text, finish = self.reply(call, j, i)
-                ids = tuple(range(len(text.split())))
-                generated += len(ids)
-                self.handles += 1
-                conts.append(Continuation(handle=self.handles, token_ids=ids, text=text,
-                                          logprobs=(-0.1,) * len(ids), finish=finish))
-            out.append(tuple(conts))
-        return ExpandOutput(continuations=tuple(out),
-                            usage=GenerationUsage(generated_tokens=generated))
-
-    def pin(self, handles, *, value=None) -> None:
-        pass
-
-    def release(self, handles) -> None:
-        pass
-
-    def kv_bytes(self) -> int:
-        return 0

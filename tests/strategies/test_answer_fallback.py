@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from strategy_helpers import ScriptedGenerator
+from fakes import ScriptedGenerator
 
 from ttc.config import GenerationConfig
 from ttc.registry import STRATEGIES

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sim_helpers_ii import problems, world
+from fakes import problems, world
 from ttc.ledger import Budget
 from ttc.strategies.astar import AStarConfig, AStarDecoding, path_cost, priority
 from ttc.tree import NodeStatus

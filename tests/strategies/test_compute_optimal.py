@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from sim_helpers_ii import world
+from fakes import world
 from ttc.ledger import Budget
 from ttc.strategies.compute_optimal import (ComputeOptimal, ComputeOptimalConfig,
                                             best_per_bin, difficulty_bin,

@@ -3,7 +3,8 @@
 import pytest
 from pydantic import ValidationError
 
-from strategy_helpers import PROMPT_TOKENS, ScriptedGenerator
+from fakes import ScriptedGenerator
+from strategy_helpers import PROMPT_TOKENS
 from ttc.strategies.dvts import DVTSConfig
 
 

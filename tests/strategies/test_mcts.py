@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from sim_helpers_ii import problems, world
+from fakes import problems, world
 from ttc.ledger import Budget
 from pydantic import ValidationError
 

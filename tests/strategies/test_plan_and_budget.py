@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from prompt_fakes import PromptGenerator, StepVerifier
-from sim_helpers_ii import problems, world
+from fakes import PromptGenerator, StepVerifier
+from fakes import problems, world
 from ttc.ledger import Budget
 from ttc.strategies.plan_and_budget import (Part, PlanAndBudget, PlanAndBudgetConfig,
                                             decay, parse_plan)

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from sim_helpers_ii import NoEmbedGenerator, problems, world
+from fakes import NoEmbedGenerator, problems, world
 from ttc.ledger import Budget
 from ttc.strategies.ets import (ETS, ETSConfig, KeepProgram, check_solution, cluster_labels,
                                 solve_program, text_embedding)

@@ -9,7 +9,7 @@ import math
 import pytest
 from pydantic import ValidationError
 
-from prompt_fakes import PromptGenerator, StepVerifier
+from fakes import PromptGenerator, StepVerifier
 from strategy_helpers import make_problem
 from ttc.config import GenerationConfig
 from ttc.engine.backends.simulated import SimulatedGenerator

@@ -7,8 +7,8 @@ import re
 
 import pytest
 
-from prompt_fakes import PromptGenerator, StepVerifier
-from sim_helpers_ii import problems, world
+from fakes import PromptGenerator, StepVerifier
+from fakes import problems, world
 from ttc.ledger import Budget
 from ttc.strategies.threads import Threads, ThreadsConfig, parse_goals
 from ttc.types import Problem

@@ -18,7 +18,7 @@ from ttc.ledger import Budget
 from ttc.registry import STRATEGIES, VERIFIERS
 from ttc.types import Problem
 
-from verifier_tiny import char_tokenizer, tiny_causal_lm
+from fakes import char_tokenizer, tiny_causal_lm
 
 PROBLEM = Problem(id="p", question="What is 6*7?", answer="42")
 SMALL = {"n": 2, "k": 2, "max_n": 4, "num_particles": 2, "num_trees": 2, "num_threads": 2,

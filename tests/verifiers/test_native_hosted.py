@@ -10,7 +10,7 @@ from ttc.verifiers.judge import Judge
 from ttc.verifiers.math_shepherd import MathShepherdFormat, plus_minus_ids
 from ttc.verifiers.prm_core import NativeHost, StepScorer
 
-from verifier_tiny import char_tokenizer, tiny_causal_lm
+from fakes import char_tokenizer, tiny_causal_lm
 
 PROBLEM = Problem(id="n", question="What is 6*7?")
 TRAJ = [["6*7 = 42.\n\n", "The answer is 42."], ["6*7 = 42.\n\n"], ["6*7 = 48.\n\n", "So 48."]]

@@ -14,7 +14,7 @@ from ttc.verifiers.math_shepherd import MathShepherdPRM
 from ttc.verifiers.qwen_prm import SYSTEM, QwenPRM, RewardHead
 from ttc.verifiers.rlhflow import RLHFlowPRM
 
-from verifier_tiny import char_tokenizer, tiny_causal_lm, tiny_config
+from fakes import char_tokenizer, tiny_causal_lm, tiny_config
 
 PROBLEM = Problem(id="p", question="What is 2+3*4?")
 STEPS = ["Step 1: 3*4 = 12.\n\n", "Step 2: 2+12 = 14.\n\n", "The answer is 14."]
@@ -169,11 +169,12 @@ def test_judge_probability_of_yes(incremental):
 def test_judge_shares_the_policy_model_of_an_hf_generator():
     from ttc.registry import VERIFIERS
 
-    class FakeHFGenerator:       # the attributes the factory reads from the HF generator
-        tokenizer = char_tokenizer()
-        model = tiny_causal_lm("llama", tokenizer, seed=6)
+    from ttc.engine.backends.hf_generator import HFGenerator
+    from ttc.protocols import HostsCausalLM, SupportsExtend
 
-    gen = FakeHFGenerator()
+    tok = char_tokenizer()
+    gen = HFGenerator(tiny_causal_lm("llama", tok, seed=6), tok)
+    assert isinstance(gen, HostsCausalLM) and not isinstance(gen, SupportsExtend)
     judge = VERIFIERS.build({"name": "judge"}, generator=gen)
     assert judge.shares == "weights"
     assert judge.scorer.host.backbone is gen.model.base_model
