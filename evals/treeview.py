@@ -9,12 +9,14 @@ Contract: reads one problem's record from a results file written with ``save_tre
   children. Colour = the node's verifier score (grey: unscored); marker = status
   (circle live, square finished, x pruned); a finished node's answer is written below
   it, green when it matches the gold answer and red when not; the chosen path is drawn
-  thick orange; a search the budget cut says so in a red box. Labels that would
+  thick orange; a search the budget cut says so in a red box, and each step it cut short
+  has a dashed red ring. Labels that would
   overprint a neighbour are left out (the chosen path's first), and the chosen path's
   step text is listed under the tree.
 - ``.html`` (:func:`write_tree_html`): ONE self-contained page (inline CSS and JS, no
   network at view time): a collapsible tree with each node's step text, tokens, score
-  and status, the chosen path highlighted and opened, budget exhaustion marked, and a
+  and status, the chosen path highlighted and opened, budget exhaustion marked (the
+  search in a banner, each step the budget cut short with a badge), and a
   search box over the nodes' text and answers (``tree.html#search=TEXT`` opens with a
   search).
 
@@ -200,6 +202,11 @@ def draw_tree(record: dict[str, Any], out: str | Path, *, title: str | None = No
                        edgecolors=[CORRECT_COLOR if correct.get(i) else WRONG_COLOR
                                    if correct.get(i) is False else "black" for i in unscored],
                        linewidths=0.6, zorder=2)
+    cut = [n.id for n in tree if n.cut_by_budget]
+    if cut:
+        ax.scatter([pos[i][0] for i in cut], [pos[i][1] for i in cut], s=170,
+                   facecolors="none", edgecolors=WRONG_COLOR, linestyles="--", linewidths=1.0,
+                   zorder=1.8)
     # Labels: the chosen path's first, then answers, then scores; one that would overprint
     # a label already placed is left out (colour still shows its score).
     labels = []
@@ -237,8 +244,10 @@ def draw_tree(record: dict[str, Any], out: str | Path, *, title: str | None = No
                       label="answer correct"),
                Line2D([], [], marker="s", ls="", color="white", mec=WRONG_COLOR, mew=1.8,
                       label="answer wrong"),
-               Line2D([], [], color=CHOSEN_COLOR, lw=3, label="chosen path")]
-    ax.legend(handles=handles, loc="lower left", bbox_to_anchor=(0.0, 1.02), ncol=6,
+               Line2D([], [], color=CHOSEN_COLOR, lw=3, label="chosen path"),
+               Line2D([], [], marker="o", ls="", ms=11, color="none", mec=WRONG_COLOR,
+                      label="step cut by budget")]
+    ax.legend(handles=handles, loc="lower left", bbox_to_anchor=(0.0, 1.02), ncol=7,
               fontsize=7, frameon=False, borderaxespad=0.0)
     fig.text(0.5, 1 - 0.06 / height, title or _title(record, tree), fontsize=9,
              ha="center", va="top")
@@ -296,7 +305,8 @@ def tree_page_data(record: dict[str, Any]) -> dict[str, Any]:
         "nodes": [{"id": n.id, "parent": n.parent, "depth": n.depth, "text": n.text,
                    "tokens": n.num_tokens, "score": n.score, "status": _STATUS_NAMES[n.status],
                    "answer": n.answer, "correct": correct.get(n.id),
-                   "chosen": n.id in on_path, "children": list(n.children)}
+                   "chosen": n.id in on_path, "cut_by_budget": n.cut_by_budget,
+                   "children": list(n.children)}
                   for n in tree],
     }
 
@@ -345,6 +355,7 @@ summary .snip { color: #222; }
 .text { white-space: pre-wrap; font-family: monospace; font-size: .9em; background: #fafafa;
         border: 1px solid #eee; margin: 2px 0 4px 1.2em; padding: 4px; }
 .hit > summary { outline: 2px solid #7b3294; }
+.cut { color: #d7191c; font-weight: bold; margin-left: .5em; font-size: .85em; }
 .legend span { margin-right: 1em; }
 </style>
 </head>
@@ -403,6 +414,7 @@ function build(node) {
   s.appendChild(el("span", "meta", "#" + node.id + " score " + score + " \\u00b7 " +
                    node.tokens + " tok \\u00b7 "));
   s.appendChild(el("span", "snip", snippet(node.text, 90)));
+  if (node.cut_by_budget) s.appendChild(el("span", "cut", "\u2702 cut by budget"));
   if (node.answer !== null) {
     const cls = node.correct === true ? "ans ok" : node.correct === false ? "ans bad" : "ans";
     s.appendChild(el("span", cls, "\\u2192 " + node.answer));

@@ -130,7 +130,7 @@ class SearchContext:
         update = None if node is None else NodeUpdate(
             id=node.id, parent=node.parent, depth=node.depth, text=node.text,
             tokens=node.num_tokens, status=node.status.value, score=node.score,
-            answer=node.answer)
+            answer=node.answer, cut_by_budget=node.cut_by_budget)
         self._progress(ProgressEvent(step=step, live=live, best_score=best, kind=kind,
                                      node=update, budget_exhausted=budget_exhausted,
                                      **self._budget_fields()))

@@ -44,6 +44,7 @@ class LiveNode:
     status: str = "open"
     score: float | None = None
     answer: str | None = None
+    cut_by_budget: bool = False
     children: list[int] = field(default_factory=list)
 
     def shown_status(self, done: bool = False) -> str:
@@ -102,6 +103,7 @@ class LiveTree:
                     parent.status = "expanded"
         node.text, node.tokens, node.status = update.text, update.tokens, update.status
         node.score, node.answer = update.score, update.answer
+        node.cut_by_budget = update.cut_by_budget
 
     def chosen_path(self) -> set[int]:
         path: set[int] = set()
@@ -129,7 +131,8 @@ class LiveTree:
                     "nodes": [{"id": n.id, "parent": n.parent, "depth": n.depth,
                                "text": n.text, "tokens": n.tokens,
                                "status": n.shown_status(self.done), "score": n.score,
-                               "answer": n.answer} for n in self.nodes.values()]}
+                               "answer": n.answer, "cut_by_budget": n.cut_by_budget}
+                              for n in self.nodes.values()]}
 
 
 def snippet(text: str, width: int) -> str:
@@ -182,6 +185,8 @@ def _label(node: LiveNode, *, chosen: bool, width: int, done: bool):
 
     # 4 columns of tree guides per depth, ~30 for the fixed fields, the answer if any.
     answer = f"  → {snippet(node.answer, 20)}" if node.answer is not None else ""
+    if node.cut_by_budget:
+        answer += "  ✂ cut by budget"
     text_width = max(12, width - 4 * node.depth - 30 - len(answer))
     status = node.shown_status(done)
     style = "bold yellow" if chosen else _STYLES.get(status, "")
@@ -191,7 +196,7 @@ def _label(node: LiveNode, *, chosen: bool, width: int, done: bool):
     label.append(snippet(node.text, text_width),
                  style="grey50" if status == "pruned" and not chosen else "")
     if answer:
-        label.append(answer, style="bold")
+        label.append(answer, style="bold red" if node.cut_by_budget else "bold")
     return label
 
 

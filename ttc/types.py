@@ -287,7 +287,8 @@ class NodeUpdate:
     """One search-tree node as a viewer needs it (see :class:`ttc.tree.Node`).
 
     ``status`` is a :class:`ttc.tree.NodeStatus` value (``open``, ``expanded``,
-    ``terminal``, ``pruned``); ``tokens`` is the node's own step length in tokens.
+    ``terminal``, ``pruned``); ``tokens`` is the node's own step length in tokens;
+    ``cut_by_budget``: the token budget ended this step early.
     """
 
     id: int
@@ -298,11 +299,12 @@ class NodeUpdate:
     status: str
     score: float | None = None
     answer: str | None = None
+    cut_by_budget: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {"id": self.id, "parent": self.parent, "depth": self.depth, "text": self.text,
                 "tokens": self.tokens, "status": self.status, "score": self.score,
-                "answer": self.answer}
+                "answer": self.answer, "cut_by_budget": self.cut_by_budget}
 
 
 @dataclass(frozen=True, slots=True)

@@ -68,7 +68,10 @@ def test_a_budget_cut_search_is_marked():
     for e in events:
         live.apply(e)
     assert live.budget_exhausted
+    cut = {n["id"] for n in result.tree["nodes"] if n["cut_by_budget"]}
+    assert cut and {n.id for n in live.nodes.values() if n.cut_by_budget} == cut
     text = render_text(live)
+    assert text.count("✂ cut by budget") == sum(f"#{i} " in text for i in cut)
     assert "BUDGET EXHAUSTED" in text
     # nothing is "live" once the search ended; what it left unexpanded says "open"
     assert live.counts()["live"] == 0

@@ -216,6 +216,8 @@ def test_tree_png_correct_answers_are_green_and_a_budget_cut_is_marked(sweep_dir
     record = _budget_cut_record(sweep_dir)
     fig = draw_tree(record, tmp_path / "cut.png")
     assert any(t.get_text().startswith("BUDGET EXHAUSTED") for t in fig.texts)
+    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert "step cut by budget" in legend
     results = sweep_dir / "runs" / "strategy=beam,budget=1024,seed=0" / "results.jsonl"
     graded = [r for r in read_results(results) if r["correct"] and r.get("tree")]
     fig = draw_tree(graded[0], tmp_path / "ok.png")
@@ -249,8 +251,13 @@ def test_tree_html_is_one_self_contained_page_with_the_chosen_path(sweep_dir, tm
     cut = tmp_path / "cut.html"
     from ttc.evals.treeview import write_tree_html
 
-    write_tree_html(_budget_cut_record(sweep_dir), cut)
+    record = _budget_cut_record(sweep_dir)
+    write_tree_html(record, cut)
     assert '"budget_exhausted": true' in cut.read_text()
+    page = json.loads(re.search(r'<script id="tree-data" type="application/json">(.*?)'
+                                r"</script>", cut.read_text(), re.S).group(1))
+    assert [n["id"] for n in page["nodes"] if n["cut_by_budget"]] == [
+        n["id"] for n in record["tree"]["nodes"] if n.get("cut_by_budget")]
     res = CliRunner().invoke(app, ["tree", str(results), "-p", "x", "-o",
                                    str(tmp_path / "t.txt")])
     assert res.exit_code == 2 and ".png, .svg, .html" in res.output
