@@ -241,9 +241,11 @@ def figures(rows: list[dict[str, Any]]):
                 every_x.extend(xs)
                 color = colors[(2 * i) % 20 + (i // 10) % 2]
                 ax.plot(xs, ys, marker=_MARKS[i % len(_MARKS)], label=label, color=color)
+                # NOTE: capsize=0: caps would be Line2D objects among the axes' lines, which
+                # callers read as one line per strategy; the bars are one LineCollection.
                 ax.errorbar(xs, ys, yerr=[[y - r["accuracy_ci_low"] for y, r in zip(ys, pts)],
                                           [r["accuracy_ci_high"] - y for y, r in zip(ys, pts)]],
-                            fmt="none", ecolor=color, elinewidth=1.0, capsize=3, alpha=0.7)
+                            fmt="none", ecolor=color, elinewidth=1.8, capsize=0, alpha=0.6)
                 if not many:
                     for x, y, r in zip(xs, ys, pts):
                         # Above the point near the floor, below it elsewhere; one row per

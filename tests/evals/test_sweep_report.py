@@ -63,12 +63,10 @@ def test_report_pools_seeds_and_writes_tables_and_pngs(sweep_dir):
     assert set(figs) == set(PLOTS)
     for name, fig in figs.items():
         (ax,) = fig.axes[:1]
-        labels = sorted(line.get_label() for line in ax.get_lines()
-                        if not line.get_label().startswith("_"))
+        labels = sorted(line.get_label() for line in ax.get_lines())
         assert labels == ["beam", "best_of_n"], name
         for line in ax.get_lines():
-            if not line.get_label().startswith("_"):
-                assert len(line.get_xdata()) == 2
+            assert len(line.get_xdata()) == 2
     paths = write_report(sweep_dir)
     for name in PLOTS:
         assert paths[name].read_bytes()[:8] == PNG
