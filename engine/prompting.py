@@ -18,7 +18,7 @@ from typing import Any, Sequence
 
 from ttc.types import Problem
 
-__all__ = ["DEFAULT_SYSTEM_PROMPT", "format_prompt", "prompt_text", "continuation_ids",
+__all__ = ["DEFAULT_SYSTEM_PROMPT", "chat_messages", "format_prompt", "prompt_text", "continuation_ids",
            "eos_ids"]
 
 DEFAULT_SYSTEM_PROMPT = (
@@ -40,26 +40,46 @@ def _question(problem: Problem | str) -> str:
     raise ValueError(f"problem must be a ttc.types.Problem or a non-empty string; got {problem!r}.")
 
 
+def chat_messages(problem: Problem | str, *,
+                  system_prompt: str | None = DEFAULT_SYSTEM_PROMPT) -> list[dict[str, str]]:
+    """The conversation a prompt renders: the problem's context (earlier turns), then the
+    question as the last user turn. ``system_prompt`` opens it only when the context has
+    no system message of its own (a client's system prompt is never overridden)."""
+    question = _question(problem)
+    context = list(problem.context) if isinstance(problem, Problem) else []
+    messages = [{"role": m.role, "content": m.content} for m in context]
+    messages.append({"role": "user", "content": question})
+    if system_prompt and not any(m["role"] == "system" for m in messages):
+        messages.insert(0, {"role": "system", "content": system_prompt})
+    return messages
+
+
 def prompt_text(tokenizer: Any, problem: Problem | str, *,
                 system_prompt: str | None = DEFAULT_SYSTEM_PROMPT) -> str:
     """The prompt as text (chat template rendered, generation prompt appended)."""
-    question = _question(problem)
+    messages = chat_messages(problem, system_prompt=system_prompt)
     if getattr(tokenizer, "chat_template", None):
-        messages = [{"role": "user", "content": question}]
-        if system_prompt:
-            messages.insert(0, {"role": "system", "content": system_prompt})
         try:
             return tokenizer.apply_chat_template(messages, tokenize=False,
                                                  add_generation_prompt=True)
         except Exception:  # noqa: BLE001  (templates that refuse a system role raise anything)
-            if not system_prompt:
+            if messages[0]["role"] != "system":
                 raise
-            # A template without a system role: put the system prompt before the question.
-            merged = [{"role": "user", "content": f"{system_prompt}\n\n{question}"}]
+            # A template without a system role: put the system text before the first turn.
+            system, rest = messages[0]["content"], messages[1:]
+            merged = [{**rest[0], "content": f"{system}\n\n{rest[0]['content']}"}, *rest[1:]]
             return tokenizer.apply_chat_template(merged, tokenize=False,
                                                  add_generation_prompt=True)
-    head = f"{system_prompt}\n\n" if system_prompt else ""
-    return f"{head}Problem: {question}\n\nSolution:\n"
+    # No template: system text, earlier turns as "Problem:"/"Solution:" pairs, the question.
+    parts = []
+    for m in messages:
+        if m["role"] == "system":
+            parts.append(f"{m['content']}\n\n")
+        elif m["role"] == "user":
+            parts.append(f"Problem: {m['content']}\n\n")
+        else:
+            parts.append(f"Solution:\n{m['content']}\n\n")
+    return "".join(parts) + "Solution:\n"
 
 
 def format_prompt(tokenizer: Any, problem: Problem | str, *,

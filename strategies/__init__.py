@@ -13,5 +13,6 @@ from ttc.strategies import (adaptive, astar, ets, mcts, rebase,  # noqa: F401
                             threads)
 from ttc.strategies import (compute_optimal, plan_and_budget,  # noqa: F401
                             self_eval)
+from ttc.strategies import deepconf, dynasor  # noqa: F401
 
 __all__ = ["STRATEGIES", "SearchContext", "SearchStrategy", "StrategyConfig"]

@@ -176,6 +176,14 @@ class SearchContext:
                               handle=cont.handle, logprob=float(sum(cont.logprobs)),
                               finish=cont.finish.value)
         self._pinned.add(child.id)
+        # NOTE: top log-probs are large; a strategy that asks for them reduces them to
+        # what it needs and pops them, so they never reach the result's tree.
+        if cont.top_logprobs:
+            child.extra["top_logprobs"] = cont.top_logprobs
+        if cont.finish is FinishReason.RULE:   # which stop rule ended it, and its summary
+            child.extra["stop_reason"] = cont.stop_reason
+        if cont.stats:
+            child.extra["stats"] = dict(cont.stats)
         path_tokens = sum(n.num_tokens for n in self.tree.path(child))
         answer = extract_answer(cont.text) if "boxed" in cont.text else None
         whole = "".join(self.tree.steps(child))
@@ -240,8 +248,10 @@ class SearchContext:
         context), so that scoring its children scores context + continuation; it has no
         token ids of its own (the prompt is prefilled, and charged, when first expanded).
         """
+        # NOTE: the conversation before the question (a client's system prompt, earlier
+        # turns) stays with every prompt of the search.
         problem = Problem(id=self.problem.id, question=question, answer=self.problem.answer,
-                          metadata=self.problem.metadata)
+                          metadata=self.problem.metadata, context=self.problem.context)
         handle = self.generator.root(problem)
         node = self.tree.add(self.root, text=context, handle=handle)
         node.extra["prompt"] = question

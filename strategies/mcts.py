@@ -32,6 +32,10 @@ data) and drawn once per search, when the root is expanded; a rollout is scored 
 configured verifier's last-step score (the ORM role; rStar's answer-consistency check
 needs a second model and is not implemented).
 
+Certaindex (§14.2, optional): after ``certaindex_at`` simulations, each round checks
+the terminal answers' certaindex H~ and/or their mean reward and stops once the
+configured ones clear their thresholds (``info["certaindex"]``).
+
 KV lifecycle: the whole tree may be revisited, so every node stays pinned with value
 Q (the engine evicts low-Q nodes first, §12.5); terminal nodes and rollouts are offered
 and released.
@@ -48,6 +52,7 @@ from pydantic import Field, PositiveInt, model_validator
 
 from ttc.aggregate import Selection
 from ttc.strategies.base import SearchContext, SearchStrategy, StrategyConfig, register
+from ttc.strategies.certaindex import certaindex_check
 from ttc.tree import Node, NodeStatus
 
 
@@ -66,6 +71,13 @@ class MCTSConfig(StrategyConfig):
     dirichlet_weight: float = Field(default=0.0, ge=0.0, le=1.0)   # 0: no root noise
     value: Literal["prm", "rollout"] = "prm"
     selection: Selection = Selection.WEIGHTED
+    certaindex_entropy: float | None = Field(
+        default=None, gt=0.0, le=1.0, description="stop once the terminal answers' "
+        "certaindex H~ >= this (null: off)")
+    certaindex_reward: float | None = Field(
+        default=None, ge=0.0, le=1.0, description="and/or once their mean reward >= this")
+    certaindex_at: PositiveInt = Field(default=3, description="simulations before the "
+                                       "certaindex is checked (then after every round)")
 
     @model_validator(mode="after")
     def _noise_needs_priors(self) -> "MCTSConfig":
@@ -143,6 +155,19 @@ class MCTS(SearchStrategy):
     def _has_live_children(self, node: Node, ctx: SearchContext) -> bool:
         return any(_selectable(ctx.tree[c]) for c in node.children)
 
+    def _settled(self, ctx: SearchContext, sims: int) -> bool:
+        """Certaindex early stop (§14.2): terminal answers' H~ and/or mean reward."""
+        cfg = self.config
+        if (cfg.certaindex_entropy is None and cfg.certaindex_reward is None) \
+                or sims < cfg.certaindex_at or not ctx.candidates:
+            return False
+        record = certaindex_check([c.answer for c in ctx.candidates],
+                                  [c.score or 0.0 for c in ctx.candidates],
+                                  entropy=cfg.certaindex_entropy, reward=cfg.certaindex_reward,
+                                  reward_how="mean")
+        ctx.info["certaindex"] = {**record, "simulations": sims}
+        return bool(record["stop"])
+
     def search(self, ctx: SearchContext) -> None:
         cfg = self.config
         sims = 0
@@ -207,6 +232,8 @@ class MCTS(SearchStrategy):
             best = max((c.score for c in ctx.candidates if c.score is not None), default=None)
             ctx.emit(step=sims, live=len(ctx.pinned_nodes), best_score=best,
                      note=f"{len(ctx.candidates)} terminal")
+            if self._settled(ctx, sims):
+                break
         if cfg.final_rollout and not ctx.candidates:
             self._rollout(ctx)
         ctx.info.update(simulations=sims, root_visits=ctx.root.visits,

@@ -8,6 +8,10 @@
         children scored in ONE verifier call; nodes with alloc 0 are pruned
     answer = weighted majority over the leaves
 
+Certaindex (§14.2, optional): once ``certaindex_at`` leaves have finished, after each
+depth the search stops if the leaves' answer certaindex H~ (and/or their max reward)
+clears its threshold; the open frontier is released and ``info["certaindex"]`` says when.
+
 KV lifecycle: a node with allocation 0 is released at once (pruned); an expanded node
 is released once its children exist (they keep its prefix resident); a finished leaf is
 released after it is offered. ``info["kv_tokens"]`` records, per depth, the distinct
@@ -28,6 +32,7 @@ from pydantic import Field, PositiveInt
 
 from ttc.aggregate import Selection, StepAggregation
 from ttc.strategies.base import SearchContext, SearchStrategy, StrategyConfig, register
+from ttc.strategies.certaindex import certaindex_check
 from ttc.tree import Node, NodeStatus
 
 
@@ -38,6 +43,13 @@ class RebaseConfig(StrategyConfig):
     max_depth: PositiveInt = 25
     selection: Selection = Selection.WEIGHTED
     aggregation: StepAggregation = StepAggregation.LAST
+    certaindex_entropy: float | None = Field(
+        default=None, gt=0.0, le=1.0, description="stop once the finished leaves' answer "
+        "certaindex H~ >= this (null: off)")
+    certaindex_reward: float | None = Field(
+        default=None, ge=0.0, le=1.0, description="and/or once their max reward >= this")
+    certaindex_at: PositiveInt = Field(default=4, description="finished leaves before the "
+                                       "certaindex is checked")
 
 
 def balanced_allocation(rewards: Sequence[float], width: int, temperature: float) -> list[int]:
@@ -103,7 +115,7 @@ class RewardBalancedSearch(SearchStrategy):
                     ctx.release([node])
                 else:
                     open_nodes.append(node)
-            if remaining <= 0 or not open_nodes:
+            if remaining <= 0 or not open_nodes or self._settled(ctx, depth):
                 ctx.release(open_nodes)
                 break
             rewards = [ctx.value(n, cfg.aggregation) if n.parent is not None else 1.0
@@ -128,6 +140,18 @@ class RewardBalancedSearch(SearchStrategy):
                 if node.status is NodeStatus.TERMINAL:
                     ctx.offer(node, score=ctx.value(node, cfg.aggregation))
         ctx.info["kv_token_sum"] = sum(kv_tokens)
+
+    def _settled(self, ctx: SearchContext, depth: int) -> bool:
+        cfg = self.config
+        entropy = getattr(cfg, "certaindex_entropy", None)
+        reward = getattr(cfg, "certaindex_reward", None)
+        if (entropy is None and reward is None) or len(ctx.candidates) < cfg.certaindex_at:
+            return False
+        record = certaindex_check([c.answer for c in ctx.candidates],
+                                  [c.score or 0.0 for c in ctx.candidates],
+                                  entropy=entropy, reward=reward, reward_how="max")
+        ctx.info["certaindex"] = {**record, "depth": depth}
+        return bool(record["stop"])
 
 
 @register(RebaseConfig)

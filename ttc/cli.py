@@ -348,10 +348,12 @@ def serve(
                                           help="Require 'Authorization: Bearer KEY'."),
     verbose: bool = typer.Option(False, "--verbose", help="Log every request."),
     max_width: int = typer.Option(64, "--max-width",
-                                  help="Largest N in model '<strategy>-N' and raw n."),
+                                  help="Largest N in model '<strategy>-N', n, and prompts "
+                                       "in one raw request."),
     max_tokens: int = typer.Option(32768, "--max-tokens",
-                                   help="Largest max_tokens a request may ask (a search's "
-                                        "token budget; a raw completion's length)."),
+                                   help="Largest max_tokens a request may ask (a reply's "
+                                        "length) and largest search budget (ttc.budget, "
+                                        "'@B' in the model name)."),
     max_connections: int = typer.Option(256, "--max-connections",
                                         help="Connections open at once; more get a 503."),
     read_timeout: float = typer.Option(30.0, "--read-timeout",
@@ -359,7 +361,7 @@ def serve(
     max_body_bytes: int = typer.Option(1 << 20, "--max-body-bytes",
                                        help="Largest request body."),
 ) -> None:
-    """Serve strategies as an OpenAI-compatible API (model = strategy[-N], or raw)."""
+    """Serve strategies as an OpenAI-compatible API (model = strategy[-N][@B], or raw)."""
     from ttc.server import ServerLimits, make_server
 
     if not 0 <= port <= 65535:

@@ -18,8 +18,8 @@ from typing import Sequence
 
 from ttc.ledger import ComputeLedger
 from ttc.protocols import Generator, SupportsEmbeddings, Verifier
-from ttc.types import (ExpandOutput, ExpandRequest, FinishReason, Handle, Problem,
-                       ScoreOutput, VerifierUsage)
+from ttc.types import (Continuation, ExpandOutput, ExpandRequest, FinishReason, Handle,
+                       Problem, SamplingParams, ScoreOutput, VerifierUsage)
 
 
 class MeteredGenerator:
@@ -51,6 +51,41 @@ class MeteredGenerator:
 
     def kv_bytes(self) -> int:
         return self.inner.kv_bytes()
+
+    @property
+    def supports_token_rules(self) -> bool:
+        """Whether the engine returns ``top_logprobs`` and runs ``stop_rules`` while it
+        decodes (an engine says so with ``supports_token_rules = True``)."""
+        return bool(getattr(self.inner, "supports_token_rules", False))
+
+    @property
+    def supports_probe(self) -> bool:
+        return callable(getattr(self.inner, "probe", None))
+
+    def probe(self, handle: Handle, suffix: str, *, max_new: int,
+              params: SamplingParams | None = None) -> Continuation:
+        """One throw-away continuation of ``handle`` + ``suffix`` on shared KV, charged.
+
+        The suffix is tokenized by the engine (no special tokens); ``max_new`` is capped by
+        the generated-token budget left, so a probe never overspends it.
+        """
+        if not self.supports_probe:
+            raise ValueError(f"the {type(self.inner).__name__} engine cannot probe a branch "
+                             f"(no probe on shared KV); use backend=native or simulated.")
+        token_limit = self.ledger.check_generation()   # raises BudgetExhausted at 0
+        if token_limit is not None:
+            max_new = min(max_new, token_limit)
+        with self.ledger.phase("generate"):
+            out = self.inner.probe(handle, self._encode(suffix), max_new=max_new,
+                                   params=params)
+        self.ledger.charge_generation(out.usage)
+        return out.continuations[0][0]
+
+    def _encode(self, text: str) -> list[int]:
+        encode = getattr(self.inner, "encode", None)
+        if callable(encode):
+            return list(encode(text))
+        return list(self.inner.tokenizer.encode(text, add_special_tokens=False))
 
     @property
     def supports_embeddings(self) -> bool:

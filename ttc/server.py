@@ -4,21 +4,23 @@ Contract: :func:`make_server` builds one :class:`~ttc.service.TTCService` (one b
 one verifier from a :class:`~ttc.config.RunConfig`) and serves it with the standard
 library's ``ThreadingHTTPServer`` (one thread per connection; 127.0.0.1 by default):
 
-* ``GET /v1/models``: every registered strategy (``beam``, ``best_of_n``, ``astar``, ...)
-  plus ``raw`` (plain completions from the backend); ``GET /health``;
+* ``GET /v1/models`` (every registered strategy plus ``raw``), ``GET /v1/models/{id}``,
+  ``GET /health``, ``GET /metrics`` (Prometheus text), ``GET /tokenizer_info``,
+  ``POST /tokenize`` and ``POST /detokenize`` (also under ``/v1``; vLLM's shapes);
 * ``POST /v1/chat/completions`` and ``POST /v1/completions`` with ``model`` =
-  ``<strategy>`` or ``<strategy>-<N>``: the last user message (or the prompt) is solved by
-  that strategy; ``N`` sets the strategy's width (its ``n``, else ``k``, ``max_n``,
-  ``num_particles``, ``num_trees`` or ``num_threads`` field, whichever it has first);
-  ``max_tokens`` caps the generated tokens of the whole search (the budget). The answer
-  text is the chosen trajectory; the extra ``ttc`` object carries the extracted answer,
-  the candidates' answers and the compute ledger;
-* ``POST /v1/completions`` with ``model: "raw"``: ``prompt`` (text) continued ``n`` times
-  by the backend with ``max_tokens``, ``temperature``, ``top_p``, ``top_k``, ``stop``
-  (kept in the text when ``include_stop_str_in_output``), ``seed``, ``logprobs``
-  (``return_tokens_as_token_ids`` gives ``token_id:N`` tokens). A prompt that equals an
-  earlier prompt plus one of its completions continues that handle (the backend's
-  prefix cache serves it; the KV is kept only as evictable cache: :mod:`ttc.service`).
+  ``<strategy>[-<N>][@<B>]``: the conversation (or the prompt) is solved by that strategy;
+  ``N`` sets the strategy's width (its ``n``, else ``k``, ``max_n``, ``num_particles``,
+  ``num_trees`` or ``num_threads`` field, whichever it has first), ``B`` its token budget.
+  What each field means is :mod:`ttc.service`'s; the extra ``ttc`` object of a reply
+  carries the extracted answer, the candidates' answers and the compute ledger;
+* ``POST /v1/completions`` with ``model: "raw"``: plain completions from the backend (no
+  chat template, no system prompt), prompts as text, lists or token ids, with ``echo``
+  and ``logprobs`` (token text, top log-probs, text offsets);
+* ``stream: true`` on both: server-sent events (``data: {chunk}`` ... ``data: [DONE]``);
+  a strategy streams ``ttc`` progress chunks (``choices: []``, which clients skip) while
+  it searches, then the chosen text; ``raw`` streams tokens. A client that disconnects
+  mid-stream has its work cancelled and its KV freed;
+* an ``X-Request-Id`` header is echoed on the reply.
 
 Concurrency: every request runs on its own thread against ONE generator and ONE verifier
 (:mod:`ttc.sharing`). The native engine is a continuous-batching step loop, so the
@@ -65,10 +67,14 @@ from ttc.service import Disconnected, RequestError, ServerLimits, TTCService, er
 __all__ = ["TTCServer", "make_server", "exposure_warning", "ServerLimits", "TTCService"]
 
 ROUTES = {"/v1/models": "GET", "/v1/completions": "POST", "/v1/chat/completions": "POST",
-          "/health": "GET"}
+          "/health": "GET", "/metrics": "GET", "/tokenizer_info": "GET",
+          "/tokenize": "POST", "/detokenize": "POST", "/v1/tokenize": "POST",
+          "/v1/detokenize": "POST"}
 _ALLOW = "GET, POST"
 _METHODS = ("this server takes GET (" + ", ".join(p for p, m in ROUTES.items() if m == "GET")
-            + ") and POST (" + ", ".join(p for p, m in ROUTES.items() if m == "POST") + ")")
+            + ", /v1/models/{id}) and POST ("
+            + ", ".join(p for p, m in ROUTES.items() if m == "POST") + ")")
+_REQUEST_ID = re.compile(r"[\x21-\x7e]{1,128}")     # printable ASCII, no spaces
 _DIGITS = re.compile(r"[0-9]{1,15}")
 _HEX = re.compile(rb"[0-9a-fA-F]{1,8}")
 _MAX_TRAILERS = 32
@@ -120,32 +126,50 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _dispatch(self, method: str) -> None:
         self._body_left = _has_body(self.headers)   # True until the body is consumed
+        rid = self.headers.get("X-Request-Id")
+        self._request_id = rid if rid and _REQUEST_ID.fullmatch(rid) else None
+        service = self.server.service
+        service.begin()
         try:
             self._check_key()                         # NOTE: before any body byte is read
             path = self.path.split("?", 1)[0].rstrip("/")
+            if method == "GET" and path.startswith("/v1/models/"):
+                return self._send(200, service.model(path[len("/v1/models/"):]))
             if path not in ROUTES:
                 raise RequestError(404, f"unknown path {path[:80]!r}; available: "
-                                   f"{', '.join(ROUTES)}.", kind="not_found_error")
+                                   f"{', '.join(ROUTES)}, /v1/models/{{id}}.",
+                                   kind="not_found_error")
             if ROUTES[path] != method:
                 raise RequestError(405, f"{path} takes {ROUTES[path]}, not {method}.")
             if path == "/health":
                 return self._send(200, {"status": "ok"})
             if path == "/v1/models":
-                return self._send(200, self.server.service.models())
+                return self._send(200, service.models())
+            if path == "/tokenizer_info":
+                return self._send(200, service.tokenizer_info())
+            if path == "/metrics":
+                return self._send_text(200, service.metrics(),
+                                       "text/plain; version=0.0.4; charset=utf-8")
             body = parse_json(self._read_body_in_time(),
                               max_depth=self.server.limits.max_json_depth)
-            reply = self.server.service.post(path, body, client_gone=self._client_gone)
-            self._send(200, reply)
+            reply = service.post(path, body, client_gone=self._client_gone)
+            if isinstance(reply, dict):
+                self._send(200, reply)
+            else:
+                self._send_stream(reply)
         except Disconnected:
             self.close_connection = True               # nobody is left to answer
         except Exception as err:  # noqa: BLE001  (every failure is one JSON reply)
             reply = error_reply(err)
+            service.count(failed=True)
             if reply.status == 500:                    # a bug: the operator hears of it
                 sys.stderr.write(f"ttc serve: {self.command} {self.path[:80]}: "
                                  f"{reply.message}\n")
                 if self.server.verbose:
                     traceback.print_exc()
             self._send_error(reply)
+        finally:
+            service.end()
 
     def _send_error(self, err: RequestError) -> None:
         self._send(err.status, err.reply())
@@ -248,23 +272,62 @@ class _Handler(BaseHTTPRequestHandler):
             return True
 
     # -- the reply -------------------------------------------------------------------
-    def _send(self, status: int, data: dict[str, Any]) -> None:
+    def _head(self, status: int, content_type: str, length: int | None) -> None:
         if getattr(self, "_body_left", False):
             self.close_connection = True           # the unread body would be a next request
-        payload = json.dumps(data).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        if length is not None:
+            self.send_header("Content-Length", str(length))
+        if getattr(self, "_request_id", None):
+            self.send_header("X-Request-Id", self._request_id)
+        if status == 405:
+            self.send_header("Allow", _ALLOW)
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+
+    def _send(self, status: int, data: dict[str, Any]) -> None:
+        self._send_text(status, json.dumps(data), "application/json")
+
+    def _send_text(self, status: int, text: str, content_type: str) -> None:
+        payload = text.encode()
         try:
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(payload)))
-            if status == 405:
-                self.send_header("Allow", _ALLOW)
-            if self.close_connection:
-                self.send_header("Connection", "close")
-            self.end_headers()
+            self._head(status, content_type, len(payload))
             if self.command != "HEAD":
                 self.wfile.write(payload)
         except OSError:      # the client is gone (reset, broken pipe, timed out): nobody
             self.close_connection = True           # is left to tell
+
+    def _send_stream(self, chunks: Any) -> None:
+        """Server-sent events: ``data: <chunk>`` per chunk, then ``data: [DONE]``. The
+        response ends when the connection closes. A client that leaves (a failed write)
+        closes the iterator, which cancels its work; an error after the first chunk is
+        sent as one ``{"error": ...}`` event."""
+        self.close_connection = True
+        try:
+            self._head(200, "text/event-stream; charset=utf-8", None)
+            self.wfile.flush()
+        except OSError:
+            chunks.close()
+            return
+        try:
+            try:
+                for chunk in chunks:
+                    self.wfile.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+                    self.wfile.flush()
+            except OSError:
+                raise                              # the client is gone: handled below
+            except Exception as err:  # noqa: BLE001  (the stream's one error event)
+                reply = error_reply(err)
+                self.server.service.count(failed=True)
+                self.wfile.write(b"data: " + json.dumps(reply.reply()).encode() + b"\n\n")
+            self.wfile.write(b"data: [DONE]\n\n")
+            self.wfile.flush()
+        except OSError:
+            pass
+        finally:
+            chunks.close()                         # NOTE: cancels searches still running
 
 
 def parse_json(raw: bytes, *, max_depth: int) -> dict[str, Any]:

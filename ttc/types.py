@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Any, Callable, Hashable
+from typing import Any, Callable, Hashable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, computed_field, field_validator
 
@@ -23,17 +23,28 @@ class Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+class Message(Frozen):
+    """One turn of a conversation (a chat client's message, content as plain text)."""
+
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
 class Problem(Frozen):
     """One question to solve.
 
     ``answer`` is the gold answer when known (evals); ``metadata`` carries dataset fields
-    such as a MATH level, or a simulated problem's difficulty.
+    such as a MATH level, or a simulated problem's difficulty. ``context`` is the
+    conversation before the question (a chat client's system prompt, few-shot turns):
+    the prompt is ``context`` then ``question`` as the last user turn, and a system
+    message in ``context`` takes the place of the engine's default system prompt.
     """
 
     id: str = "0"
     question: str
     answer: str | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
+    context: tuple[Message, ...] = ()
 
     @field_validator("question")
     @classmethod

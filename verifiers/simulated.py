@@ -7,7 +7,11 @@ truth from its tag (keyed by ``world_seed``, the same as the backend's); a prefi
     sigmoid(mu * (+1 if good else -1) + z),   z ~ N(0, 1) fixed per (problem, prefix)
 
 With equal-variance Gaussian classes separated by 2*mu, the AUROC of the logit is
-Phi(2*mu / sqrt(2)), so ``mu = Phi^-1(auroc) / sqrt(2)``. ``auroc=1`` is a perfect PRM
+Phi(2*mu / sqrt(2)), so ``mu = Phi^-1(auroc) / sqrt(2)``. With ``path_correlation``
+rho > 0 the noise is an AR(1) walk along the path, ``z_t = rho z_(t-1) + sqrt(1 - rho^2)
+e_t`` (e_t fixed per prefix; z_0 = e_0): still N(0, 1) at every step (the AUROC is
+unchanged), but a PRM that over-rates a path early keeps over-rating it (rho = 0: the
+old independent noise). ``auroc=1`` is a perfect PRM
 (scores exactly 1 or 0); ``auroc=0.5`` is noise. Scores are deterministic: rescoring a
 prefix gives the same numbers, so incremental and full scoring agree.
 Verifier tokens are words (the simulated tokenizer); with ``incremental=True`` a prefix
@@ -38,6 +42,7 @@ class SimulatedPRMConfig(Frozen):
     auroc: float = Field(default=0.9, ge=0.5, le=1.0)
     incremental: bool = True
     noise_seed: int = 0
+    path_correlation: float = Field(default=0.0, ge=0.0, lt=1.0)
 
 
 def step_is_correct(world_seed: int, step: str) -> bool:
@@ -61,10 +66,20 @@ class SimulatedPRM:
         u = (int.from_bytes(digest, "little") + 0.5) / 2**64
         return NormalDist().inv_cdf(u)
 
+    def _path_noise(self, problem: Problem, prefix: tuple[str, ...]) -> float:
+        """The noise of the last step of ``prefix``: independent, or AR(1) along the path."""
+        rho = self.config.path_correlation
+        if rho == 0.0:
+            return self._noise(problem, prefix)
+        z = self._noise(problem, prefix[:1])
+        for t in range(2, len(prefix) + 1):
+            z = rho * z + math.sqrt(1.0 - rho * rho) * self._noise(problem, prefix[:t])
+        return z
+
     def _score_prefix(self, problem: Problem, prefix: tuple[str, ...], good: bool) -> float:
         if self.config.auroc >= 1.0:
             return 1.0 if good else 0.0
-        z = self._mu * (1.0 if good else -1.0) + self._noise(problem, prefix)
+        z = self._mu * (1.0 if good else -1.0) + self._path_noise(problem, prefix)
         return 1.0 / (1.0 + math.exp(-z))
 
     def score(self, problem: Problem, trajectories: Sequence[Sequence[str]]) -> ScoreOutput:

@@ -22,6 +22,15 @@ Accounting is honest and mirrors a paged engine:
                 the prompt on first use        -> prefill_tokens
     release(h): tokens no longer under a pinned handle are freed at once
 
+Token signals (DeepConf, RPC): with ``logprob_auroc`` set, every token's log-prob and
+top-k log-probs come from a per-step latent that is higher on right steps than on wrong
+ones with that AUROC (:meth:`SimulatedGenerator._step_quality`,
+:func:`token_top_logprobs`); ``SamplingParams.stop_rules`` run on every drafted token, as
+inside a decode batch. ``probe`` answers "what is your answer now?" from the trace's
+progress (Dynasor). Signals and probes never change the solving draws, so results that
+read no log-probs are the same with them on or off. ``greedy_can_err`` lets greedy steps
+be wrong (right with probability p_ok, fixed per prefix and step).
+
 ``modelled_seconds`` accumulates what the work would take on a real engine
 (a prefill rate and a per-decode-step cost that grows with batch), for overhead benches.
 Must NOT know: rewards, strategies.
@@ -33,14 +42,16 @@ import hashlib
 import math
 import random
 from dataclasses import dataclass, field
+from statistics import NormalDist
 from typing import Literal, Sequence
 
 from pydantic import Field, PositiveInt
 
 from ttc.registry import BACKENDS
 from ttc.engine.handles import HandleTable
+from ttc.stopping import Force, Stop
 from ttc.types import (Continuation, ExpandOutput, ExpandRequest, FinishReason, Frozen,
-                       GenerationUsage, Handle, Problem)
+                       GenerationUsage, Handle, Problem, SamplingParams)
 
 _FILLER = ("we", "compute", "the", "value", "of", "this", "term", "then", "simplify",
            "and", "substitute", "into", "equation", "so", "that", "it", "follows", "by",
@@ -63,6 +74,18 @@ class SimulatedBackendConfig(Frozen):
     prefill_tokens_per_second: float = Field(default=2000.0, gt=0)
     decode_step_seconds: float = Field(default=0.02, gt=0)
     decode_seconds_per_branch: float = Field(default=0.002, ge=0)
+    # Token signals (see :func:`token_top_logprobs`). None keeps the old hash-noise
+    # log-probs, which say nothing about correctness.
+    logprob_auroc: float | None = Field(default=None, ge=0.5, le=1.0)
+    logprob_token_noise: float = Field(default=0.5, ge=0.0)
+    # Greedy decoding: False = a greedy step is right whenever p_ok >= 0.5 (never wrong on
+    # easy problems); True = right with probability p_ok, fixed per prefix (so greedy is
+    # deterministic, but can be wrong).
+    greedy_can_err: bool = False
+    # Probes (Dynasor): at progress f = steps finished / steps needed, a probe states the
+    # answer the trace holds with probability f ** probe_exponent; otherwise it hedges or
+    # guesses.
+    probe_exponent: float = Field(default=2.0, gt=0.0)
 
 
 def step_tag(world_seed: int, correct: bool, rng: random.Random) -> str:
@@ -113,6 +136,8 @@ class _Seq:
     computed: bool = False          # prompt handles: prefilled already
     children: int = 0
     words: tuple[str, ...] = ()     # the words this handle added to its parent
+    pending_quality: tuple[float, ...] = ()   # token signals of ``pending``
+    quality: tuple[float, ...] = ()           # token signals of ``words``
 
 
 @dataclass
@@ -123,6 +148,10 @@ class _Draft:
     ended: bool = False
     finish: FinishReason = FinishReason.STOP
     pending: tuple[str, ...] = ()
+    quality: list[float] = field(default_factory=list)   # one latent signal per word
+    pending_quality: tuple[float, ...] = ()
+    stop_reason: str | None = None
+    stats: dict[str, float] = field(default_factory=dict)
 
 
 class SimulatedGenerator:
@@ -197,9 +226,12 @@ class SimulatedGenerator:
                 cached += seq.length            # every prefix token is resident
             base = _hash_int(self.config.world_seed, req.params.seed, req.prefix,
                              seq.length, seq.children)
-            drafts.append([self._draft(seq, req, random.Random(base + i))
+            drafts.append([self._draft(seq, req, random.Random(base + i), salt=(base, i))
                            for i in range(req.n)])
             seq.children += req.n
+            if req.params.stop_rules:
+                for d in drafts[-1]:
+                    self._run_stop_rules(d, req.params)
         self._apply_token_limit([d for ds in drafts for d in ds], token_limit)
         outputs: list[tuple[Continuation, ...]] = []
         generated = 0
@@ -208,7 +240,7 @@ class SimulatedGenerator:
             conts = []
             for d in ds:
                 generated += len(d.words)
-                conts.append(self._commit(req.prefix, parent, d))
+                conts.append(self._commit(req.prefix, parent, d, req.params))
             outputs.append(tuple(conts))
         branches = sum(len(ds) for ds in drafts)
         longest = max((len(d.words) for ds in drafts for d in ds), default=0)
@@ -279,6 +311,125 @@ class SimulatedGenerator:
             first = hid
         return first
 
+    # -- token signals, stop rules and probes (DeepConf, Dynasor) ----------------------
+    supports_token_rules = True     # returns top_logprobs and runs stop_rules in decoding
+
+    @property
+    def _signals(self) -> bool:
+        return self.config.logprob_auroc is not None
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of ``text`` (one per word, as everywhere in the simulator)."""
+        return [self._token_id(w) for w in text.split()]
+
+    def _token_id(self, word: str) -> int:
+        return _hash_int("tok", word) % self.config.vocab_size
+
+    def _greedy_ok(self, p_ok: float, key: tuple) -> bool:
+        """Whether the greedy step ``key`` (prefix handle, its length, steps before) is right."""
+        if not self.config.greedy_can_err:
+            return p_ok >= 0.5
+        u = (_hash_int(self.config.world_seed, "greedy", key) % 1_000_000 + 0.5) / 1_000_000
+        return u < p_ok
+
+    def _step_quality(self, words: Sequence[str], correct: bool,
+                      salt: tuple[int, int]) -> list[float]:
+        """One latent signal per word of a step: x = +-m + z_step + noise * z_token.
+
+        ``m = Phi^-1(logprob_auroc) / sqrt(2)`` (+ for a step after which the trajectory is
+        still right, - once it is wrong), so the step latent ``+-m + z_step`` separates
+        right from wrong steps with AUROC ``logprob_auroc``; token noise averages out over
+        a window. With ``logprob_auroc=None`` m = 0: the signal says nothing.
+        Seeded by hashes, never by the step's sampling rng (the draws are unchanged).
+        """
+        auroc = self.config.logprob_auroc
+        m = 0.0 if auroc is None else NormalDist().inv_cdf(min(auroc, 1 - 1e-9)) / math.sqrt(2)
+        rng = random.Random(_hash_int("quality", self.config.world_seed, salt, tuple(words)))
+        q = (m if correct else -m) + rng.gauss(0.0, 1.0)
+        noise = self.config.logprob_token_noise
+        return [q + noise * rng.gauss(0.0, 1.0) for _ in words]
+
+    def _run_stop_rules(self, d: _Draft, params: SamplingParams) -> None:
+        """Feed every token of a draft to the request's stop rules, as decoding would.
+
+        A rule's ``Stop`` ends the draft at that token (``FinishReason.RULE``); EOS and stop
+        strings on the same token take precedence (:mod:`ttc.stopping`).
+        """
+        states = [spec.start() for spec in params.stop_rules]
+        k = max(spec.top_k for spec in params.stop_rules)
+        last = len(d.words) - 1
+        for i, (w, x) in enumerate(zip(d.words, d.quality)):
+            tid = self._token_id(w)
+            top = token_top_logprobs(x, max(k, 1), tid, self.config.vocab_size)
+            for spec, st in zip(params.stop_rules, states):
+                action = st.on_token(tid, top[0][1], top[:k] if k else None, forced=False)
+                if isinstance(action, Force):
+                    raise ValueError(f"the simulated engine cannot force tokens; stop rule "
+                                     f"{spec!r} asked to force {action.text!r}.")
+                if isinstance(action, Stop):
+                    if i == last and d.finish in (FinishReason.EOS, FinishReason.STOP):
+                        break                   # EOS / stop string win on the same token
+                    del d.words[i + 1:]
+                    del d.quality[i + 1:]
+                    d.pending, d.pending_quality = (), ()
+                    d.ended, d.finish = True, FinishReason.RULE
+                    d.stop_reason = f"rule:{action.reason}"
+                    break
+            if d.finish is FinishReason.RULE:
+                break
+        for st in states:
+            d.stats.update(st.summary())
+
+    def probe(self, handle: Handle, suffix_tokens: Sequence[int], *, max_new: int,
+              params: SamplingParams | None = None, n: int = 1) -> ExpandOutput:
+        """What the model would answer if asked now (a throw-away continuation).
+
+        At progress ``f`` = steps finished / steps needed, the probe states the answer the
+        trajectory holds (the gold answer while it is right; once wrong, a wrong answer
+        fixed by its first error) with probability ``f ** probe_exponent``; otherwise it
+        hedges ("hmm, wait") or guesses a wrong answer, evenly. The text is what follows a
+        ``\boxed{`` suffix: ``"123}"``. Charged like a real probe on shared KV: the suffix
+        is prefilled, the handle's tokens are cached, the probe's words are generated.
+        """
+        if max_new < 1:
+            raise ValueError(f"probe max_new must be >= 1; got {max_new!r}.")
+        if n < 1:
+            raise ValueError(f"probe n must be >= 1; got {n!r}.")
+        seq = self._live(handle)
+        model = seq.problem
+        done = seq.steps_done - (1 if seq.pending else 0)
+        f = 1.0 if seq.ended else min(1.0, done / model.num_steps)
+        if seq.correct:
+            held = model.gold
+        else:
+            h = _hash_int(self.config.world_seed, "belief", self._first_error(handle))
+            held = random.Random(h).choices(model.wrong, weights=model.wrong_weights)[0]
+        seed = params.seed if params is not None else None
+        conts = []
+        generated = 0
+        for i in range(n):
+            rng = random.Random(_hash_int(self.config.world_seed, "probe", handle, seed, i))
+            if rng.random() < f ** self.config.probe_exponent:
+                words = [f"{held}}}."]
+            elif rng.random() < 0.5:
+                words = ["hmm,", "wait"]
+            else:
+                words = [f"{rng.choices(model.wrong, weights=model.wrong_weights)[0]}}}."]
+            words = words[:max_new]
+            generated += len(words)
+            ids = tuple(self._token_id(w) for w in words)
+            conts.append(Continuation(handle=None, token_ids=ids, text=_join_words(words),
+                                      logprobs=tuple(-0.1 for _ in ids),
+                                      finish=FinishReason.EOS, stop_reason="eos"))
+        prefill = len(suffix_tokens)
+        self.modelled_seconds += prefill / self.config.prefill_tokens_per_second + \
+            max_new * (self.config.decode_step_seconds + n * self.config.decode_seconds_per_branch)
+        self.prefill_tokens_run += prefill
+        self.decode_tokens_run += generated
+        return ExpandOutput(continuations=(tuple(conts),), usage=GenerationUsage(
+            prefill_tokens=prefill, cached_tokens=seq.length, generated_tokens=generated,
+            peak_kv_bytes=self.peak_kv_bytes))
+
     # -- introspection for tests and benches -------------------------------------------
     def resident_tokens(self) -> int:
         return sum(s.own_tokens for s in self._seqs.values())
@@ -310,7 +461,8 @@ class SimulatedGenerator:
         return any(handle in (h for h, _ in self._seqs.lineage(hid))
                    for hid, s in self._seqs.items() if s.pinned)
 
-    def _draft(self, seq: _Seq, req: ExpandRequest, rng: random.Random) -> _Draft:
+    def _draft(self, seq: _Seq, req: ExpandRequest, rng: random.Random,
+               salt: tuple[int, int]) -> _Draft:
         """Plan one continuation: whole steps until a stop, EOS or max_tokens."""
         cfg = self.config
         model = seq.problem
@@ -318,6 +470,7 @@ class SimulatedGenerator:
         d = _Draft(steps_done=seq.steps_done, correct=seq.correct)
         budget = req.params.max_tokens
         queue = list(seq.pending)
+        qual = list(seq.pending_quality)
         # NOTE: a step cut earlier is resumed first; if it was the answer step, the
         # trajectory ends once it is out (steps_done counts steps started).
         d.ended = bool(queue) and seq.steps_done >= model.num_steps
@@ -325,16 +478,21 @@ class SimulatedGenerator:
         greedy = req.params.temperature == 0.0
         while True:
             if not queue:
-                queue = self._next_step_words(model, d, rng, p_ok, greedy)
+                greedy_key = (req.prefix, seq.length, d.steps_done)
+                queue = self._next_step_words(model, d, rng, p_ok, greedy, greedy_key)
+                qual = self._step_quality(queue, d.correct, salt)
             room = budget - len(d.words)
             if len(queue) > room:
                 d.words.extend(queue[:room])
+                d.quality.extend(qual[:room])
                 d.pending = tuple(queue[room:])
+                d.pending_quality = tuple(qual[room:])
                 d.ended = False
                 d.finish = FinishReason.MAX_TOKENS
                 return d
             d.words.extend(queue)
-            queue = []
+            d.quality.extend(qual)
+            queue, qual = [], []
             if d.ended:
                 d.finish = FinishReason.EOS
                 return d
@@ -343,7 +501,7 @@ class SimulatedGenerator:
                 return d
 
     def _next_step_words(self, model: ProblemModel, d: _Draft, rng: random.Random,
-                         p_ok: float, greedy: bool) -> list[str]:
+                         p_ok: float, greedy: bool, greedy_key: tuple) -> list[str]:
         cfg = self.config
         d.steps_done += 1
         if d.steps_done >= model.num_steps:        # the final step states the answer
@@ -353,7 +511,8 @@ class SimulatedGenerator:
             else:
                 answer = rng.choices(model.wrong, weights=model.wrong_weights)[0]
             return ["Therefore", "the", "answer", "is", f"\\boxed{{{answer}}}."]
-        ok = d.correct and (p_ok >= 0.5 if greedy else rng.random() < p_ok)
+        ok = d.correct and (self._greedy_ok(p_ok, greedy_key) if greedy
+                            else rng.random() < p_ok)
         d.correct = ok
         mu = math.log(cfg.mean_step_tokens) - cfg.step_tokens_sigma ** 2 / 2
         length = max(6, min(4 * cfg.mean_step_tokens,
@@ -379,21 +538,54 @@ class SimulatedGenerator:
         for d in drafts:
             if len(d.words) > lo:
                 d.pending = tuple(d.words[lo:]) + d.pending
+                d.pending_quality = tuple(d.quality[lo:]) + d.pending_quality
                 del d.words[lo:]
+                del d.quality[lo:]
                 d.finish = FinishReason.BUDGET
                 d.ended = False
 
-    def _commit(self, parent_id: int, parent: _Seq, d: _Draft) -> Continuation:
+    def _commit(self, parent_id: int, parent: _Seq, d: _Draft,
+                params: SamplingParams) -> Continuation:
         words = tuple(d.words)
         seq = _Seq(problem=parent.problem, parent=parent_id, own_tokens=len(words),
                    length=parent.length + len(words), steps_done=d.steps_done,
-                   correct=d.correct, ended=d.ended, pending=d.pending)
+                   correct=d.correct, ended=d.ended, pending=d.pending,
+                   pending_quality=d.pending_quality, quality=tuple(d.quality))
         hid = self._new(seq, words)
-        ids = tuple(_hash_int("tok", w) % self.config.vocab_size for w in words)
+        ids = tuple(self._token_id(w) for w in words)
         text = _join_words(words)
-        logprobs = tuple(-0.3 - (_hash_int("lp", hid, i) % 1000) / 1000 for i in range(len(ids)))
+        k = params.top_logprobs
+        tops = tuple(token_top_logprobs(x, max(k, 1), t, self.config.vocab_size)
+                     for x, t in zip(d.quality, ids)) if (k or self._signals) else ()
+        if self._signals:
+            logprobs = tuple(top[0][1] for top in tops)
+        else:
+            logprobs = tuple(-0.3 - (_hash_int("lp", hid, i) % 1000) / 1000
+                             for i in range(len(ids)))
+        reason = d.stop_reason or {FinishReason.EOS: "eos", FinishReason.STOP: "stop",
+                                   FinishReason.MAX_TOKENS: "max_tokens",
+                                   FinishReason.BUDGET: "budget"}.get(d.finish)
         return Continuation(handle=hid, token_ids=ids, text=text, logprobs=logprobs,
-                            finish=d.finish)
+                            finish=d.finish, top_logprobs=tuple(t[:k] for t in tops) if k else (),
+                            stop_reason=reason, stats=dict(d.stats))
+
+
+def token_top_logprobs(x: float, k: int, token_id: int, vocab_size: int
+                       ) -> tuple[tuple[int, float], ...]:
+    """The k most likely (token id, natural-log prob) pairs at a token of latent signal x.
+
+    The sampled token is the most likely one, with p1 = sigmoid(1.5 + x); 90% of the rest
+    goes to k - 1 alternatives halving in turn (ids derived from the token's). Higher x ->
+    more peaked -> larger DeepConf confidence -mean(top-k log-probs), monotonically.
+    """
+    p1 = 1.0 / (1.0 + math.exp(-(1.5 + x)))
+    rest = max(1.0 - p1, 1e-12) * 0.9
+    top = [(token_id, math.log(p1))]
+    if k > 1:
+        norm = sum(0.5 ** j for j in range(k - 1))
+        for j in range(k - 1):
+            top.append(((token_id + 1 + j) % vocab_size, math.log(rest * 0.5 ** j / norm)))
+    return tuple(top)
 
 
 def _join_words(words: Sequence[str]) -> str:

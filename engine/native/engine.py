@@ -193,6 +193,7 @@ class NativeEngine:
     """A model, its paged KV pool, radix tree, step loop, and the handles into them."""
 
     thread_safe = True        # many threads may call every method at once
+    supports_token_rules = True   # returns top_logprobs and runs stop_rules inside the batch
 
     def __init__(self, model: NativeModel, tokenizer: Any, *, page_size: int = 16,
                  kv_memory_gb: float = 2.0, max_batch_tokens: int = 2048,
@@ -410,7 +411,10 @@ class NativeEngine:
                 "decode_tokens_run": self.scheduler.decode_tokens_run,
                 "pages_used": self.pool.num_used, "pages_total": self.pool.num_pages,
                 "handles": len(self._handles),
-                "running": len(self.scheduler.running_branches())}
+                "running": len(self.scheduler.running_branches()),
+                "prefills_waiting": len(self.scheduler.waiting),
+                "preempted": sum(b.preempted for j in self.scheduler.jobs for b in j.branches
+                                 if not b.done)}
 
     # -- prefill ----------------------------------------------------------------------
     def _prefill(self, st: _NativeHandle, *, keep_hidden: bool = False,
@@ -538,6 +542,36 @@ class NativeEngine:
         """``[rows, hidden_size]`` final-norm hidden states -> ``[rows, vocab]`` float32 logits."""
         with torch.inference_mode():
             return self.model.logits(hidden)
+
+    def score_tokens(self, token_ids: Sequence[int], *, top_k: int = 0
+                     ) -> tuple[list[float | None], list[list[tuple[int, float]]], int]:
+        """Log-probabilities the model gives each of ``token_ids`` after the ones before it
+        (prompt log-probs, as for ``echo`` with ``logprobs``), from one prefill.
+
+        Returns ``(logprobs, top, computed)``: ``logprobs[i]`` is the natural-log
+        probability of token ``i`` given tokens ``0..i-1`` (``None`` for token 0, which has
+        no context); ``top[i]`` the ``top_k`` most likely ``(token_id, logprob)`` at that
+        position (empty for token 0); ``computed`` the tokens run through the model (to
+        charge). Nothing stays pinned: the sequence's KV is left as evictable cache.
+        """
+        ids = [int(t) for t in token_ids]
+        if not 0 <= top_k <= 20:
+            raise ValueError(f"top_k must be in [0, 20]; got {top_k!r}.")
+        hidden, handles, computed = self.extend_batch_usage([((), ids)])
+        try:
+            # hidden[0]: [num_tokens, hidden_size]; row i predicts token i + 1.
+            logp = torch.log_softmax(self.logits(hidden[0][:-1]).float(), dim=-1)
+        finally:
+            self.release(handles)
+        nxt = torch.tensor(ids[1:], dtype=torch.long)
+        chosen = logp.gather(1, nxt[:, None]).squeeze(1).tolist() if len(ids) > 1 else []
+        top: list[list[tuple[int, float]]] = [[]]
+        if top_k:
+            values, idx = logp.topk(top_k, dim=-1)
+            top += [list(zip(i.tolist(), v.tolist())) for i, v in zip(idx, values)]
+        else:
+            top += [[] for _ in chosen]
+        return [None, *chosen], top, computed
 
     def embed(self, handles: Sequence[Handle]) -> list[list[float]]:
         """The final hidden state of each handle's last token, L2-normalised."""

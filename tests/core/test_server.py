@@ -50,10 +50,16 @@ def test_chat_completion_runs_the_named_strategy_with_its_width(server):
     assert body["usage"]["completion_tokens"] == body["ttc"]["ledger"]["generated_tokens"] > 0
 
 
-def test_max_tokens_is_the_search_budget(server):
+def test_the_search_budget_is_its_own_field_and_max_tokens_the_completion_length(server):
+    """Before: max_tokens was the whole search's budget, so clients' usual 256 starved it."""
+    for body in ({"model": "beam-4", "prompt": "Q?", "ttc": {"budget": 150}},
+                 {"model": "beam-4@150", "prompt": "Q?"}):
+        r = _post(server, "/completions", body)
+        assert r.status_code == 200, r.text
+        assert r.json()["ttc"]["ledger"]["generated_tokens"] <= 150
     r = _post(server, "/completions", {"model": "beam-4", "prompt": "Q?", "max_tokens": 150})
     assert r.status_code == 200, r.text
-    assert r.json()["ttc"]["ledger"]["generated_tokens"] <= 150
+    assert r.json()["ttc"]["ledger"]["generated_tokens"] > 150       # the default budget
 
 
 @pytest.mark.parametrize("path,body,status,param", [
@@ -62,12 +68,34 @@ def test_max_tokens_is_the_search_budget(server):
     ("/chat/completions", {"model": "beam", "messages": []}, 400, "messages"),
     ("/chat/completions", {"model": "beam", "messages": [{"role": "bot", "content": "x"}]},
      400, "messages[0]"),
-    ("/chat/completions", {"model": "beam", "n": 2,
+    ("/chat/completions", {"model": "beam", "n": 0,
                            "messages": [{"role": "user", "content": "x"}]}, 400, "n"),
+    ("/chat/completions", {"model": "beam", "logprobs": True,
+                           "messages": [{"role": "user", "content": "x"}]}, 400, "logprobs"),
+    ("/chat/completions", {"model": "beam", "response_format": {"type": "json_object"},
+                           "messages": [{"role": "user", "content": "x"}]}, 400,
+     "response_format"),
+    ("/chat/completions", {"model": "beam", "tools": [{"type": "function"}],
+                           "messages": [{"role": "user", "content": "x"}]}, 400, "tools"),
+    ("/chat/completions", {"model": "beam", "frobnicate": 1,
+                           "messages": [{"role": "user", "content": "x"}]}, 400, "frobnicate"),
+    ("/chat/completions", {"model": "beam", "messages": [
+        {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
+     400, "messages[0].content[0]"),
+    ("/completions", {"model": "raw", "prompt": "x", "logit_bias": {"5": 3}}, 400,
+     "logit_bias"),
+    ("/completions", {"model": "raw", "prompt": "x", "best_of": 3}, 400, "best_of"),
+    ("/completions", {"model": "raw", "prompt": "x", "suffix": "y"}, 400, "suffix"),
+    ("/completions", {"model": "raw", "prompt": "x", "echo": True}, 400, "echo"),
+    ("/completions", {"model": "raw", "prompt": [1, 2]}, 400, None),
+    ("/completions", {"model": "beam", "prompt": "x", "stream_options": {
+        "include_usage": True}}, 400, "stream_options"),
+    ("/completions", {"model": "beam", "prompt": "x", "ttc": {"budget": 0}}, 400,
+     "ttc.budget"),
     ("/completions", {"model": "raw", "prompt": "x", "temperature": -1}, 400, "temperature"),
     ("/completions", {"model": "raw", "prompt": "x", "stop": [""]}, 400, "stop"),
     ("/completions", {"model": "raw", "prompt": ""}, 400, "prompt"),
-    ("/completions", {"model": "beam", "prompt": "x", "stream": True}, 400, "stream"),
+    ("/completions", {"model": "beam", "prompt": "x", "stream": "yes"}, 400, "stream"),
 ])
 def test_bad_requests_get_json_4xx_naming_the_field(server, path, body, status, param):
     r = _post(server, path, body)
@@ -176,13 +204,18 @@ def test_readme_serve_command_on_the_native_backend_answers_a_chat():
     the embedded model with the default verifier (the model as its own judge)."""
     with _serve_command("strategy=beam") as url:
         r = httpx.post(url + "/chat/completions", timeout=300, json={
-            "model": "beam-4", "max_tokens": 48,
+            "model": "beam-4", "max_tokens": 20, "ttc": {"budget": 48},
             "messages": [{"role": "user", "content": "What is 3 + 5?"}]})
         assert r.status_code == 200, r.text
         body = r.json()
         assert body["ttc"]["strategy"] == "beam"
-        assert body["choices"][0]["message"]["content"]
+        text = body["choices"][0]["message"]["content"]
+        assert text
+        # usage counts the search's tokens (the budget); the reply is at most max_tokens
         assert 0 < body["usage"]["completion_tokens"] <= 48
+        tok = httpx.post(url.removesuffix("/v1") + "/tokenize", timeout=30,
+                         json={"prompt": text}).json()
+        assert tok["count"] <= 20
         assert body["ttc"]["ledger"]["verifier_calls"] > 0
 
 
@@ -395,3 +428,18 @@ def test_a_closed_server_ends_its_keep_alive_connections_too():
         s.server_close()
         with pytest.raises(httpx.TransportError):
             client.get(s.url + "/models")
+
+
+@pytest.mark.parametrize("field,noop,refused", [
+    ("frequency_penalty", 0, 0.5), ("presence_penalty", 0.0, -1), ("logit_bias", {}, {"1": 2}),
+    ("tools", [], [{"type": "function", "function": {"name": "f"}}]),
+    ("tool_choice", "none", "required"), ("response_format", {"type": "text"},
+                                          {"type": "json_schema"}),
+    ("store", False, True), ("user", "alice", 3)])
+def test_no_op_values_pass_and_anything_else_is_named(server, field, noop, refused):
+    """Clients send some fields with their do-nothing value; those pass, any other value is
+    a 400 naming the field (never dropped silently)."""
+    body = {"model": "best_of_n-2", "messages": [{"role": "user", "content": "1+1?"}]}
+    assert _post(server, "/chat/completions", {**body, field: noop}).status_code == 200
+    r = _post(server, "/chat/completions", {**body, field: refused})
+    assert r.status_code == 400 and r.json()["error"]["param"] == field, r.text

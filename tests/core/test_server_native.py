@@ -109,7 +109,7 @@ class _SubmitGenerator:
     def root(self, problem):
         return "h"
 
-    def submit(self, requests):
+    def submit(self, requests, *, token_limit=None):
         self.jobs.append(_NeverDone())
         return self.jobs[-1]
 

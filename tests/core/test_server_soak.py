@@ -4,8 +4,8 @@ stage: ``scripts/ci_soak.sh``; ``TTC_SOAK_SECONDS`` sets the length, 90 s by def
 Worker threads mix, until a deadline: raw completions (fresh prompts and continuations
 of earlier replies), strategy runs (chat and completions), requests too big for the pool,
 clients that disconnect mid-request, clients that give up (a short client timeout), bad
-requests and model listings. Streaming is not offered by the server (``stream=true`` is a
-400), so it is not part of the mix. Afterwards:
+requests, model listings, and streamed strategy runs (read to the end, or dropped after
+the first event, which cancels the search). Afterwards:
 
 * every request got a reply with status 200, 400 or 507 (507 naming
   ``backend.kv_memory_gb``), or was dropped by its own client;
@@ -40,7 +40,8 @@ PROMPTS = ["What is 2 + 2?", "Solve the problem step by step.", "A train leaves 
            "The answer is", "First, 12 + 30 = 42.", "Then we add 3 and 4"]
 STRATEGIES = ["best_of_n-2", "best_of_n-4", "beam-4", "self_consistency-3"]
 ACTIONS = ["raw"] * 7 + ["strategy"] * 4 + ["too_big", "disconnect", "disconnect",
-                                             "give_up", "give_up", "bad", "bad", "models"]
+                                             "give_up", "give_up", "bad", "bad", "models",
+                                             "stream", "stream"]
 LIMITS = ServerLimits(max_width=8, max_tokens=256, read_timeout_s=10, max_connections=64)
 
 
@@ -98,11 +99,11 @@ def _one(soak: Soak, rng: random.Random, client: httpx.Client) -> None:
         budget = rng.randint(32, 200)
         if rng.random() < 0.5:
             r = client.post(url + "/chat/completions", json={
-                "model": model, "max_tokens": budget,
+                "model": model, "ttc": {"budget": budget},
                 "messages": [{"role": "user", "content": question}]})
         else:
             r = client.post(url + "/completions", json={
-                "model": model, "prompt": question, "max_tokens": budget})
+                "model": f"{model}@{budget}", "prompt": question})
         _check(soak, action, r, {200, 507})
     elif action == "too_big":                   # 8 branches x 13 pages > the 65-page pool
         r = client.post(url + "/completions", json={
@@ -121,7 +122,7 @@ def _one(soak: Soak, rng: random.Random, client: httpx.Client) -> None:
     elif action == "give_up":                  # the client's own timeout ends the wait
         try:
             r = httpx.post(url + "/chat/completions", timeout=rng.uniform(0.1, 0.6), json={
-                "model": rng.choice(STRATEGIES), "max_tokens": 200,
+                "model": rng.choice(STRATEGIES), "ttc": {"budget": 200},
                 "messages": [{"role": "user", "content": rng.choice(PROMPTS)}]})
             _check(soak, action, r, {200, 507})
         except httpx.TimeoutException:
@@ -132,8 +133,31 @@ def _one(soak: Soak, rng: random.Random, client: httpx.Client) -> None:
             {"model": "raw", "prompt": "Q", "n": 100},
             {"model": "raw", "prompt": "x" * 2000, "max_tokens": 4},     # past the context
             {"model": "raw", "prompt": "Q", "max_tokens": 10 ** 6},
-            {"model": "raw", "prompt": "Q", "stream": True}])
+            {"model": "raw", "prompt": "Q", "logit_bias": {"5": 1.0}},
+            {"model": "beam", "prompt": "Q", "response_format": {"type": "json_object"}}])
         _check(soak, action, client.post(url + "/completions", json=body), {400})
+    elif action == "stream":                   # SSE: read to [DONE], or leave after one event
+        leave = rng.random() < 0.5
+        with client.stream("POST", url + "/chat/completions", json={
+                "model": rng.choice(STRATEGIES), "stream": True, "ttc": {"budget": 200},
+                "messages": [{"role": "user", "content": rng.choice(PROMPTS)}]}) as r:
+            if r.status_code != 200:
+                r.read()
+                _check(soak, action, r, {200})
+                return
+            events = []
+            for line in r.iter_lines():
+                if line.startswith("data: "):
+                    events.append(line[len("data: "):])
+                    if leave:
+                        break
+        if leave:                   # leaving the block unread closed the connection
+            soak.record(action, "left mid-stream")
+        elif events[-1] == "[DONE]" and all(
+                "507" in e or "error" not in e for e in events[:-1]):
+            soak.record(action, "200 stream")
+        else:
+            soak.record(action, "bad stream", str(events[-2:]))
     else:
         _check(soak, action, client.get(url + "/models"), {200})
 
@@ -191,11 +215,11 @@ def test_soak_mixed_requests_on_a_small_pool(model_dir):
               f"after soak {after['pages_used']} (raw cache, {after['handles']} handles) -> "
               f"after forgetting {final['pages_used']} of {final['pages_total']}; peak batch "
               f"{final['peak_batch']}, preemptions {final['preemptions']}; raw requests cancelled "
-              f"on disconnect {server.service.cancelled}")
+              f"on disconnect {server.service.cancelled}")  # raw and strategy requests
         assert not soak.failures, "\n".join(soak.failures[:20])
         assert final["pages_used"] == idle["pages_used"] and final["handles"] == idle["handles"]
         kinds = {k.split(":")[0] for k in soak.statuses}
-        assert {"raw", "strategy", "disconnect", "give_up", "bad"} <= kinds
+        assert {"raw", "strategy", "disconnect", "give_up", "bad", "stream"} <= kinds
         assert soak.statuses["raw:200"] > 0 and soak.statuses["strategy:200"] > 0
     finally:
         stop(server)

@@ -85,3 +85,19 @@ def test_continuation_ids_match_running_text_when_seam_is_clean(tok):
     assert prefix_ids + ids == joint
     alone = tok(" 3 and 4 to get 7.", add_special_tokens=False)["input_ids"]
     assert ids == alone[-len(ids):]
+
+
+def test_a_conversation_renders_whole_and_a_client_system_prompt_replaces_the_default():
+    from ttc.engine.prompting import DEFAULT_SYSTEM_PROMPT, chat_messages
+    from ttc.types import Message, Problem
+
+    problem = Problem(question="And 2 + 2?", context=(
+        Message(role="system", content="Reply with #### N."),
+        Message(role="user", content="1 + 1?"), Message(role="assistant", content="#### 2")))
+    assert chat_messages(problem) == [
+        {"role": "system", "content": "Reply with #### N."},
+        {"role": "user", "content": "1 + 1?"}, {"role": "assistant", "content": "#### 2"},
+        {"role": "user", "content": "And 2 + 2?"}]
+    no_system = Problem(question="And 2 + 2?", context=problem.context[1:])
+    assert chat_messages(no_system)[0] == {"role": "system", "content": DEFAULT_SYSTEM_PROMPT}
+    assert chat_messages(no_system, system_prompt=None)[0]["role"] == "user"
