@@ -169,8 +169,11 @@ def draw_tree(record: dict[str, Any], out: str | Path, *, title: str | None = No
     width = min(48.0, max(7.0, 0.42 * leaves + 1.5))
     tree_height = min(24.0, max(2.5, 0.9 * (1 + depth)))
     text_height = 0.22 * (len(steps) + 1) if steps else 0.0
-    # Inches, top down: title 0.3, budget banner 0.3, legend 0.35, the tree, step text.
-    height = 0.95 + tree_height + 0.3 + text_height
+    # Inches, top down: title 0.3, budget banner 0.3, legend 0.35 a row (one row of 7
+    # entries from 11 inches wide, else two of 4), the tree, step text.
+    legend_cols = 7 if width >= 11 else 4
+    top = 0.6 + 0.35 * (1 if legend_cols == 7 else 2)
+    height = top + tree_height + 0.3 + text_height
     fig = plt.figure(figsize=(width, height))
     ax = fig.add_axes((0.75 / width, (text_height + 0.3) / height, 1 - 1.6 / width,
                        tree_height / height))
@@ -247,7 +250,7 @@ def draw_tree(record: dict[str, Any], out: str | Path, *, title: str | None = No
                Line2D([], [], color=CHOSEN_COLOR, lw=3, label="chosen path"),
                Line2D([], [], marker="o", ls="", ms=11, color="none", mec=WRONG_COLOR,
                       label="step cut by budget")]
-    ax.legend(handles=handles, loc="lower left", bbox_to_anchor=(0.0, 1.02), ncol=7,
+    ax.legend(handles=handles, loc="lower left", bbox_to_anchor=(0.0, 1.02), ncol=legend_cols,
               fontsize=7, frameon=False, borderaxespad=0.0)
     fig.text(0.5, 1 - 0.06 / height, title or _title(record, tree), fontsize=9,
              ha="center", va="top")

@@ -216,6 +216,8 @@ def test_tree_png_correct_answers_are_green_and_a_budget_cut_is_marked(sweep_dir
     assert any(t.get_text().startswith("BUDGET EXHAUSTED") for t in fig.texts)
     legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert "step cut by budget" in legend
+    box = fig.axes[0].get_legend().get_window_extent(fig.canvas.get_renderer())
+    assert 0 <= box.x0 and box.x1 <= fig.bbox.x1 and box.y1 <= fig.bbox.y1   # all on the page
     results = sweep_dir / "runs" / "strategy=beam,budget=1024,seed=0" / "results.jsonl"
     graded = [r for r in read_results(results) if r["correct"] and r.get("tree")]
     fig = draw_tree(graded[0], tmp_path / "ok.png")
