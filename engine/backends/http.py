@@ -199,10 +199,12 @@ class HTTPGenerator(TokenHandleGenerator):
 
     def format_prompt(self, problem: Problem) -> tuple[tuple[int, ...], str]:
         if self.tokenizer is None:
-            text = problem.question
-            if self.system_prompt:
-                text = f"{self.system_prompt}\n\n{text}"
-            return (), text
+            # No template: the conversation's texts (system prompt, earlier turns, the
+            # question) separated by blank lines.
+            from ttc.engine.prompting import chat_messages  # noqa: PLC0415
+
+            messages = chat_messages(problem, system_prompt=self.system_prompt)
+            return (), "\n\n".join(m["content"] for m in messages)
         return self.chat_prompt(self.tokenizer, problem)
 
     def decode(self, token_ids: Sequence[int]) -> str | None:

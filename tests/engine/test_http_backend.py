@@ -339,3 +339,18 @@ def test_a_hanging_server_is_bounded_by_the_total_deadline():
         srv.release.set()
         srv.shutdown()
         srv.server_close()
+
+
+def test_text_prompts_carry_the_whole_conversation():
+    from ttc.types import Message, Problem
+
+    g = HTTPGenerator(HTTPBackendConfig(base_url="http://127.0.0.1:9/v1", model="m",
+                                        system_prompt="Be brief."))
+    try:
+        assert g.format_prompt(Problem(question="2 + 2?")) == ((), "Be brief.\n\n2 + 2?")
+        chat = Problem(question="2 + 2?", context=(
+            Message(role="system", content="Use ####."), Message(role="user", content="1 + 1?"),
+            Message(role="assistant", content="#### 2")))
+        assert g.format_prompt(chat) == ((), "Use ####.\n\n1 + 1?\n\n#### 2\n\n2 + 2?")
+    finally:
+        g.close()
