@@ -98,14 +98,22 @@ def success_estimate(scores: Sequence[float]) -> float:
 def solve_allocated(problems: Sequence[Problem], *, generator: Generator,
                     verifier: Verifier, total_tokens: int, probe_samples: int = 2,
                     wave: int = 2, vote_threshold: float = 0.95,
+                    certaindex_threshold: float | None = None,
                     generation: GenerationConfig | None = None) -> DatasetRun:
     """Probe every problem, then give waves of samples by marginal gain until the
     dataset budget ``total_tokens`` is spent.
 
     A problem whose vote is already decided (:func:`vote_confidence` of its answer
-    counts >= ``vote_threshold``) gets no more samples; its share goes to undecided ones.
+    counts >= ``vote_threshold``, or, with ``certaindex_threshold``, its answers'
+    certaindex H~ (:func:`~ttc.strategies.certaindex.answer_certaindex`) at least that)
+    gets no more samples; its share goes to undecided ones.
     """
     from ttc.strategies.adaptive import vote_confidence
+    from ttc.strategies.certaindex import answer_certaindex
+
+    if certaindex_threshold is not None and not 0.0 <= certaindex_threshold <= 1.0:
+        raise ValueError(f"certaindex_threshold must be in [0, 1] (or None); got "
+                         f"{certaindex_threshold!r}.")
 
     if total_tokens <= 0:
         raise ValueError(f"total_tokens must be a positive integer; got {total_tokens!r}.")
@@ -134,7 +142,9 @@ def solve_allocated(problems: Sequence[Problem], *, generator: Generator,
         cands = [c for r in parts[i] for c in r.candidates]
         q = success_estimate([c.score for c in cands if c.score is not None])
         counts = list(vote_totals(cands, weighted=False).values())
-        return q, len(cands), vote_confidence(counts) >= vote_threshold
+        settled = (certaindex_threshold is not None
+                   and answer_certaindex([c.answer for c in cands]) >= certaindex_threshold)
+        return q, len(cands), settled or vote_confidence(counts) >= vote_threshold
 
     heap = []
     for i in range(len(problems)):

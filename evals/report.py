@@ -7,11 +7,16 @@ with :func:`ttc.evals.metrics.summarize` (metrics over graded problems; failed r
 are counted in ``failed`` and a run with none graded is left out), whose accuracy
 interval is clustered by problem id: a problem seen under two sampling seeds is one
 cluster, not two samples. :func:`figures` draws three matplotlib figures (Agg), one
-subplot per dataset, one line per strategy (points ordered by generated tokens):
+subplot per dataset, one line per strategy (points ordered by generated tokens), each
+point with its 95% interval bar and its token budget written beside it, titles naming
+dataset, backend, verifier and seeds:
 
-    accuracy_vs_tokens           accuracy vs generated tokens per problem (log x)
-    accuracy_vs_verifier_calls   accuracy vs verifier calls per problem (symlog x)
+    accuracy_vs_tokens           accuracy vs generated tokens per problem
+    accuracy_vs_verifier_calls   accuracy vs verifier calls per problem
     kv_peak_vs_accuracy          peak KV bytes (MiB) vs accuracy
+
+An x axis is linear while its points span less than 8x, else log (symlog when it holds
+zeros), always with plain-number tick labels.
 
 :func:`write_report` saves ``report.md``, ``report.csv`` and ``plots/<name>.png``.
 Must NOT know: strategy or engine internals.
@@ -29,7 +34,7 @@ from ttc.evals.metrics import is_failed, summarize
 from ttc.evals.runner import CONFIG, RESULTS, read_results
 from ttc.registry import ConfigError
 
-COLUMNS = ("dataset", "strategy", "point", "budget", "seeds", "problem_seeds", "problems",
+COLUMNS = ("dataset", "strategy", "point", "budget", "backend", "verifier", "seeds", "problem_seeds", "problems",
            "distinct_problems", "failed", "accuracy",
            "accuracy_ci_low", "accuracy_ci_high", "pass@1", "majority@8",
            "generated_tokens_per_problem", "verifier_calls_per_problem",
@@ -113,7 +118,9 @@ def collect(root: str | Path, *, points_over: tuple[str, ...] | None = None
         summary = summarize(records)
         strat = members[0]["strategy"]
         point = ",".join(f"{k}={strat[k]}" for k in points_over if k in strat)
+        run = members[0]["identity"]["run"]
         rows.append({"dataset": dataset, "strategy": label, "point": point, "budget": budget,
+                     "backend": run["backend"]["name"], "verifier": run["verifier"]["name"],
                      "seeds": seed_list(m["identity"]["seed"] for m in members),
                      "problem_seeds": seed_list(m["identity"]["dataset"].get("seed", 0)
                                                 for m in members),
@@ -141,8 +148,66 @@ def seed_list(seeds) -> str:
     return ",".join(parts)
 
 
+def _nice_ticks(lo: float, hi: float, *, zero: bool = False) -> list[float]:
+    """Plain tick values for a log (or symlog) axis over [lo, hi]: powers of ten, or
+    1, 2, 5 x 10^k, or finer steps (the first giving three ticks), then evenly spaced round numbers, when that leaves fewer than three
+    ticks; 0 first when ``zero``."""
+    import math
+
+    lo, hi = max(lo, 1e-9), max(hi, 1e-9)
+    ticks: list[float] = []
+    for mantissas in ((1,), (1, 2, 5), (1, 1.5, 2, 3, 4, 5, 6, 7, 8, 9)):
+        ticks = sorted({m * 10.0 ** k
+                        for k in range(math.floor(math.log10(lo)) - 1,
+                                       math.ceil(math.log10(hi)) + 2)
+                        for m in mantissas if lo <= m * 10.0 ** k <= hi})
+        if len(ticks) >= 3:
+            break
+    if len(ticks) < 3:                  # less than a decade: evenly spaced round numbers
+        from matplotlib.ticker import MaxNLocator
+
+        ticks = [float(t) for t in MaxNLocator(nbins=6, steps=[1, 2, 5, 10]).tick_values(lo, hi) if lo <= t <= hi]
+    while len(ticks) > 8:
+        ticks = ticks[::2]
+    return ([0.0] if zero else []) + ticks
+
+
+def _plain(value: float, _pos: Any = None) -> str:
+    return f"{value:,.0f}" if abs(value) >= 10 or value == int(value) else f"{value:g}"
+
+
+def _set_x_axis(ax, xs: list[float], *, allow_zero: bool) -> None:
+    """Linear when the points span less than 8x; log (symlog with zeros) beyond, with
+    plain-number ticks (never 10^3-style labels or one lone tick)."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter, NullLocator
+
+    positive = [x for x in xs if x > 0]
+    has_zero = any(x <= 0 for x in xs)
+    if not positive or max(positive) < 8 * min(positive):
+        ax.xaxis.set_major_formatter(FuncFormatter(_plain))
+        return
+    if has_zero and allow_zero:
+        ax.set_xscale("symlog", linthresh=1.0)
+    else:
+        ax.set_xscale("log")
+    ticks = _nice_ticks(min(positive), max(positive), zero=has_zero and allow_zero)
+    ax.set_xticks(ticks)
+    ax.xaxis.set_major_formatter(FuncFormatter(_plain))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def _names(rows: list[dict[str, Any]], key: str) -> str:
+    return ", ".join(sorted({str(r.get(key) or "?") for r in rows}))
+
+
 def figures(rows: list[dict[str, Any]]):
-    """The three figures (matplotlib, Agg), keyed by plot name."""
+    """The three figures (matplotlib, Agg), keyed by plot name.
+
+    Each point is one (strategy, budget) group with a 95% interval bar (clustered by
+    problem, from :func:`collect`) and its token budget written beside it; each
+    subplot's title names the dataset, backend, verifier and seeds.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -150,46 +215,55 @@ def figures(rows: list[dict[str, Any]]):
 
     datasets = sorted({r["dataset"] for r in rows})
     specs = {
-        "accuracy_vs_tokens": ("generated_tokens_per_problem", "generated tokens per problem",
-                               "log"),
+        "accuracy_vs_tokens": ("generated_tokens_per_problem", "generated tokens per problem"),
         "accuracy_vs_verifier_calls": ("verifier_calls_per_problem",
-                                       "verifier calls per problem", "symlog"),
-        "kv_peak_vs_accuracy": ("kv_peak_mib", "peak KV cache (MiB, mean over problems)",
-                                "log"),
+                                       "verifier calls per problem"),
+        "kv_peak_vs_accuracy": ("kv_peak_mib", "peak KV cache (MiB, mean over problems)"),
     }
     out = {}
-    for name, (xkey, xlabel, xscale) in specs.items():
-        wide = 2.0 if len({r["strategy"] for r in rows}) > 6 else 0.0
-        fig, axes = plt.subplots(1, len(datasets), figsize=(6.4 * len(datasets) + wide, 4.6),
+    for name, (xkey, xlabel) in specs.items():
+        many = len({r["strategy"] for r in rows}) > 6
+        fig, axes = plt.subplots(1, len(datasets),
+                                 figsize=(6.8 * len(datasets) + (2.0 if many else 0.0), 5.0),
                                  squeeze=False)
         for ax, dataset in zip(axes[0], datasets):
+            here = [r for r in rows if r["dataset"] == dataset]
             by_strategy: dict[str, list[dict[str, Any]]] = defaultdict(list)
-            for r in rows:
-                if r["dataset"] == dataset:
-                    by_strategy[r["strategy"]].append(r)
+            for r in here:
+                by_strategy[r["strategy"]].append(r)
             colors = plt.get_cmap("tab20").colors
-            bands = len(by_strategy) <= 4      # CI bands only while they stay readable
+            every_x: list[float] = []
             for i, (label, pts) in enumerate(sorted(by_strategy.items())):
                 pts = sorted(pts, key=lambda r: r["generated_tokens_per_problem"])
                 xs = [(r["kv_peak_bytes_mean"] / 2**20 if xkey == "kv_peak_mib" else r[xkey])
                       for r in pts]
                 ys = [r["accuracy"] for r in pts]
-                (line,) = ax.plot(xs, ys, marker=_MARKS[i % len(_MARKS)], label=label,
-                                  color=colors[(2 * i) % 20 + (i // 10) % 2])
-                if bands:
-                    ax.fill_between(xs, [r["accuracy_ci_low"] for r in pts],
-                                    [r["accuracy_ci_high"] for r in pts],
-                                    color=line.get_color(), alpha=0.12, linewidth=0)
-            if xscale == "symlog":
-                ax.set_xscale("symlog", linthresh=1.0)
-            elif all(x > 0 for line in ax.get_lines() for x in line.get_xdata()):
-                ax.set_xscale(xscale)
+                every_x.extend(xs)
+                color = colors[(2 * i) % 20 + (i // 10) % 2]
+                ax.plot(xs, ys, marker=_MARKS[i % len(_MARKS)], label=label, color=color)
+                # NOTE: capsize=0: caps would be Line2D objects among the axes' lines, which
+                # callers read as one line per strategy; the bars are one LineCollection.
+                ax.errorbar(xs, ys, yerr=[[y - r["accuracy_ci_low"] for y, r in zip(ys, pts)],
+                                          [r["accuracy_ci_high"] - y for y, r in zip(ys, pts)]],
+                            fmt="none", ecolor=color, elinewidth=1.8, capsize=0, alpha=0.6)
+                if not many:
+                    for x, y, r in zip(xs, ys, pts):
+                        # Above the point near the floor, below it elsewhere; one row per
+                        # strategy so points at one spot keep their labels apart.
+                        dy = 4 + 8 * i if y < 0.15 else -10 - 8 * i
+                        ax.annotate(f"b={r['budget']:,}" if r["budget"] else "b=∞", (x, y),
+                                    textcoords="offset points", xytext=(5, dy),
+                                    fontsize=6.5, color=color)
+            _set_x_axis(ax, every_x, allow_zero=(xkey == "verifier_calls_per_problem"))
             ax.set_xlabel(xlabel)
-            ax.set_ylabel("accuracy")
-            ax.set_ylim(-0.02, 1.02)
-            ax.set_title(dataset)
-            ax.grid(True, alpha=0.3, which="both")
-            if len(by_strategy) > 6:
+            ax.set_ylabel("accuracy (bars: 95% CI, clustered by problem)")
+            ax.set_ylim(-0.02, 1.05)
+            ax.set_title(f"{dataset} · backend {_names(here, 'backend')} · verifier "
+                         f"{_names(here, 'verifier')}\nseeds {_names(here, 'seeds')} · "
+                         f"problem sets {_names(here, 'problem_seeds')} · "
+                         f"b = token budget", fontsize=9)
+            ax.grid(True, alpha=0.3)
+            if many:
                 ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
             else:
                 ax.legend(fontsize=8)

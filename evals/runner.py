@@ -88,6 +88,7 @@ from ttc.config import RunConfig, load_run_config
 from ttc.evals.datasets import DatasetConfig, dataset_config, load_problems
 from ttc.evals.grading import grader_name
 from ttc.evals.metrics import is_failed
+from ttc.evals.progress import EvalProgress, choose_display
 from ttc.evals.records import solve_to_record
 from ttc.registry import ConfigError, format_validation_error
 from ttc.types import Frozen, Problem
@@ -327,8 +328,8 @@ def run_eval(plan: EvalPlan, *, on_record: Callable[[dict[str, Any]], None] | No
 
     appender = _Appender(results_path)
     recorded = [r for r in existing if str(r["id"]) not in retry and r["id"] in ids]
-    bar = _ProgressBar(total=len(plan.problems), done=recorded,
-                       enabled=settings.progress and sys.stderr.isatty())
+    bar = EvalProgress(total=len(plan.problems), done=recorded,
+                       display=choose_display(settings.progress, sys.stderr))
     lock = threading.Lock()
     new_ids: set[str] = set()
 
@@ -409,49 +410,3 @@ def _shared_engine(config: RunConfig) -> tuple[Any, Any]:
     from ttc.sharing import shared_engine
 
     return shared_engine(config)
-
-
-class _ProgressBar:
-    """A rich progress bar with running accuracy and tokens per problem (tty only)."""
-
-    def __init__(self, *, total: int, done: list[dict[str, Any]], enabled: bool) -> None:
-        graded = [r for r in done if not is_failed(r)]
-        self.correct = sum(bool(r["correct"]) for r in graded)
-        self.tokens = sum(r["ledger"]["generated_tokens"] for r in graded)
-        self.count = len(graded)
-        self.failed = len(done) - len(graded)
-        self._progress = None
-        if not enabled:
-            return
-        from rich.console import Console
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                   TimeElapsedColumn, TimeRemainingColumn)
-
-        self._progress = Progress(TextColumn("eval"), BarColumn(), MofNCompleteColumn(),
-                                  TextColumn("{task.fields[stats]}"), TimeElapsedColumn(),
-                                  TimeRemainingColumn(), console=Console(stderr=True))
-        self._task = self._progress.add_task("eval", total=total,
-                                             completed=self.count + self.failed,
-                                             stats=self._stats())
-        self._progress.start()
-
-    def _stats(self) -> str:
-        failed = f" · {self.failed} failed" if self.failed else ""
-        if not self.count:
-            return "acc – · tok/problem –" + failed
-        return (f"acc {self.correct / self.count:.3f} · "
-                f"tok/problem {self.tokens / self.count:,.0f}" + failed)
-
-    def advance(self, record: dict[str, Any]) -> None:
-        if is_failed(record):
-            self.failed += 1
-        else:
-            self.count += 1
-            self.correct += bool(record["correct"])
-            self.tokens += record["ledger"]["generated_tokens"]
-        if self._progress is not None:
-            self._progress.update(self._task, advance=1, stats=self._stats())
-
-    def close(self) -> None:
-        if self._progress is not None:
-            self._progress.stop()

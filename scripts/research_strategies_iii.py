@@ -350,8 +350,8 @@ def reading(dc: dict[str, Any], dy: dict[str, Any], rc: dict[str, Any]) -> list[
                    f"to completion (paper: 43-85% on real models), accuracy change "
                    f"{_est(a, signed=True)} (interval {_verdict(a)}); "
                    f"{_est(m['stopped_share'], pct=True)} of the traces after warm-up "
-                   f"were stopped by the window rule, {m['traces']:.1f} traces run per "
-                   "problem (the consensus stop ends the rest).")
+                   f"were stopped by the window rule; {m['traces']:.1f} of at most 64 traces "
+                   "run per problem (fewer only where the consensus stop fired).")
     for name, m in dy["methods"].items():
         s, a = m["saved"], m["accuracy_delta"]
         out.append(f"* Dynasor {name}: {_est(s, pct=True)} tokens saved vs full chains "

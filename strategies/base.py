@@ -14,6 +14,11 @@ call for many nodes, children added to the tree, terminal ones recognised), ``sc
 ``open_prompt`` (another prompt to the same model, e.g. a planner or a join, as a pinned
 node under the root) and reproducible ``seed``\\ s.
 
+Events: with a progress callback, ``emit`` sends the strategy's step reports and the
+context sends one event per tree change (node added, scored, pruned; the chosen leaf at
+the end), each with the ledger's generated tokens so far: enough for a viewer to redraw
+the tree live (:mod:`ttc.live`) without knowing the strategy.
+
 KV lifecycle::
 
     expand(parents) ─► children pinned by the engine (alive)
@@ -39,8 +44,8 @@ from ttc.metered import MeteredGenerator, MeteredVerifier
 from ttc.protocols import Generator, ProgressCallback, Verifier
 from ttc.registry import STRATEGIES, ConfigError
 from ttc.tree import Node, NodeStatus, SearchTree
-from ttc.types import (Candidate, Continuation, ExpandRequest, FinishReason, Frozen,
-                       Problem, ProgressEvent, Result, SamplingParams)
+from ttc.types import (Candidate, Continuation, EventKind, ExpandRequest, FinishReason,
+                       Frozen, NodeUpdate, Problem, ProgressEvent, Result, SamplingParams)
 
 __all__ = ["STRATEGIES", "SearchContext", "SearchStrategy", "StrategyConfig",
            "split_steps", "stable_seed"]
@@ -95,6 +100,7 @@ class SearchContext:
         self.candidates: list[Candidate] = []
         self.info: dict[str, Any] = {}
         self._progress = progress
+        self._last_step: tuple[int, int, float | None] = (0, 0, None)  # step, live, best
         self._seed_salt = seed_salt
         self._pinned: set[int] = set()
         self.thinking_rule = self._thinking_rule()
@@ -113,8 +119,27 @@ class SearchContext:
     def emit(self, step: int, live: int, best_score: float | None = None, note: str = "",
              **extra: Any) -> None:
         if self._progress is not None:
+            self._last_step = (step, live, best_score)
             self._progress(ProgressEvent(step=step, live=live, best_score=best_score,
-                                         note=note, extra=extra))
+                                         note=note, extra=extra, **self._budget_fields()))
+
+    def emit_tree(self, kind: EventKind, node: Node | None, *,
+                  budget_exhausted: bool = False) -> None:
+        """Report a change of the tree (``node`` None: a CHOSEN event with no answer)."""
+        if self._progress is None:
+            return
+        step, live, best = self._last_step
+        update = None if node is None else NodeUpdate(
+            id=node.id, parent=node.parent, depth=node.depth, text=node.text,
+            tokens=node.num_tokens, status=node.status.value, score=node.score,
+            answer=node.answer, cut_by_budget=node.cut_by_budget)
+        self._progress(ProgressEvent(step=step, live=live, best_score=best, kind=kind,
+                                     node=update, budget_exhausted=budget_exhausted,
+                                     **self._budget_fields()))
+
+    def _budget_fields(self) -> dict[str, Any]:
+        return {"generated_tokens": self.ledger.generated_tokens,
+                "budget_tokens": self.ledger.budget.max_generated_tokens}
 
     # -- expansion ---------------------------------------------------------------------
     def step_params(self, seed: int, **kw: Any) -> SamplingParams:
@@ -206,6 +231,7 @@ class SearchContext:
                                              and self.generation.last_number_answer))
         elif cont.finish is FinishReason.BUDGET:
             child.cut_by_budget = True
+        self.emit_tree(EventKind.NODE_ADDED, child)
         return child
 
     # -- scoring -----------------------------------------------------------------------
@@ -237,6 +263,7 @@ class SearchContext:
             per_node[i] = list(scores)
             if node.id in self._pinned:
                 self.generator.pin([node.handle], value=node.score)
+            self.emit_tree(EventKind.NODE_SCORED, node)
         return per_node
 
     def value(self, node: Node, how: StepAggregation | str = "last") -> float:
@@ -266,6 +293,7 @@ class SearchContext:
         node.extra["prompt"] = question
         node.extra["label"] = label
         self._pinned.add(node.id)
+        self.emit_tree(EventKind.NODE_ADDED, node)
         return node
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -276,8 +304,10 @@ class SearchContext:
             if node.id in self._pinned:
                 self._pinned.discard(node.id)
                 handles.append(node.handle)
-            if prune and node.status is not NodeStatus.TERMINAL:
+            if prune and node.status is not NodeStatus.TERMINAL \
+                    and node.status is not NodeStatus.PRUNED:
                 node.status = NodeStatus.PRUNED
+                self.emit_tree(EventKind.NODE_PRUNED, node)
         self.generator.release(handles)
 
     def release_all(self) -> None:
@@ -356,6 +386,12 @@ class SearchStrategy:
             ledger.record_kv_bytes(ctx.generator.kv_bytes())
             ctx.release_all()
         chosen = self.choose(ctx)
+        ctx.tree.chosen = chosen.node_id if chosen is not None else None
+        ctx.tree.budget_exhausted = ledger.budget_exhausted
+        ctx.emit_tree(EventKind.CHOSEN,
+                      ctx.tree[chosen.node_id] if chosen and chosen.node_id is not None
+                      and chosen.node_id in ctx.tree.nodes else None,
+                      budget_exhausted=ledger.budget_exhausted)
         ledger.finish()
         return Result(
             problem_id=problem.id, strategy=self.name,

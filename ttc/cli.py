@@ -107,6 +107,8 @@ def solve(
     pipeline: Optional[Path] = typer.Option(
         None, "--pipeline", help="A composed pipeline: a YAML file of layers "
                                  "(generate, rank, critique, fuse, verify)."),
+    watch: bool = typer.Option(False, "--watch", "-w",
+                               help="Show the search tree growing live (on stderr)."),
 ) -> None:
     """Solve one question and print the answer and the compute ledger."""
     if not question.strip():
@@ -130,7 +132,12 @@ def solve(
 
     from ttc.pipeline import Pipeline
 
-    progress, done = _progress_display(quiet)
+    if watch and quiet:
+        raise UsageError("--watch and --quiet contradict each other; choose one.")
+    if watch:
+        progress, done = _watch_display(question, config)
+    else:
+        progress, done = _progress_display(quiet)
     try:
         pipe = Pipeline.from_config(config, progress=progress)
         result = pipe.solve(question)
@@ -197,15 +204,30 @@ def _progress_display(quiet: bool):
         return None, lambda: None
     from rich.console import Console
 
+    from ttc.types import EventKind
+
     console = Console(stderr=True)
     status = console.status("searching…")
     status.start()
 
     def on_event(event) -> None:
+        if event.kind is not EventKind.STEP:   # tree events are for --watch
+            return
         best = f" · best {event.best_score:.3f}" if event.best_score is not None else ""
-        status.update(f"step {event.step} · {event.live} live{best} {event.note}")
+        used = f" · {event.generated_tokens:,} tokens" if event.generated_tokens else ""
+        status.update(f"step {event.step} · {event.live} live{best}{used} {event.note}")
 
     return on_event, status.stop
+
+
+def _watch_display(question: str, config):
+    """The live tree view (:mod:`ttc.live`) on stderr; the answer still goes to stdout."""
+    from ttc.live import LiveView
+
+    view = LiveView(question, title=f"{config.strategy.name} · {config.backend.name} · "
+                                    f"{config.verifier.name}",
+                    budget_tokens=config.budget.max_generated_tokens)
+    return view.callback, view.close
 
 
 @app.command()
@@ -332,17 +354,27 @@ def report(
 @app.command()
 @user_errors
 def tree(
-    results: Path = typer.Argument(..., help="A results.jsonl written with save_tree=true."),
-    problem: str = typer.Option(..., "--problem", "-p", help="The problem id."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="PNG or SVG file to write."),
+    results: Path = typer.Argument(..., help="A results.jsonl written with save_tree=true, "
+                                             "or a tree JSON from ttc solve --tree."),
+    problem: Optional[str] = typer.Option(None, "--problem", "-p",
+                                          help="The problem id (for a results file)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o",
+                                       help="File to write: .png, .svg, or .html (an "
+                                            "interactive page, self-contained)."),
 ) -> None:
-    """Draw one problem's search tree with its scores."""
-    from ttc.evals.treeview import draw_tree, find_record
+    """Draw one problem's search tree with its scores (a picture or an interactive page)."""
+    from ttc.evals.treeview import FORMATS, draw_tree, find_record, write_tree_html
 
-    path = out or Path(f"tree-{str(problem).replace('/', '_')}.png")
+    name = str(problem if problem is not None else results.stem).replace("/", "_")
+    path = out or Path(f"tree-{name}.png")
     check_output_file(path, option="--out", example="tree.png")
+    if path.suffix.lower() not in FORMATS:
+        raise UsageError(f"--out {str(path)!r} must end in {', '.join(FORMATS)}.")
     record = find_record(results, problem)
-    draw_tree(record, path)
+    if path.suffix.lower() == ".html":
+        write_tree_html(record, path)
+    else:
+        draw_tree(record, path)
     typer.echo(f"tree: {path}")
 
 

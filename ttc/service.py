@@ -65,7 +65,7 @@ from ttc.serve_raw import RawJob
 from ttc.serve_search import (ClientGone, Disconnected, GoneFlag, Progress, RequestGeneration,
                               StopStrings, Watched)
 from ttc.sharing import shared_engine
-from ttc.types import Handle, Problem, Result, SamplingParams
+from ttc.types import EventKind, Handle, Problem, Result, SamplingParams
 
 __all__ = ["TTCService", "ServerLimits", "RequestError", "Disconnected", "error_reply",
            "RawPrefixes"]
@@ -738,10 +738,15 @@ def _event_json(i: int, ev: Any) -> dict[str, Any]:
         return {"event": "expand", "search": i, "expands": ev.expands,
                 "live_branches": ev.branches, "tokens_so_far": ev.generated_tokens,
                 "leader_answer": ev.leader_answer, "answers_seen": sum(ev.answers.values())}
-    out: dict[str, Any] = {"event": "progress", "search": i, "step": int(ev.step),
-                           "live_branches": int(ev.live),
+    out: dict[str, Any] = {"event": "progress", "search": i, "kind": ev.kind.value,
+                           "step": int(ev.step), "live_branches": int(ev.live),
                            "best_score": None if ev.best_score is None else float(ev.best_score),
-                           "note": str(ev.note)}
+                           "tokens_so_far": int(ev.generated_tokens),
+                           "budget_tokens": ev.budget_tokens, "note": str(ev.note)}
+    if ev.node is not None:             # a tree event: the node added, scored, pruned, chosen
+        out["node"] = ev.node.to_json()
+    if ev.kind is EventKind.CHOSEN:
+        out["budget_exhausted"] = bool(ev.budget_exhausted)
     for key in ("answer", "leader", "leader_answer"):
         if ev.extra.get(key) is not None:
             out["leader_answer"] = str(ev.extra[key])

@@ -3,7 +3,9 @@
 Contract: a :class:`SearchTree` records what a strategy explored: every node's parent,
 step text, token ids, step score, depth and status, plus strategy statistics (visits,
 value). It exports to ``networkx.DiGraph`` and to JSON, and both round-trip.
-The engine handle of a node is runtime-only and is not exported.
+The engine handle of a node is runtime-only and is not exported. ``chosen`` names the
+leaf whose trajectory became the answer (``None``: none, or not known) and
+``budget_exhausted`` says the budget cut the search; both are exported.
 Must NOT know: engines, KV, verifiers; it is plain bookkeeping.
 
     root (prompt, depth 0)
@@ -81,6 +83,8 @@ class SearchTree:
 
     def __init__(self, prompt: str = "") -> None:
         self.nodes: dict[int, Node] = {0: Node(id=0, parent=None, text=prompt)}
+        self.chosen: int | None = None
+        self.budget_exhausted = False
 
     @property
     def root(self) -> Node:
@@ -123,6 +127,12 @@ class SearchTree:
     def step_scores(self, node: Node | int) -> list[float]:
         return [n.score for n in self.path(node) if n.score is not None]
 
+    def chosen_path(self) -> list[int]:
+        """Ids from the root down to the chosen leaf ([] when nothing was chosen)."""
+        if self.chosen is None or self.chosen not in self.nodes:
+            return []
+        return [0] + [n.id for n in self.path(self.chosen)]
+
     def leaves(self) -> list[Node]:
         return [n for n in self.nodes.values() if not n.children and n.parent is not None]
 
@@ -136,7 +146,7 @@ class SearchTree:
 
     # -- export ------------------------------------------------------------------------
     def to_networkx(self) -> nx.DiGraph:
-        graph = nx.DiGraph()
+        graph = nx.DiGraph(chosen=self.chosen, budget_exhausted=self.budget_exhausted)
         for node in self.nodes.values():
             attrs = node.to_json()
             attrs.pop("children")
@@ -149,6 +159,8 @@ class SearchTree:
     def from_networkx(cls, graph: nx.DiGraph) -> "SearchTree":
         tree = cls.__new__(cls)
         tree.nodes = {}
+        tree.chosen = graph.graph.get("chosen")
+        tree.budget_exhausted = bool(graph.graph.get("budget_exhausted", False))
         for node_id in sorted(graph.nodes):
             attrs = dict(graph.nodes[node_id])
             attrs["children"] = sorted(graph.successors(node_id))
@@ -156,7 +168,8 @@ class SearchTree:
         return tree
 
     def to_json(self) -> dict[str, Any]:
-        return {"nodes": [n.to_json() for n in self.nodes.values()]}
+        return {"nodes": [n.to_json() for n in self.nodes.values()], "chosen": self.chosen,
+                "budget_exhausted": self.budget_exhausted}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "SearchTree":
@@ -164,6 +177,9 @@ class SearchTree:
             raise ValueError("a search tree's JSON must be an object with a 'nodes' list.")
         tree = cls.__new__(cls)
         tree.nodes = {}
+        chosen = data.get("chosen")
+        tree.chosen = int(chosen) if chosen is not None else None
+        tree.budget_exhausted = bool(data.get("budget_exhausted", False))
         for item in data["nodes"]:
             node = Node.from_json(item)
             tree.nodes[node.id] = node

@@ -279,15 +279,68 @@ class Result(Frozen):
         return "".join(self.trajectory)
 
 
+class EventKind(enum.Enum):
+    """What a :class:`ProgressEvent` reports.
+
+    ``STEP`` is a strategy's own report (``SearchContext.emit``); the others come from
+    the search tree as it changes, so a viewer can redraw the tree live
+    (:mod:`ttc.live`): a node was added, scored, pruned, or chosen as the answer.
+    """
+
+    STEP = "step"
+    NODE_ADDED = "node_added"
+    NODE_SCORED = "node_scored"
+    NODE_PRUNED = "node_pruned"
+    CHOSEN = "chosen"
+
+
+@dataclass(frozen=True, slots=True)
+class NodeUpdate:
+    """One search-tree node as a viewer needs it (see :class:`ttc.tree.Node`).
+
+    ``status`` is a :class:`ttc.tree.NodeStatus` value (``open``, ``expanded``,
+    ``terminal``, ``pruned``); ``tokens`` is the node's own step length in tokens;
+    ``cut_by_budget``: the token budget ended this step early.
+    """
+
+    id: int
+    parent: int | None
+    depth: int
+    text: str
+    tokens: int
+    status: str
+    score: float | None = None
+    answer: str | None = None
+    cut_by_budget: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "parent": self.parent, "depth": self.depth, "text": self.text,
+                "tokens": self.tokens, "status": self.status, "score": self.score,
+                "answer": self.answer, "cut_by_budget": self.cut_by_budget}
+
+
 @dataclass(frozen=True, slots=True)
 class ProgressEvent:
-    """A strategy's progress report: search step, live branches, best score so far."""
+    """A search's progress: search step, live branches, best score so far.
+
+    ``kind`` says what happened (:class:`EventKind`); tree events carry the ``node``
+    concerned (a ``CHOSEN`` event: the chosen leaf, or ``None`` when no candidate was
+    kept) and repeat the latest step, live and best score, so a consumer that reads
+    only those fields sees a consistent stream. ``generated_tokens`` is the problem's
+    ledger so far and ``budget_tokens`` its limit (``None``: unlimited);
+    ``budget_exhausted`` is set on the ``CHOSEN`` event of a search the budget cut.
+    """
 
     step: int
     live: int
     best_score: float | None = None
     note: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    kind: EventKind = EventKind.STEP
+    node: NodeUpdate | None = None
+    generated_tokens: int = 0
+    budget_tokens: int | None = None
+    budget_exhausted: bool = False
 
 
 @dataclass

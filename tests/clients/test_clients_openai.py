@@ -53,6 +53,32 @@ def test_stream_sends_progress_then_the_answer_and_usage(sim):
     assert last["answers_seen"] > 0 and last["leader_answer"] is not None
 
 
+def test_stream_shows_the_tree_growing(sim):
+    """Tree events (node added, scored, pruned, chosen) stream with their node, so a client
+    can redraw the search tree live; the chosen leaf is a streamed node."""
+    chunks = list(client(sim).chat.completions.create(
+        model="beam-4", messages=ASK, seed=5, stream=True))
+    events = [ch.model_extra["ttc"] for ch in chunks
+              if ch.model_extra.get("ttc", {}).get("event") == "progress"]
+    kinds = {e["kind"] for e in events}
+    assert {"step", "node_added", "node_scored", "node_pruned", "chosen"} <= kinds
+    nodes: dict[int, dict] = {}
+    for e in events:
+        if e["kind"] == "node_added":
+            node = e["node"]
+            assert node["id"] not in nodes and (node["parent"] in nodes or node["parent"] == 0)
+            nodes[node["id"]] = node
+        elif e["kind"] in ("node_scored", "node_pruned"):
+            assert e["node"]["id"] in nodes
+            nodes[e["node"]["id"]] = e["node"]
+    (chosen,) = [e for e in events if e["kind"] == "chosen"]
+    assert chosen["node"]["id"] in nodes and chosen["node"]["status"] == "terminal"
+    assert chosen["budget_exhausted"] is False
+    result = next(ch.model_extra["ttc"] for ch in chunks
+                  if ch.model_extra.get("ttc", {}).get("event") == "result")
+    assert chosen["node"]["answer"] == result["answer"]
+
+
 def test_n_runs_independent_searches(sim):
     r = client(sim).chat.completions.create(model="best_of_n-2", messages=ASK, n=3, seed=1)
     assert [c.index for c in r.choices] == [0, 1, 2]

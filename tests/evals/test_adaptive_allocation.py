@@ -88,3 +88,27 @@ def test_allocation_spends_more_on_harder_problems_and_never_exceeds_budget():
     uni = solve_uniform(ps, generator=world()[0], verifier=world()[1], samples=3,
                         total_tokens=1000)
     assert uni.generated_tokens <= 1000
+
+
+def test_allocation_reads_certaindex_as_a_settled_signal():
+    """With a certaindex threshold, a problem whose probe answers already agree gets no
+    more samples: at threshold 0 every problem is settled by its probe alone; without one
+    the vote rule alone decides and unsettled problems get waves."""
+    from ttc.strategies.certaindex import answer_certaindex
+
+    ps = problems(12, seed=33, difficulty=(0.3, 0.9))
+    loose = solve_allocated(ps, generator=world()[0], verifier=world()[1],
+                            total_tokens=12 * 900, certaindex_threshold=0.0)
+    assert loose.samples == (2,) * 12
+    plain = solve_allocated(ps, generator=world()[0], verifier=world()[1],
+                            total_tokens=12 * 900)
+    assert sum(plain.samples) > sum(loose.samples)
+    strict = solve_allocated(ps, generator=world()[0], verifier=world()[1],
+                             total_tokens=12 * 900, certaindex_threshold=1.0)
+    resampled = [r for r, k in zip(strict.results, strict.samples) if k > 2]
+    assert resampled, "no problem was sampled beyond its probe"
+    for result in resampled:        # only problems whose two probe answers differed
+        assert answer_certaindex([c.answer for c in result.candidates[:2]]) < 1.0
+    with pytest.raises(ValueError, match="certaindex_threshold must be in"):
+        solve_allocated(ps, generator=world()[0], verifier=world()[1], total_tokens=100,
+                        certaindex_threshold=1.5)

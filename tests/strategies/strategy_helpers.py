@@ -6,7 +6,7 @@ from ttc.config import GenerationConfig
 from ttc.engine.backends.simulated import SimulatedBackendConfig, SimulatedGenerator
 from ttc.ledger import Budget
 from ttc.registry import STRATEGIES
-from ttc.types import Problem, ProgressEvent
+from ttc.types import EventKind, Problem, ProgressEvent
 from ttc.verifiers.simulated import SimulatedPRM, SimulatedPRMConfig
 
 PROMPT_TOKENS = 120
@@ -18,7 +18,8 @@ def make_problem(difficulty: float = 0.5, num_steps: int = 5, pid: str = "p") ->
 
 
 class Run:
-    """One strategy run with its engine kept, and the engine's resident KV at each event."""
+    """One strategy run with its engine kept, its events (the strategy's step reports and
+    the tree events), and the engine's resident KV at each step report."""
 
     def __init__(self, config: dict, *, difficulty: float = 0.5, num_steps: int = 5,
                  auroc: float = 0.9, budget: Budget | None = None, pid: str = "p",
@@ -34,7 +35,13 @@ class Run:
 
     def _on_event(self, event: ProgressEvent) -> None:
         self.events.append(event)
-        self.resident_at_event.append(self.gen.resident_tokens())
+        if event.kind is EventKind.STEP:
+            self.resident_at_event.append(self.gen.resident_tokens())
+
+    @property
+    def step_events(self) -> list[ProgressEvent]:
+        """The strategy's own reports (``SearchContext.emit``)."""
+        return [e for e in self.events if e.kind is EventKind.STEP]
 
     @property
     def tree(self) -> dict:

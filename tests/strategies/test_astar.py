@@ -8,6 +8,7 @@ from fakes import problems, world
 from ttc.ledger import Budget
 from ttc.strategies.astar import AStarConfig, AStarDecoding, path_cost, priority
 from ttc.tree import NodeStatus
+from ttc.types import EventKind
 
 
 def test_priority_is_mean_path_cost_plus_last_step_cost():
@@ -77,7 +78,8 @@ def test_nodes_popped_past_max_expansions_are_released():
     live_vs_queue: list[tuple[int, int]] = []
     res = AStarDecoding(AStarConfig(k=4, batch=4, max_expansions=2)).run(
         problems(1, seed=3, difficulty=0.9)[0], generator=gen, verifier=prm,
-        progress=lambda ev: live_vs_queue.append((gen.live_handles, ev.live)))
+        progress=lambda ev: ev.kind is EventKind.STEP    # A*'s own reports, not tree events
+        and live_vs_queue.append((gen.live_handles, ev.live)))
     assert res.info["expansions"] == 2 and len(res.info["pops"][-1]["f"]) == 4
     # every pinned handle is a queued node: nothing dropped is still held
     assert live_vs_queue and all(live == queued for live, queued in live_vs_queue)
