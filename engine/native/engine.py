@@ -194,6 +194,7 @@ class NativeEngine:
 
     thread_safe = True        # many threads may call every method at once
     supports_token_rules = True   # returns top_logprobs and runs stop_rules inside the batch
+    can_replace_tokens = True     # a rule's Replace takes back a sampled token (stopping.py)
 
     def __init__(self, model: NativeModel, tokenizer: Any, *, page_size: int = 16,
                  kv_memory_gb: float = 2.0, max_batch_tokens: int = 2048,

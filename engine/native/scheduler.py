@@ -52,7 +52,7 @@ from torch import Tensor
 from ttc.engine.native.kv_cache import KVCacheFull, PagePool, RadixNode, RadixTree
 from ttc.engine.native.runner import DecodeGroup, ExtendItem, ModelRunner
 from ttc.engine.native.sampling import RowParams, sample, seeded_generator
-from ttc.stopping import Force, Stop
+from ttc.stopping import Force, Replace, Stop
 from ttc.types import FinishReason, SamplingParams, TokenEvent
 
 
@@ -76,6 +76,16 @@ class StopTracker:
         self.hit: str | None = None
         self.prefix_offset = 0
         self.read_offset = 0
+
+    def mark(self) -> tuple:
+        """The tracker's state, to :meth:`reset` to when a token is taken back."""
+        return (len(self.ids), len(self.text), self.delta, self.hit, self.prefix_offset,
+                self.read_offset)
+
+    def reset(self, mark: tuple) -> None:
+        n_ids, n_text, self.delta, self.hit, self.prefix_offset, self.read_offset = mark
+        del self.ids[n_ids:]
+        self.text = self.text[:n_text]
 
     def push(self, token: int) -> bool:
         """Add a token; return True when the text now contains a stop string."""
@@ -612,11 +622,14 @@ class Scheduler:
             if b.job.finished:
                 continue
             try:
-                self._append(b, tokens[i], lps[i], tops[i], forced=i in forced_set)
+                self._append(b, tokens[i], lps[i], tops[i], forced=i in forced_set,
+                             logits=logits[i])
             except Exception as err:  # noqa: BLE001  (a rule of this job broke: it fails)
                 self._fail_job(b.job, err)
 
-    def _append(self, b: Branch, t: int, lp: float, top, *, forced: bool) -> None:
+    def _append(self, b: Branch, t: int, lp: float, top, *, forced: bool,
+                logits: Tensor | None = None) -> None:
+        mark = b.tracker.mark()
         b.tokens.append(t)
         b.logprobs.append(lp)
         if b.params.top_logprobs:
@@ -638,10 +651,32 @@ class Scheduler:
                     break
                 if isinstance(action, Force):
                     b.forced.extend(self._encode(action.text))
+                if isinstance(action, Replace):
+                    self._replace(b, mark, action.text, top, forced=forced, logits=logits)
+                    return
         if b.finish is None and (len(b.tokens) >= b.params.max_tokens
                                  or b.base_len + len(b.tokens) >= self.max_position):
             b.finish, b.stop_reason = FinishReason.MAX_TOKENS, "max_tokens"
         self._emit(b, t, lp=lp, forced=forced)
+
+    def _replace(self, b: Branch, mark: tuple, text: str, top, *, forced: bool,
+                 logits: Tensor | None) -> None:
+        """Take back the token just sampled (it has not run through the model) and put the
+        tokens of ``text`` in its place: the first one at the same position, with its
+        log-prob under the same logits, the rest forced next. Rules see them as forced."""
+        ids = self._encode(text)
+        if forced or not ids or logits is None:
+            raise ValueError(f"a stop rule asked to replace a "
+                             f"{'forced' if forced else 'sampled'} token by {text!r}; only a "
+                             f"sampled token can be replaced, by non-empty text.")
+        b.tokens.pop()
+        b.logprobs.pop()
+        if b.params.top_logprobs:
+            b.top.pop()
+        b.tracker.reset(mark)
+        b.forced.extendleft(reversed(ids[1:]))
+        lp = float(torch.log_softmax(logits.float(), dim=-1)[ids[0]])
+        self._append(b, ids[0], lp, top, forced=True)
 
     def _encode(self, text: str) -> list[int]:
         if self.encode is not None:

@@ -51,3 +51,29 @@ def test_thinking_delimiters_are_read_from_the_vocabulary():
     assert thinking_delimiters_of(Vocab(["a", "<think>", "</think>"])) == ("<think>", END)
     assert thinking_delimiters_of(Vocab(["a", "<think>"])) is None
     assert thinking_delimiters_of(object()) is None
+
+
+def test_wait_replaces_the_end_delimiter_in_the_batch_and_the_kv_stays_exact(tiny):
+    """Extension on the native engine: the sampled end delimiter is taken back before the
+    model runs it and "W" is put in its place; the rest of the branch equals a fresh greedy
+    continuation of the replaced sequence (so no KV of the dropped token remains)."""
+    eng = tiny_engine(tiny, kv_memory_gb=0.004)
+    greedy = SamplingParams(temperature=0.0, max_tokens=16)
+    h = eng.handle_for_tokens(PROMPT)
+    plain = eng.expand([ExpandRequest(prefix=h, n=1, params=greedy)]).continuations[0][0]
+    pos = 0                               # the "end delimiter": the first greedy token
+    end = plain.token_ids[pos]
+    assert end != ord("W")
+    rule = ThinkingBudget(end_ids=(end,), end_text=bytes([end]).decode("latin-1"), extend=1,
+                          extend_text="W")
+    out = eng.expand([ExpandRequest(prefix=h, n=1, params=SamplingParams(
+        temperature=0.0, max_tokens=16, stop_rules=(rule,)))])
+    (c,) = out.continuations[0]
+    assert c.token_ids[:pos] == plain.token_ids[:pos] and c.token_ids[pos] == ord("W")
+    assert c.stats["waits"] == 1.0 and c.stats["forced_tokens"] == 1.0
+    assert out.usage.prefill_tokens == 0                 # the prompt was cached, nothing re-run
+    ref = eng.expand([ExpandRequest(prefix=eng.handle_for_tokens(
+        PROMPT + list(c.token_ids[:pos + 1])), n=1, params=SamplingParams(
+            temperature=0.0, max_tokens=16 - pos - 1))]).continuations[0][0]
+    assert c.token_ids[pos + 1:] == ref.token_ids
+    eng.check_invariants()
