@@ -40,6 +40,8 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ttc.engine.backends.simulated import SimulatedBackendConfig, SimulatedGenerator
+from ttc.evals.research import (accuracy_cell, error_bars, estimate_cell, interval_verdict,
+                                markdown_table, pooled as pooled_points)
 from ttc.evals.tasks import make_problems
 from ttc.evals.stats import (Estimate, ReachKind, mean_interval, reach_ratio, tokens_to_reach,
                              wilson_interval)
@@ -83,23 +85,16 @@ def evaluate(strategy: Any, problems: Sequence[Problem], *, seed: int,
             "verifier_calls": calls / n, "kv_tokens": kv / n}
 
 
-def pooled(points: Sequence[dict[str, float]]) -> dict[str, float]:
-    """One configuration over seeds: pooled accuracy (Wilson) and mean costs."""
-    correct = sum(p["correct"] for p in points)
-    total = sum(p["problems"] for p in points)
-    lo, hi = wilson_interval(correct, total)
-    out = {"accuracy": correct / total, "low": lo, "high": hi, "problems": total}
-    for key in ("tokens", "verifier_calls", "kv_tokens"):
-        out[key] = sum(p[key] for p in points) / len(points)
-    return out
-
-
 def _interval(values: Sequence[float]) -> Estimate | None:
     return mean_interval(values) if len(values) >= 2 else None
 
 
 def _progress(echo: Echo, name: str, seed: int) -> None:
     echo(f"{name}: seed {seed} done")
+
+
+def pooled(points: Sequence[dict[str, float]]) -> dict[str, float]:
+    return pooled_points(points, ("tokens", "verifier_calls", "kv_tokens"))
 
 
 # -- 1. A* vs best-of-N -------------------------------------------------------------------
@@ -306,61 +301,28 @@ def summarize_allocation(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 # -- report -------------------------------------------------------------------------------
-def _table(rows: list[list[Any]], header: list[str]) -> str:
-    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for r in rows:
-        out.append("| " + " | ".join(f"{v:.3f}" if isinstance(v, float) else str(v)
-                                     for v in r) + " |")
-    return "\n".join(out)
-
-
-def _acc(v: dict[str, float]) -> str:
-    return f"{v['accuracy']:.3f} [{v['low']:.3f}, {v['high']:.3f}]"
-
-
-def _fmt(e: Estimate | None, *, signed: bool = False, suffix: str = "") -> str:
-    return "no seed matched" if e is None else e.fmt(signed=signed, suffix=suffix)
-
-
-def _verdict(e: Estimate | None, threshold: float) -> str:
-    """Where the 95% interval lies relative to ``threshold``, in words."""
-    if e is None:
-        return "cannot be estimated (no seed matched)"
-    if e.low > threshold:
-        return f"the interval lies above {threshold:g}"
-    if e.high < threshold:
-        return f"the interval lies below {threshold:g}"
-    return f"the interval contains {threshold:g}"
-
-
 def plot(a: dict, e: dict, al: dict, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    def bars(ax, xs, pts, fmt, label):
-        ax.errorbar(xs, [p["accuracy"] for p in pts],
-                    yerr=[[p["accuracy"] - p["low"] for p in pts],
-                          [p["high"] - p["accuracy"] for p in pts]],
-                    fmt=fmt, capsize=2, label=label)
-
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     ax = axes[0]
-    bars(ax, [v["tokens"] for v in a["bon"].values()], list(a["bon"].values()), "o-",
-         "best-of-N (weighted)")
+    error_bars(ax, [v["tokens"] for v in a["bon"].values()], list(a["bon"].values()), "o-",
+               "best-of-N (weighted)")
     for n, v in a["bon"].items():
         ax.annotate(f"N={n}", (v["tokens"], v["accuracy"]), fontsize=7)
     for name, v in a["astar"].items():
-        bars(ax, [v["tokens"]], [v], "s", f"A* {name}")
+        error_bars(ax, [v["tokens"]], [v], "s", f"A* {name}")
     ax.set_xscale("log")
     ax.set(xlabel="generated tokens per problem (mean over seeds)",
            ylabel="accuracy (pooled, Wilson 95%)", title="A* vs best-of-N")
     ax.legend(fontsize=7)
     ax = axes[1]
-    bars(ax, [v["kv_tokens"] for v in e["rebase"].values()], list(e["rebase"].values()), "o-",
-         "REBASE")
+    error_bars(ax, [v["kv_tokens"] for v in e["rebase"].values()], list(e["rebase"].values()), "o-",
+               "REBASE")
     for name, pts in e["ets"].items():
-        bars(ax, [v["kv_tokens"] for v in pts.values()], list(pts.values()), "s-", f"ETS {name}")
+        error_bars(ax, [v["kv_tokens"] for v in pts.values()], list(pts.values()), "s-", f"ETS {name}")
     for w, v in e["rebase"].items():
         ax.annotate(f"W={w}", (v["kv_tokens"], v["accuracy"]), fontsize=7)
     ax.set_xscale("log")
@@ -368,10 +330,10 @@ def plot(a: dict, e: dict, al: dict, path: Path) -> None:
            title="ETS vs REBASE over widths")
     ax.legend(fontsize=7)
     ax = axes[2]
-    bars(ax, [p["tokens_per_problem"] for p in al["uniform"]], al["uniform"], "o-",
-         "uniform split")
-    bars(ax, [p["tokens_per_problem"] for p in al["allocated"]], al["allocated"], "s-",
-         "difficulty-aware split")
+    error_bars(ax, [p["tokens_per_problem"] for p in al["uniform"]], al["uniform"], "o-",
+               "uniform split")
+    error_bars(ax, [p["tokens_per_problem"] for p in al["allocated"]], al["allocated"], "s-",
+               "difficulty-aware split")
     ax.set(xlabel="generated tokens per problem (dataset mean)", ylabel="accuracy",
            title="Dataset budget allocation")
     ax.legend(fontsize=7)
@@ -388,30 +350,30 @@ def _astar_section(a: dict) -> list[str]:
     big = max(ns)
     lines = [
         f"## 1. A*-decoding vs best-of-N ({a['seeds']} seeds x {a['problems']} problems)", "",
-        _table([[f"best-of-N N={n}", _acc(v), v["tokens"], v["verifier_calls"]]
+        markdown_table([[f"best-of-N N={n}", accuracy_cell(v), v["tokens"], v["verifier_calls"]]
                 for n, v in a["bon"].items()] +
-               [[f"A* {k}", _acc(v), v["tokens"], v["verifier_calls"]]
+               [[f"A* {k}", accuracy_cell(v), v["tokens"], v["verifier_calls"]]
                 for k, v in a["astar"].items()],
                ["strategy", "accuracy [95% CI]", "generated tokens", "verifier calls"]), "",
         "A* (k=4) against each best-of-N size, paired by seed (mean over seeds [95% CI]):", "",
-        _table([[f"N={n}", _fmt(est[f"gain_vs_bon_{n}"], signed=True),
-                 _fmt(est[f"token_ratio_bon_{n}"], suffix="x")] for n in ns],
+        markdown_table([[f"N={n}", estimate_cell(est[f"gain_vs_bon_{n}"], signed=True),
+                 estimate_cell(est[f"token_ratio_bon_{n}"], suffix="x")] for n in ns],
                ["best-of-N", "A* accuracy minus best-of-N's", "best-of-N tokens / A* tokens"]),
         "",
         f"Best-of-N reaches A* (k=4)'s accuracy on the same seed in {a['bon_reaches_astar']} "
         f"of {a['seeds']} seeds; otherwise it is **not reached within "
         f"{a['bon_max_tokens']:,.0f} tokens** (N={big}), so there is no token ratio at A*'s "
         f"accuracy. A* is more accurate than best-of-N N={big} by "
-        f"{_fmt(est[f'gain_vs_bon_{big}'], signed=True)} while best-of-N N={big} spends "
-        f"{_fmt(est[f'token_ratio_bon_{big}'], suffix='x')} A*'s tokens; that second number "
+        f"{estimate_cell(est[f'gain_vs_bon_{big}'], signed=True)} while best-of-N N={big} spends "
+        f"{estimate_cell(est[f'token_ratio_bon_{big}'], suffix='x')} A*'s tokens; that second number "
         f"grows with the largest N tried and is not a tokens-to-accuracy ratio.", ""]
     if a["targets"]:
         lines += [
             "Tokens to reach a fixed accuracy, per seed (linear interpolation between the two "
             "points that bracket the target on each curve; A*'s curve is k = 2, 3, 4). The "
             "ratio is only formed on seeds where both curves were interpolated:", "",
-            _table([[f"{t:.2f}", f"{v['bon_reached']}/{a['seeds']}",
-                     f"{v['astar_reached']}/{a['seeds']}", _fmt(v["ratio"], suffix="x"),
+            markdown_table([[f"{t:.2f}", f"{v['bon_reached']}/{a['seeds']}",
+                     f"{v['astar_reached']}/{a['seeds']}", estimate_cell(v["ratio"], suffix="x"),
                      v["ratio_seeds"]] for t, v in a["targets"].items()],
                    ["accuracy", "best-of-N reaches it", "A* reaches it",
                     "best-of-N tokens / A* tokens [95% CI]", "seeds in the ratio"]), ""]
@@ -424,15 +386,15 @@ def _ets_section(e: dict) -> list[str]:
     return [
         f"## 2. ETS vs REBASE ({e['seeds']} seeds x {e['problems']} problems, PRM AUROC "
         f"{ETS_AUROC}, difficulty {ETS_DIFFICULTY})", "",
-        _table([[f"REBASE W={w}", _acc(v), v["kv_tokens"], v["tokens"]]
+        markdown_table([[f"REBASE W={w}", accuracy_cell(v), v["kv_tokens"], v["tokens"]]
                 for w, v in e["rebase"].items()] +
-               [[f"ETS {k} W={w}", _acc(v), v["kv_tokens"], v["tokens"]]
+               [[f"ETS {k} W={w}", accuracy_cell(v), v["kv_tokens"], v["tokens"]]
                 for k, pts in e["ets"].items() for w, v in pts.items()],
                ["strategy", "accuracy [95% CI]", "KV tokens", "generated tokens"]), "",
         f"ETS with the paper's lambdas ({PAPER_ETS}) against REBASE at the same width, paired "
         "by seed:", "",
-        _table([[f"W={w}", _fmt(est[f"same_width_kv_ratio_{w}"], suffix="x"),
-                 _fmt(est[f"same_width_accuracy_diff_{w}"], signed=True)] for w in e["widths"]],
+        markdown_table([[f"W={w}", estimate_cell(est[f"same_width_kv_ratio_{w}"], suffix="x"),
+                 estimate_cell(est[f"same_width_accuracy_diff_{w}"], signed=True)] for w in e["widths"]],
                ["width", "REBASE KV / ETS KV", "ETS accuracy minus REBASE's"]), "",
         "At equal accuracy: each ETS point's accuracy is looked up on the same seed's REBASE "
         "accuracy-vs-KV curve (first crossing, linear interpolation). Of the "
@@ -442,9 +404,9 @@ def _ets_section(e: dict) -> list[str]:
         f"(REBASE: not reached within its largest KV), and {kinds[ReachKind.AT_FIRST_POINT]} "
         "were matched by REBASE's cheapest point already (an upper bound, left out). Mean "
         f"over seeds of each seed's mean ratio ({e['matched_seeds']} seeds with a match): "
-        f"**{_fmt(est['matched_kv_ratio'], suffix='x')}** REBASE KV / ETS KV. Against the "
-        f"paper's 1.8x: {_verdict(est['matched_kv_ratio'], 1.8)}; against 1.0 (any "
-        f"saving): {_verdict(est['matched_kv_ratio'], 1.0)}.", "",
+        f"**{estimate_cell(est['matched_kv_ratio'], suffix='x')}** REBASE KV / ETS KV. Against the "
+        f"paper's 1.8x: {interval_verdict(est['matched_kv_ratio'], 1.8)}; against 1.0 (any "
+        f"saving): {interval_verdict(est['matched_kv_ratio'], 1.0)}.", "",
         "Raising lambda_b prunes harder (fewer KV tokens) but collapses the search toward a "
         "single path, which costs accuracy with a weak PRM; in this simulator the coverage "
         "term cannot help, because correct steps at a depth share one meaning (one cluster) "
@@ -457,9 +419,9 @@ def _allocation_section(al: dict) -> list[str]:
     return [
         f"## 3. Difficulty-aware vs uniform allocation ({al['seeds']} seeds x "
         f"{al['problems']} problems)", "",
-        _table([["uniform", f"{n} samples/problem", p["tokens_per_problem"], _acc(p)]
+        markdown_table([["uniform", f"{n} samples/problem", p["tokens_per_problem"], accuracy_cell(p)]
                 for n, p in zip(al["samples"], al["uniform"])] +
-               [["difficulty-aware", f"budget {b}/problem", p["tokens_per_problem"], _acc(p)]
+               [["difficulty-aware", f"budget {b}/problem", p["tokens_per_problem"], accuracy_cell(p)]
                 for b, p in zip(al["budgets"], al["allocated"])],
                ["split", "setting", "generated tokens per problem", "accuracy [95% CI]"]), "",
         "Difficulty-aware: a 2-sample probe per problem (PRM-predicted success q, no gold "
@@ -467,11 +429,11 @@ def _allocation_section(al: dict) -> list[str]:
         "count against the budget. Gain = accuracy minus the uniform split's at the same "
         "dataset spend (uniform curve of the same seed interpolated; "
         f"{al['matched_points']} of {al['all_points']} budget points fell inside it):", "",
-        _table([[f"{b}/problem", _fmt(est[f"gain_{b}"], signed=True)] for b in al["budgets"]],
+        markdown_table([[f"{b}/problem", estimate_cell(est[f"gain_{b}"], signed=True)] for b in al["budgets"]],
                ["budget", "gain [95% CI]"]), "",
-        f"Mean gain over budgets, mean over seeds: **{_fmt(est['mean_gain'], signed=True)}** "
+        f"Mean gain over budgets, mean over seeds: **{estimate_cell(est['mean_gain'], signed=True)}** "
         f"(seed means: {', '.join(f'{g:+.3f}' for g in al['seed_mean_gains'])}); against 0 "
-        f"(no gain): {_verdict(est['mean_gain'], 0.0)}.", ""]
+        f"(no gain): {interval_verdict(est['mean_gain'], 0.0)}.", ""]
 
 
 def _summary(a: dict, e: dict, al: dict) -> list[str]:
@@ -480,7 +442,7 @@ def _summary(a: dict, e: dict, al: dict) -> list[str]:
     ea, ee, el = a["estimates"], e["estimates"], al["estimates"]
     above = [n for n in a["bon"] if ea[f"gain_vs_bon_{n}"].low > 0]
     every = "every" if len(above) == len(a["bon"]) else f"{len(above)} of the {len(a['bon'])}"
-    reach = [f"at accuracy {t:.2f} best-of-N needs {_fmt(v['ratio'], suffix='x')} A*'s "
+    reach = [f"at accuracy {t:.2f} best-of-N needs {estimate_cell(v['ratio'], suffix='x')} A*'s "
              f"tokens (over the {v['ratio_seeds']} seeds where both curves bracket it; "
              f"best-of-N reaches it on {v['bon_reached']} of {a['seeds']})"
              for t, v in a["targets"].items()]
@@ -489,20 +451,20 @@ def _summary(a: dict, e: dict, al: dict) -> list[str]:
         f"1. **A* vs best-of-N.** A* (k=4, {a['astar']['k=4']['tokens']:,.0f} tokens) is more "
         f"accurate than weighted best-of-N at {every} N tried (gain interval above 0); at "
         f"N={big} the gain is "
-        f"{_fmt(ea[f'gain_vs_bon_{big}'], signed=True)} ({_verdict(ea[f'gain_vs_bon_{big}'], 0)}"
+        f"{estimate_cell(ea[f'gain_vs_bon_{big}'], signed=True)} ({interval_verdict(ea[f'gain_vs_bon_{big}'], 0)}"
         f"). Best-of-N does not reach A*'s accuracy on {a['seeds'] - a['bon_reaches_astar']} "
         f"of {a['seeds']} seeds (not reached within {a['bon_max_tokens']:,.0f} tokens). "
         "Where both curves reach a fixed accuracy: " + ("; ".join(reach) or "not measured")
         + ". Seeds left out of a ratio are those where best-of-N never reaches the target "
         "or A*'s cheapest point (k=2) already passes it, so that its tokens are only a bound.",
-        f"2. **ETS vs REBASE.** REBASE keeps {_fmt(ee['matched_kv_ratio'], suffix='x')} ETS's "
+        f"2. **ETS vs REBASE.** REBASE keeps {estimate_cell(ee['matched_kv_ratio'], suffix='x')} ETS's "
         f"KV tokens at equal accuracy and "
-        + ", ".join(_fmt(ee[f"same_width_kv_ratio_{w}"], suffix="x") for w in e["widths"])
+        + ", ".join(estimate_cell(ee[f"same_width_kv_ratio_{w}"], suffix="x") for w in e["widths"])
         + f" at widths {', '.join(map(str, e['widths']))}; against the paper's 1.8x: "
-        f"{_verdict(ee['matched_kv_ratio'], 1.8)}.",
+        f"{interval_verdict(ee['matched_kv_ratio'], 1.8)}.",
         f"3. **Allocation.** Difficulty-aware minus uniform at matched spend: "
-        f"{_fmt(el['mean_gain'], signed=True)} over {al['seeds']} seeds (against 0: "
-        f"{_verdict(el['mean_gain'], 0)}); per budget the interval contains 0 at "
+        f"{estimate_cell(el['mean_gain'], signed=True)} over {al['seeds']} seeds (against 0: "
+        f"{interval_verdict(el['mean_gain'], 0)}); per budget the interval contains 0 at "
         + (", ".join(f"{b}" for b in al["budgets"]
                      if el[f"gain_{b}"] is not None and not el[f"gain_{b}"].excludes(0))
            or "none") + " tokens/problem.", "",
@@ -594,9 +556,9 @@ def main(argv: list[str] | None = None) -> None:
     al = summarize_allocation(per_seed["allocation"])
     big = max(a["bon"])
     print(f"A*: gain over best-of-N N={big} "
-          f"{_fmt(a['estimates'][f'gain_vs_bon_{big}'], signed=True)}")
-    print(f"ETS: REBASE/ETS KV at equal accuracy {_fmt(e['estimates']['matched_kv_ratio'])}")
-    print(f"allocation: mean gain {_fmt(al['estimates']['mean_gain'], signed=True)}")
+          f"{estimate_cell(a['estimates'][f'gain_vs_bon_{big}'], signed=True)}")
+    print(f"ETS: REBASE/ETS KV at equal accuracy {estimate_cell(e['estimates']['matched_kv_ratio'])}")
+    print(f"allocation: mean gain {estimate_cell(al['estimates']['mean_gain'], signed=True)}")
     write_report(a, e, al, out_dir=args.out, command=cmd)
 
 

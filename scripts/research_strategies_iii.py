@@ -39,7 +39,8 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ttc.engine.backends.simulated import SimulatedBackendConfig, SimulatedGenerator
-from ttc.evals.stats import Estimate, ReachKind, mean_interval, tokens_to_reach, wilson_interval
+from ttc.evals.stats import Estimate, ReachKind, mean_interval, tokens_to_reach
+from ttc.evals.research import accuracy_cell, pooled as pooled_points
 from ttc.evals.tasks import make_problems
 from ttc.strategies.adaptive_consistency import AdaptiveConsistency, AdaptiveConsistencyConfig
 from ttc.strategies.deepconf import DeepConf, DeepConfConfig
@@ -93,11 +94,7 @@ def evaluate(strategy: Any, problems: Sequence[Problem], *, seed: int,
 
 
 def pooled(points: Sequence[dict[str, float]]) -> dict[str, float]:
-    correct = sum(p["correct"] for p in points)
-    total = sum(p["problems"] for p in points)
-    lo, hi = wilson_interval(correct, total)
-    return {"accuracy": correct / total, "low": lo, "high": hi, "problems": total,
-            "tokens": sum(p["tokens"] for p in points) / len(points)}
+    return pooled_points(points)
 
 
 # -- 1. DeepConf online vs self-consistency -------------------------------------------------
@@ -233,10 +230,6 @@ def summarize_recheck(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 # -- report ---------------------------------------------------------------------------------
-def _acc(p: dict[str, float]) -> str:
-    return f"{p['accuracy']:.3f} [{p['low']:.3f}, {p['high']:.3f}]"
-
-
 def _est(e: Estimate | None, *, pct: bool = False, signed: bool = False) -> str:
     if e is None:
         return "n/a"
@@ -276,7 +269,7 @@ def report(dc: dict[str, Any], dy: dict[str, Any], rc: dict[str, Any], *, comman
         "accuracy | tokens saved at equal accuracy | traces run | later traces stopped |",
         "|---|---|---|---|---|---|---|---|"]
     for n, p in dc["sc"].items():
-        lines.append(f"| self-consistency n={n} | {_acc(p)} | {p['tokens']:,.0f} | | | | {n} | |")
+        lines.append(f"| self-consistency n={n} | {accuracy_cell(p)} | {p['tokens']:,.0f} | | | | {n} | |")
     for name, m in dc["methods"].items():
         e = m["equal_accuracy"]
         if e["saved"] is None:
@@ -291,7 +284,7 @@ def report(dc: dict[str, Any], dy: dict[str, Any], rc: dict[str, Any], *, comman
                    if e["low"] is not None else ")")
         elif e["low"] is not None:
             eq += f" [{100 * e['low']:.1f}, {100 * e['high']:.1f}] (bootstrap over seeds)"
-        lines.append(f"| {name} | {_acc(m['pooled'])} | {m['pooled']['tokens']:,.0f} | "
+        lines.append(f"| {name} | {accuracy_cell(m['pooled'])} | {m['pooled']['tokens']:,.0f} | "
                      f"{_est(m['saved_vs_sc64'], pct=True)} | "
                      f"{_est(m['accuracy_vs_sc64'], signed=True)} | {eq} | "
                      f"{m['traces']:.1f} | {_est(m['stopped_share'], pct=True)} |")
@@ -308,9 +301,9 @@ def report(dc: dict[str, Any], dy: dict[str, Any], rc: dict[str, Any], *, comman
         "| method | accuracy (pooled) | tokens / problem | tokens saved vs full | accuracy vs "
         "full | chains exited by probes | probe tokens / problem |",
         "|---|---|---|---|---|---|---|",
-        f"| full-length chain | {_acc(dy['full'])} | {dy['full']['tokens']:,.0f} | | | | |"]
+        f"| full-length chain | {accuracy_cell(dy['full'])} | {dy['full']['tokens']:,.0f} | | | | |"]
     for name, m in dy["methods"].items():
-        lines.append(f"| Dynasor {name} | {_acc(m['pooled'])} | {m['pooled']['tokens']:,.0f} | "
+        lines.append(f"| Dynasor {name} | {accuracy_cell(m['pooled'])} | {m['pooled']['tokens']:,.0f} | "
                      f"{_est(m['saved'], pct=True)} | {_est(m['accuracy_delta'], signed=True)} "
                      f"| {100 * m['exit_share']:.0f}% | {m['probe_tokens']:.1f} |")
     lines += [
@@ -324,10 +317,10 @@ def report(dc: dict[str, Any], dy: dict[str, Any], rc: dict[str, Any], *, comman
         "| world | method | accuracy (pooled) | accuracy - SC | tokens / SC tokens |",
         "|---|---|---|---|---|"]
     for wname, res in rc.items():
-        lines.append(f"| {wname} | self-consistency n=16 | {_acc(res['sc'])} | | |")
+        lines.append(f"| {wname} | self-consistency n=16 | {accuracy_cell(res['sc'])} | | |")
         for m in RECHECK:
             r = res[m]
-            lines.append(f"| {wname} | {m} | {_acc(r['pooled'])} | "
+            lines.append(f"| {wname} | {m} | {accuracy_cell(r['pooled'])} | "
                          f"{_est(r['accuracy_delta'], signed=True)} | "
                          f"{_est(r['tokens_ratio'])} |")
     lines += ["", "## Reading it", ""] + reading(dc, dy, rc) + ["", *CANNOT_SHOW]

@@ -47,7 +47,9 @@ from typing import Any, Callable, Sequence
 from ttc.config import GenerationConfig
 from ttc.engine.backends.simulated import (SimulatedBackendConfig, SimulatedGenerator,
                                            small_model_config)
-from ttc.evals.stats import Estimate, mean_interval, wilson_interval
+from ttc.evals.stats import Estimate, mean_interval
+from ttc.evals.research import (accuracy_cell, error_bars, estimate_cell, interval_verdict,
+                                markdown_table, pooled as pooled_points)
 from ttc.evals.tasks import make_problems
 from ttc.registry import STRATEGIES
 from ttc.types import Problem
@@ -99,13 +101,8 @@ def _run(config: dict, problems: Sequence[Problem], gen, prm=None, *, draft=None
 
 
 def pooled(points: Sequence[dict[str, float]]) -> dict[str, float]:
-    correct = sum(p["correct"] for p in points)
-    total = sum(p["problems"] for p in points)
-    lo, hi = wilson_interval(correct, total)
-    out = {"accuracy": correct / total, "low": lo, "high": hi, "problems": total}
-    for key in ("tokens", "prefill", "verifier_calls", "thinking", "seconds", "small_share"):
-        out[key] = sum(p[key] for p in points) / len(points)
-    return out
+    return pooled_points(points, ("tokens", "prefill", "verifier_calls", "thinking", "seconds",
+                                  "small_share"))
 
 
 # -- 1. budget forcing ---------------------------------------------------------------------
@@ -236,31 +233,8 @@ def run_checks(*, quick: bool, seeds: int = SEEDS, only: Sequence[str] = tuple(C
     return per_seed, {name: CHECKS[name][1](per_seed[name]) for name in per_seed}
 
 
-def _table(rows: list[list[Any]], header: list[str]) -> str:
-    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for r in rows:
-        out.append("| " + " | ".join(f"{v:.3f}" if isinstance(v, float) else str(v)
-                                     for v in r) + " |")
-    return "\n".join(out)
-
-
-def _acc(v: dict) -> str:
-    return f"{v['accuracy']:.3f} [{v['low']:.3f}, {v['high']:.3f}]"
-
-
-def _fmt(e: Estimate | None, **kw) -> str:
-    return "no seed matched" if e is None else e.fmt(**kw)
-
-
 def _verdict(e: Estimate | None, threshold: float) -> str:
-    """Where the 95% interval lies relative to ``threshold``, in words."""
-    if e is None:
-        return "cannot be estimated (no seed matched)"
-    if e.low > threshold:
-        return f"its interval lies above {threshold:g}"
-    if e.high < threshold:
-        return f"its interval lies below {threshold:g}"
-    return f"its interval contains {threshold:g}"
+    return interval_verdict(e, threshold, subject="its interval")
 
 
 def plot(summary: dict, path: Path) -> None:
@@ -268,19 +242,13 @@ def plot(summary: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    def bars(ax, xs, pts, fmt, label):
-        ax.errorbar(xs, [p["accuracy"] for p in pts],
-                    yerr=[[p["accuracy"] - p["low"] for p in pts],
-                          [p["high"] - p["accuracy"] for p in pts]],
-                    fmt=fmt, capsize=2, label=label)
-
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     f = summary["forcing"]["rows"]
     ax = axes[0]
     caps = ["cap 32", "cap 64", "cap 128", "natural"]
     ext = ["natural", "extend 1", "extend 2", "extend 4"]
-    bars(ax, [f[k]["thinking"] for k in caps], [f[k] for k in caps], "o-", "cap")
-    bars(ax, [f[k]["thinking"] for k in ext], [f[k] for k in ext], "s-", "extend (Wait)")
+    error_bars(ax, [f[k]["thinking"] for k in caps], [f[k] for k in caps], "o-", "cap")
+    error_bars(ax, [f[k]["thinking"] for k in ext], [f[k] for k in ext], "s-", "extend (Wait)")
     for k in set(caps + ext):
         ax.annotate(k, (f[k]["thinking"], f[k]["accuracy"]), fontsize=7)
     ax.set(xlabel="thinking tokens per problem", ylabel="accuracy (pooled, Wilson 95%)",
@@ -289,17 +257,17 @@ def plot(summary: dict, path: Path) -> None:
     s = summary["spec_reason"]["rows"]
     ax = axes[1]
     for k, v in s.items():
-        bars(ax, [v["seconds"]], [v], "o" if "alone" in k else "s", k)
+        error_bars(ax, [v["seconds"]], [v], "o" if "alone" in k else "s", k)
     ax.set(xlabel="modelled seconds per problem", ylabel="accuracy", title="SpecReason")
     ax.legend(fontsize=7)
     a = summary["archon"]["rows"]
     ax = axes[2]
     for name, fmt in (("self_consistency", "o-"), ("best_of_n", "s-")):
         pts = [a[f"{name} N={n}"] for n in BASELINE_NS]
-        bars(ax, [p["tokens"] for p in pts], pts, fmt, name)
+        error_bars(ax, [p["tokens"] for p in pts], pts, fmt, name)
     for skill in FUSE_SKILLS:
         v = a[f"pipeline fuse_skill={skill:g}"]
-        bars(ax, [v["tokens"]], [v], "D", f"generate->rank->fuse (fuse_skill {skill:g})")
+        error_bars(ax, [v["tokens"]], [v], "D", f"generate->rank->fuse (fuse_skill {skill:g})")
     ax.set(xlabel="generated tokens per problem", ylabel="accuracy",
            title="Composed pipeline vs single layers")
     ax.legend(fontsize=7)
@@ -323,9 +291,9 @@ def report(summary: dict, command: str) -> str:
         "![figure](research_strategies_iii_b.png)", "",
         f"## 1. Budget forcing ({f['seeds']} seeds x {f['problems']} problems, thinking mode)",
         "",
-        _table([[k, _acc(v), v["thinking"], v["tokens"]] for k, v in f["rows"].items()],
+        markdown_table([[k, accuracy_cell(v), v["thinking"], v["tokens"]] for k, v in f["rows"].items()],
                ["control", "accuracy [95% CI]", "thinking tokens", "generated tokens"]), "",
-        _table([[k.removeprefix("gain "), _fmt(e, signed=True)] for k, e in fe.items()],
+        markdown_table([[k.removeprefix("gain "), estimate_cell(e, signed=True)] for k, e in fe.items()],
                ["control", "accuracy minus natural's (mean over seeds [95% CI])"]), "",
         "The cap is exact (the thinking tokens above equal the cap whenever the natural "
         "length is longer; `tests/strategies/test_budget_forcing.py` checks it is forced "
@@ -338,18 +306,18 @@ def report(summary: dict, command: str) -> str:
         "nor is a mid-sentence cut.", "",
         f"## 2. SpecReason vs the large model alone ({s['seeds']} seeds x {s['problems']} "
         "problems)", "",
-        _table([[k, _acc(v), v["seconds"], v["tokens"], v["prefill"], v["small_share"]]
+        markdown_table([[k, accuracy_cell(v), v["seconds"], v["tokens"], v["prefill"], v["small_share"]]
                 for k, v in s["rows"].items()],
                ["method", "accuracy [95% CI]", "modelled s / problem", "generated tokens",
                 "prefill tokens", "steps kept from the small model"]), "",
-        _table([[k.removeprefix("speedup "), _fmt(se[k], suffix="x"),
-                 _fmt(se["gain " + k.removeprefix("speedup ")], signed=True)]
+        markdown_table([[k.removeprefix("speedup "), estimate_cell(se[k], suffix="x"),
+                 estimate_cell(se["gain " + k.removeprefix("speedup ")], signed=True)]
                 for k in se if k.startswith("speedup")],
                ["method", "large-alone latency / its latency", "accuracy minus large alone's"]),
         "",
         "**Reading.** " + " ".join(
-            f"{k.removeprefix('speedup ')}: latency ratio {_fmt(se[k], suffix='x')} "
-            f"({_verdict(se[k], 1.0)}), accuracy {_fmt(se['gain ' + k.removeprefix('speedup ')], signed=True)}"
+            f"{k.removeprefix('speedup ')}: latency ratio {estimate_cell(se[k], suffix='x')} "
+            f"({_verdict(se[k], 1.0)}), accuracy {estimate_cell(se['gain ' + k.removeprefix('speedup ')], signed=True)}"
             f" ({_verdict(se['gain ' + k.removeprefix('speedup ')], 0.0)});"
             for k in se if k.startswith("speedup")) + " Latency falls only where the judge "
         "keeps most drafts: every rejected step costs a draft, a judge probe and the large "
@@ -371,17 +339,17 @@ def report(summary: dict, command: str) -> str:
         f"{PRM_AUROC}) -> fuse 1. Single layers: self-consistency (generate alone) and "
         "best-of-N (generate + rank alone) at N = " + ", ".join(map(str, BASELINE_NS)) + ".",
         "",
-        _table([[k, _acc(v), v["tokens"], v["prefill"], v["verifier_calls"]]
+        markdown_table([[k, accuracy_cell(v), v["tokens"], v["prefill"], v["verifier_calls"]]
                 for k, v in a["rows"].items()],
                ["method", "accuracy [95% CI]", "generated tokens", "prefill tokens",
                 "verifier calls"]), "",
-        _table([[k, _fmt(ae.get(f"gain {k}"), signed=True), f"{a['matched_seeds'][k]}/"
+        markdown_table([[k, estimate_cell(ae.get(f"gain {k}"), signed=True), f"{a['matched_seeds'][k]}/"
                  f"{a['seeds']}", ", ".join(a["best_single"][k])]
                 for k in a["matched_seeds"]],
                ["pipeline", "accuracy minus the best single layer's at its generated tokens",
                 "seeds matched", "best single layer (per seed)"]), "",
         "**Reading.** " + " ".join(
-            f"{k}: {_fmt(ae.get(f'gain {k}'), signed=True)} against the best single layer "
+            f"{k}: {estimate_cell(ae.get(f'gain {k}'), signed=True)} against the best single layer "
             f"({_verdict(ae.get(f'gain {k}'), 0.0)});" for k in a["matched_seeds"]) +
         " The rank layer's PRM scores are used to cut to four and then dropped: the fuser "
         "chooses among four answers by count (and, with fuse_skill 1, a 2:1 preference for "
