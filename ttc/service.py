@@ -477,7 +477,8 @@ class TTCService:
         if max_tokens is not None:
             update["max_tokens"] = max_tokens
             update["max_step_tokens"] = min(gen.max_step_tokens, max_tokens)
-        if stop and self.tokenizer is not None:
+        if stop and self.tokenizer is not None and getattr(self.generator,
+                                                            "supports_token_rules", False):
             update["stop_rules"] = (StopStrings(stop, self._decode_for_rules),)
         generation = RequestGeneration(**{**gen.model_dump(), **update})
         budget_tokens = ttc_fields(body, hi=cap) or name_budget
