@@ -20,6 +20,7 @@ from typing import Sequence
 
 from ttc.ledger import ComputeLedger
 from ttc.protocols import Generator, SupportsEmbeddings, Verifier
+from ttc.registry import ConfigError
 from ttc.types import (Continuation, ExpandOutput, ExpandRequest, FinishReason, Handle,
                        Problem, SamplingParams, ScoreOutput, VerifierUsage)
 
@@ -43,6 +44,12 @@ class MeteredGenerator:
     def expand(self, requests: Sequence[ExpandRequest]) -> ExpandOutput:
         if not requests:
             raise ValueError("expand needs at least one request; got none.")
+        if not self.supports_token_rules and any(r.params.stop_rules or r.params.top_logprobs
+                                                 for r in requests):
+            engine = getattr(self.inner, "inner", self.inner)     # through serving wrappers
+            raise ConfigError(f"the {type(engine).__name__} backend does not run stop rules "
+                              f"or return top-k log-probs while it decodes (they would be "
+                              f"ignored); use backend=native or backend=simulated.")
         token_limit = self.ledger.check_generation()   # raises BudgetExhausted at 0
         with self.ledger.phase("generate"):
             out = self.inner.expand(list(requests), token_limit=token_limit)

@@ -35,3 +35,32 @@ def test_the_draft_backend_group_validates_and_round_trips():
     assert config.draft_backend.max_step_error == 0.8
     assert set(data) == set(type(config.draft_backend).model_fields)
     assert load_run_config(config.dump()) == config
+
+
+def test_rules_or_top_logprobs_on_an_engine_that_ignores_them_are_one_clear_error():
+    """A request asking for stop rules or top-k log-probs from an engine that does not run
+    them while it decodes is refused before anything is generated or charged."""
+    import pytest
+
+    from ttc.ledger import ComputeLedger
+    from ttc.metered import MeteredGenerator
+    from ttc.registry import ConfigError
+    from ttc.stopping import WindowConfidence
+    from ttc.types import ExpandOutput, ExpandRequest, GenerationUsage, SamplingParams
+
+    class PlainEngine:               # no supports_token_rules: rules would be ignored
+        calls = 0
+
+        def expand(self, requests, *, token_limit=None):
+            PlainEngine.calls += 1
+            return ExpandOutput(continuations=((),) * len(requests), usage=GenerationUsage())
+
+    ledger = ComputeLedger()
+    gen = MeteredGenerator(PlainEngine(), ledger)
+    for params in (SamplingParams(top_logprobs=5),
+                   SamplingParams(stop_rules=(WindowConfidence(window=4, threshold=1.0),))):
+        with pytest.raises(ConfigError, match="PlainEngine backend does not run stop rules"):
+            gen.expand([ExpandRequest(prefix=0, n=1, params=params)])
+    assert PlainEngine.calls == 0 and ledger.lm_calls == 0
+    gen.expand([ExpandRequest(prefix=0, n=1, params=SamplingParams())])
+    assert PlainEngine.calls == 1
