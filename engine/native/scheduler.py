@@ -629,7 +629,7 @@ class Scheduler:
 
     def _append(self, b: Branch, t: int, lp: float, top, *, forced: bool,
                 logits: Tensor | None = None) -> None:
-        mark = b.tracker.mark()
+        mark = b.tracker.mark() if b.rules else None   # only a rule can take the token back
         b.tokens.append(t)
         b.logprobs.append(lp)
         if b.params.top_logprobs:
@@ -659,7 +659,7 @@ class Scheduler:
             b.finish, b.stop_reason = FinishReason.MAX_TOKENS, "max_tokens"
         self._emit(b, t, lp=lp, forced=forced)
 
-    def _replace(self, b: Branch, mark: tuple, text: str, top, *, forced: bool,
+    def _replace(self, b: Branch, mark: tuple | None, text: str, top, *, forced: bool,
                  logits: Tensor | None) -> None:
         """Take back the token just sampled (it has not run through the model) and put the
         tokens of ``text`` in its place: the first one at the same position, with its
