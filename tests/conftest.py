@@ -26,3 +26,14 @@ def pytest_collection_modifyitems(config, items):
 def _seed():
     random.seed(0)
     yield
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A tiny random-weight Llama with its tokenizer saved as a HF folder (``fakes.save_tiny``,
+    context 256 tokens), built once and only read by the tests that load it."""
+    from fakes import save_tiny
+
+    folder = tmp_path_factory.mktemp("tiny") / "m"
+    save_tiny(folder)
+    return folder

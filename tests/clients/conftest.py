@@ -18,7 +18,6 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")   # no fetch at im
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).parents[1] / "core"))
 
-from fakes import save_tiny
 from server_helpers import SIMULATED, start, stop  # noqa: E402
 
 
@@ -36,14 +35,7 @@ def sim():
 
 
 @pytest.fixture(scope="session")
-def tiny_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny") / "m"
-    save_tiny(folder)
-    return folder
-
-
-@pytest.fixture(scope="session")
-def tiny(tiny_dir):
-    s = start(tiny_config(tiny_dir))
+def tiny(tiny_model_dir):
+    s = start(tiny_config(tiny_model_dir))
     yield s
     stop(s)

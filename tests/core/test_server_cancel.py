@@ -11,14 +11,11 @@ import httpx
 import pytest
 from server_helpers import start, stop
 
-from fakes import save_tiny
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny") / "m"
-    save_tiny(folder)
-    s = start({"backend": {"name": "native", "model": str(folder), "dtype": "float32",
+def server(tiny_model_dir):
+    s = start({"backend": {"name": "native", "model": str(tiny_model_dir), "dtype": "float32",
                            "kv_memory_gb": 0.004},
                "verifier": "none", "strategy": "best_of_n"})
     yield s

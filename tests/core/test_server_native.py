@@ -17,7 +17,6 @@ from ttc.service import Disconnected, ServerLimits, TTCService
 from ttc.config import load_run_config
 from ttc.types import ExpandOutput, GenerationUsage
 
-from fakes import save_tiny
 
 
 def native_config(model_dir: Path, *, kv_memory_gb: float = 0.0005,
@@ -29,15 +28,8 @@ def native_config(model_dir: Path, *, kv_memory_gb: float = 0.0005,
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny") / "m"
-    save_tiny(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def server(model_dir):
-    s = start(native_config(model_dir))
+def server(tiny_model_dir):
+    s = start(native_config(tiny_model_dir))
     yield s
     stop(s)
 

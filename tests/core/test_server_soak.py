@@ -31,7 +31,6 @@ from server_helpers import start, stop
 
 from ttc.server import ServerLimits
 
-from fakes import save_tiny
 
 pytestmark = pytest.mark.soak
 
@@ -172,16 +171,9 @@ def _worker(soak: Soak, seed: int, deadline: float) -> None:
                 soak.record("transport", type(err).__name__, str(err))
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny") / "m"
-    save_tiny(folder)                          # context 256 tokens
-    return folder
-
-
-def test_soak_mixed_requests_on_a_small_pool(model_dir):
+def test_soak_mixed_requests_on_a_small_pool(tiny_model_dir):
     seconds = float(os.environ.get("TTC_SOAK_SECONDS", "90"))
-    config = {"backend": {"name": "native", "model": str(model_dir), "dtype": "float32",
+    config = {"backend": {"name": "native", "model": str(tiny_model_dir), "dtype": "float32",
                           "kv_memory_gb": 0.0005, "system_prompt": ""},
               "verifier": "simulated", "strategy": "self_consistency"}
     server = start(config, limits=LIMITS)     # 65 pages of 16 tokens
