@@ -23,8 +23,9 @@ class HFBackendConfig(Frozen):
 
     name: Literal["hf"] = "hf"
     model: str | None = None             # HF folder / hub id / GGUF path; None = embedded SmolLM2
-    dtype: Literal["float32", "bfloat16"] = "bfloat16"
-    device: str = "auto"                 # auto: cuda when available, else cpu
+    # auto: what this machine runs well (ttc.engine.hardware, as the native backend)
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    device: str = "auto"                 # auto: cuda, else mps, else cpu
     system_prompt: str | None = None     # None: prompting.DEFAULT_SYSTEM_PROMPT; "": none
     seed: int = 0                        # for requests without a seed
 

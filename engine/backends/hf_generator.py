@@ -29,6 +29,8 @@ Must NOT know: rewards, strategies, why a branch is kept.
 
 from __future__ import annotations
 
+import sys
+
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -142,11 +144,12 @@ class HFGenerator:
     def from_config(cls, config: Any) -> "HFGenerator":
         from ttc.engine.loader import load_hf_model  # noqa: PLC0415
 
-        device = config.device
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[config.dtype]
-        model, tokenizer = load_hf_model(config.model, dtype=dtype, device=device)
+        from ttc.engine.hardware import choose  # noqa: PLC0415
+
+        choice = choose(device=config.device, dtype=config.dtype)
+        if choice.note:
+            print(f"ttc: {choice.note}", file=sys.stderr)
+        model, tokenizer = load_hf_model(config.model, dtype=choice.dtype, device=choice.device)
         system = DEFAULT_SYSTEM_PROMPT if config.system_prompt is None else (config.system_prompt or None)
         return cls(model, tokenizer, system_prompt=system, seed=config.seed)
 

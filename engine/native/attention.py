@@ -236,7 +236,7 @@ def _attend(q: Tensor, k: Tensor, v: Tensor, *, scale: float,
     o [batch, num_kv_heads, rows, head_dim] (q's dtype) and lse [batch, num_kv_heads, rows]
     (float32, natural log).
     """
-    if _FLASH_CPU is not None and not q.is_cuda:
+    if _FLASH_CPU is not None and q.device.type == "cpu":
         # torch's fused CPU flash attention returns the natural-log LSE in float32.
         if mask is not None:
             mask = mask.expand(q.shape[0], q.shape[1], q.shape[2], k.shape[2])

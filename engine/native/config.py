@@ -23,8 +23,10 @@ class NativeBackendConfig(Frozen):
 
     name: Literal["native"] = "native"
     model: str | None = None             # HF folder / hub id / GGUF path; None = embedded SmolLM2
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"   # auto: bf16 (fp16 on CUDA)
-    device: str = "auto"                 # auto: cuda when available, else cpu
+    # auto: what this machine runs well (ttc.engine.hardware): bf16 on CUDA with bf16 and on
+    # CPUs with bf16 dot products (AVX512-BF16, AMX, ARM BF16), else float32 (fp16 on older GPUs)
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    device: str = "auto"                 # auto: cuda, else mps, else cpu
     page_size: PositiveInt = 16          # tokens per KV page
     kv_memory_gb: float = Field(default=2.0, gt=0)   # KV pool size, preallocated
     attention: Literal["auto", "torch", "triton"] = "auto"

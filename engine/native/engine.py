@@ -49,6 +49,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import queue
+import sys
 import threading
 import weakref
 from concurrent.futures import CancelledError, Future
@@ -59,6 +60,7 @@ import torch
 from torch import Tensor
 
 from ttc.engine.handles import HandleTable
+from ttc.engine.hardware import Choice, choose
 from ttc.engine.prompting import eos_ids
 from ttc.engine.native.kv_cache import KVCacheFull, PagePool, RadixNode, RadixTree
 from ttc.engine.native.memory import check_pool_fits
@@ -235,9 +237,12 @@ class NativeEngine:
     @classmethod
     def from_hf(cls, hf_config: Any, state_dict: dict[str, Tensor], tokenizer: Any, *,
                 dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
-                attention: str = "auto", **kwargs: Any) -> "NativeEngine":
-        """Build from a transformers config and an HF-named state dict."""
-        model = from_hf(hf_config, state_dict, dtype=dtype, device=device, attention=attention)
+                attention: str = "auto", pack: bool | None = None,
+                **kwargs: Any) -> "NativeEngine":
+        """Build from a transformers config and an HF-named state dict (``pack=None``: the
+        hardware decides whether linear weights are packed, :mod:`ttc.engine.hardware`)."""
+        model = from_hf(hf_config, state_dict, dtype=dtype, device=device, attention=attention,
+                        pack=pack)
         kwargs.setdefault("eos_ids", sorted(eos_ids(tokenizer, hf_config)))
         return cls(model, tokenizer, **kwargs)
 
@@ -840,39 +845,24 @@ def resolve_threads(setting: Any) -> int | None:
     return None if setting is None else choose_threads(setting)
 
 
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    if name == "auto":
-        return torch.float16 if device.type == "cuda" else torch.bfloat16
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16,
-            "float16": torch.float16}[name]
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 class NativeGenerator(NativeEngine):
     """The native engine with ``root(problem)``: chat template, tokenize, pinned handle."""
 
     system_prompt: str | None = None
+    hardware: Choice | None = None       # what ttc.engine.hardware chose for this machine
 
     @classmethod
     def from_config(cls, config: NativeBackendConfig) -> "NativeGenerator":
-        device = resolve_device(config.device)
-        dtype = resolve_dtype(config.dtype, device)
-        if config.attention == "triton" and device.type != "cuda":
-            raise ConfigError(f"backend.attention='triton' needs a CUDA device; got device "
-                              f"{str(device)!r} (use attention: auto or torch).")
-        if device.type == "cpu" and dtype is torch.float16:
-            raise ConfigError("backend.dtype='float16' is not supported on CPU; use bfloat16 "
-                              "or float32.")
+        choice = choose(device=config.device, dtype=config.dtype, attention=config.attention)
+        if choice.note:
+            print(f"ttc: {choice.note}", file=sys.stderr)
         from ttc.engine.loader import load_model  # noqa: PLC0415  (heavy)
 
+        device, dtype = choice.device, choice.dtype
         loaded = load_model(config.model, dtype=dtype, device=device)
         gen = cls.from_hf(loaded.hf_config, loaded.state_dict, loaded.tokenizer, dtype=dtype,
-                          device=device, attention=config.attention, page_size=config.page_size,
+                          device=device, attention=choice.attention, pack=choice.pack_linear,
+                          page_size=config.page_size,
                           kv_memory_gb=config.kv_memory_gb,
                           max_batch_tokens=config.max_batch_tokens,
                           prefill_chunk=config.prefill_chunk_tokens, seed=config.seed,
@@ -883,10 +873,11 @@ class NativeGenerator(NativeEngine):
         gen.system_prompt = (DEFAULT_SYSTEM_PROMPT if config.system_prompt is None
                              else config.system_prompt or None)
         gen.thinking_delimiters = thinking_delimiters_of(loaded.tokenizer)
+        gen.hardware = choice
         return gen
 
-    # Budget forcing (ttc.stopping.ThinkingBudget): the cap is a Force inside the batch;
-    # this engine does not replace sampled tokens, so "Wait" extensions are refused.
+    # Budget forcing (ttc.stopping.ThinkingBudget): the cap is a Force inside the batch,
+    # "Wait" extensions a Replace of the sampled end delimiter (the scheduler runs both).
     thinking_delimiters: tuple[str, str] | None = None
 
     def encode(self, text: str) -> list[int]:

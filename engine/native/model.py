@@ -14,12 +14,13 @@ transformers computes once: llama3, yarn, longrope via ``ROPE_INIT_FUNCTIONS``),
 embeddings, Qwen2 q/k/v biases (and Llama ``attention_bias``), Qwen3 ``q_norm``/``k_norm``.
 
 Linear layers on CPU in bfloat16 use oneDNN with the weights reordered once into its
-blocked layout (:func:`pack_linear`): decode streams every weight once per step, and the
-plain layout costs a reorder inside each call (measured ~25% slower for the 16-row
-decode of SmolLM2-135M on AVX-512/AMX). Outputs agree with ``F.linear`` to bf16 rounding,
-not always bit for bit (the accumulation order may differ). Elsewhere (CUDA,
-float32, float16, a torch without oneDNN) weights stay plain tensors and ``F.linear``
-runs them.
+blocked layout (:func:`pack_linear`) where :mod:`ttc.engine.hardware` says this CPU can
+(oneDNN bf16 support): decode streams every weight once per step, and the plain layout
+costs a reorder inside each call (measured ~25% slower for the 16-row decode of
+SmolLM2-135M on AVX-512/AMX). Outputs agree with ``F.linear`` to bf16 rounding, not
+always bit for bit (the accumulation order may differ). Elsewhere (CUDA, float32,
+float16, a CPU without oneDNN bf16, a torch without oneDNN) weights stay plain tensors
+and ``F.linear`` runs them.
 Must NOT know: radix trees, handles, sampling, text, rewards, strategies.
 """
 
@@ -32,8 +33,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ttc.engine.hardware import can_pack_linear
 from ttc.engine.native.attention import (DecodePlan, ExtendPlan, decode_attention,
-                                  extend_attention)
+                                         extend_attention)
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3")
 
@@ -107,14 +109,16 @@ def rope_inv_freq(hf_config: Any, head_dim: int) -> tuple[Tensor, float]:
     return inv.float(), float(attention_scaling)
 
 
-def pack_linear(weight: Tensor) -> Tensor:
+def pack_linear(weight: Tensor, *, enabled: bool | None = None) -> Tensor:
     """``weight`` reordered for oneDNN's CPU matmul when that pays, else ``weight`` itself.
 
-    The packed tensor is opaque (an MKL-DNN tensor): only :func:`linear` reads it.
+    ``enabled=None`` asks :func:`ttc.engine.hardware.can_pack_linear` (bf16 on a CPU whose
+    oneDNN runs bf16); ``False`` keeps the plain layout. The packed tensor is opaque (an
+    MKL-DNN tensor): only :func:`linear` reads it.
     """
-    if (weight.device.type != "cpu" or weight.dtype != torch.bfloat16
-            or not torch.backends.mkldnn.is_available()
-            or not hasattr(torch.ops.mkldnn, "_reorder_linear_weight")):
+    if enabled is None:
+        enabled = can_pack_linear(weight.dtype, weight.device)
+    if not enabled or weight.device.type != "cpu" or weight.dtype != torch.bfloat16:
         return weight
     return torch.ops.mkldnn._reorder_linear_weight(weight.contiguous())
 
@@ -160,13 +164,16 @@ class NativeModel:
 
     def __init__(self, config: ModelConfig, *, embed: Tensor, layers: list[LayerWeights],
                  norm: Tensor, lm_head: Tensor, inv_freq: Tensor, rope_scale: float,
-                 attention: str = "auto") -> None:
+                 attention: str = "auto", pack: bool | None = None) -> None:
         self.config = config
         self.embed = embed
-        self.layers = [_packed(w) for w in layers]
+        if pack is None:          # the hardware decides (ttc.engine.hardware)
+            pack = can_pack_linear(embed.dtype, embed.device)
+        self.packed = pack
+        self.layers = [_packed(w) if pack else w for w in layers]
         self.norm = norm
         # NOTE: a tied head is packed into its own copy; the embedding table stays plain.
-        self.lm_head = pack_linear(lm_head)
+        self.lm_head = pack_linear(lm_head, enabled=pack)
         self.inv_freq = inv_freq.to(embed.device)
         self.rope_scale = rope_scale
         self.attention = attention
@@ -256,12 +263,14 @@ class NativeModel:
 
 
 def _packed(w: LayerWeights) -> LayerWeights:
-    return replace(w, qkv=pack_linear(w.qkv), o=pack_linear(w.o),
-                   gate_up=pack_linear(w.gate_up), down=pack_linear(w.down))
+    return replace(w, qkv=pack_linear(w.qkv, enabled=True), o=pack_linear(w.o, enabled=True),
+                   gate_up=pack_linear(w.gate_up, enabled=True),
+                   down=pack_linear(w.down, enabled=True))
 
 
 def from_hf(hf_config: Any, state_dict: Mapping[str, Tensor], *, dtype: torch.dtype | None = None,
-            device: torch.device | str | None = None, attention: str = "auto") -> NativeModel:
+            device: torch.device | str | None = None, attention: str = "auto",
+            pack: bool | None = None) -> NativeModel:
     """Build a :class:`NativeModel` from a transformers config and HF parameter names."""
     c = model_config_from_hf(hf_config)
     sd = dict(state_dict)
@@ -303,4 +312,4 @@ def from_hf(hf_config: Any, state_dict: Mapping[str, Tensor], *, dtype: torch.dt
     inv_freq, rope_scale = rope_inv_freq(hf_config, c.head_dim)
     return NativeModel(c, embed=embed, layers=layers, norm=take("model.norm.weight"),
                        lm_head=lm_head, inv_freq=inv_freq, rope_scale=rope_scale,
-                       attention=attention)
+                       attention=attention, pack=pack)

@@ -166,14 +166,16 @@ def test_load_many_concurrent_requests_all_answered(server):
 
 
 @contextmanager
-def _serve_command(*overrides: str):
-    """Run ``ttc serve --port 0 OVERRIDES`` as a user would; yield its base URL."""
+def _serve_command(*overrides: str, env: dict[str, str] | None = None):
+    """Run ``ttc serve --port 0 OVERRIDES`` as a user would (``env``: extra variables);
+    yield its base URL."""
+    import os
     import subprocess
     import sys
 
     proc = subprocess.Popen([sys.executable, "-m", "ttc.cli", "serve", "--port", "0",
                              *overrides], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, env={**os.environ, **(env or {})})
     try:
         line = proc.stdout.readline()
         assert line.startswith("ttc serve: http://127.0.0.1:"), line + proc.stderr.read()
@@ -199,10 +201,12 @@ def test_serve_command_rejects_bad_overrides():
     assert result.exit_code == 2 and "unknown strategy 'nope'" in result.output
 
 
-def test_readme_serve_command_on_the_native_backend_answers_a_chat():
+@pytest.mark.parametrize("cpu_bf16", ["1", "0"], ids=["detected", "bf16-absent"])
+def test_readme_serve_command_on_the_native_backend_answers_a_chat(cpu_bf16):
     """`ttc serve --port 8000 strategy=beam` as the README gives it: the native engine on
-    the embedded model with the default verifier (the model as its own judge)."""
-    with _serve_command("strategy=beam") as url:
+    the embedded model with the default verifier (the model as its own judge); again with
+    the CPU's bf16 support reported absent (ttc.engine.hardware), as on an AVX2 CPU."""
+    with _serve_command("strategy=beam", env={"TTC_CPU_BF16": cpu_bf16}) as url:
         r = httpx.post(url + "/chat/completions", timeout=300, json={
             "model": "beam-4", "max_tokens": 20, "ttc": {"budget": 48},
             "messages": [{"role": "user", "content": "What is 3 + 5?"}]})

@@ -160,9 +160,13 @@ def test_packed_bf16_linear_equals_plain_linear():
     gen = torch.Generator().manual_seed(0)
     w = torch.randn(96, 40, generator=gen).to(torch.bfloat16)
     bias = torch.randn(96, generator=gen).to(torch.bfloat16)
+    from ttc.engine.hardware import can_pack_linear
+
     packed = pack_linear(w)
-    if torch.backends.mkldnn.is_available():
-        assert packed.is_mkldnn        # the CPU bf16 path really uses the packed layout
+    # the CPU bf16 path really uses the packed layout where this CPU's oneDNN runs bf16, and
+    # keeps the plain weight elsewhere (an AVX2 CPU, or TTC_CPU_BF16=0)
+    assert packed.is_mkldnn == can_pack_linear(torch.bfloat16, "cpu")
+    assert pack_linear(w, enabled=False) is w
     for rows in (1, 16, 100):
         x = torch.randn(rows, 40, generator=gen).to(torch.bfloat16)
         torch.testing.assert_close(linear(x, packed, bias),
