@@ -1,6 +1,8 @@
 """ttc's native shared-prefix engine: a continuous-batching step loop over paged KV.
 
-``engine`` (NativeEngine, NativeGenerator: handles, jobs, the step loop), ``scheduler``
+``engine`` (NativeEngine, NativeGenerator, assembled from ``lock``, ``loop`` (the step
+thread), ``handles``, ``prefill``, ``expand``, ``jobs``, ``extras`` (extend, score, embed)
+and ``generator`` (from_config, chat prompts)), ``scheduler``
 (which branches run each step, stop rules, preemption), ``runner`` (the model and the KV
 tensor), ``kv_cache`` (page pool, radix tree), ``attention`` (plans, torch path),
 ``kernels/`` (Triton), ``model``, ``sampling``, ``threads`` (torch thread count),

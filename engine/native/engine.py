@@ -115,7 +115,7 @@ class NativeEngine(StepLoop, Handles, Prefill, Expand, JobLifecycle, Extras):
     def from_hf(cls, hf_config: Any, state_dict: dict[str, Tensor], tokenizer: Any, *,
                 dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
                 attention: str = "auto", pack: bool | None = None,
-                **kwargs: Any) -> "NativeEngine":
+                **kwargs: Any) -> NativeEngine:
         """Build from a transformers config and an HF-named state dict (``pack=None``: the
         hardware decides whether linear weights are packed, :mod:`ttc.engine.hardware`)."""
         model = from_hf(hf_config, state_dict, dtype=dtype, device=device, attention=attention,
