@@ -118,7 +118,9 @@ class JobLifecycle:
     def _complete(self, job: Job) -> None:
         job.closed = True
         self._unpin_job(job)
-        if job.future.done():                # cancelled from outside (asyncio, a Future user)
+        # Settled behind the engine's back (Future.cancel cannot: the future is RUNNING, see
+        # Job.__init__; a caller's set_result or set_exception can): keep nothing.
+        if job.future.done():
             for b in job.decode.branches:
                 self.pool.free(b.own_pages)
                 b.own_pages = []
