@@ -15,9 +15,9 @@ This module assembles the engine from its parts, one responsibility each::
 
     lock.py       TicketLock: the FIFO lock that guards all state below
     loop.py       StepLoop: the loop thread (wait for work, threads, lock, scheduler.step)
-    handles.py    Handles: pin, unpin, release, truncate, token_ids (HandleState)
+    handles.py    HandleAPI: pin, unpin, release, truncate, token_ids (HandleState)
     prefill.py    Prefill: a handle's tail is prefilled, then the handle moves onto it
-    expand.py     Expand: submit, expand, aexpand, stream, probe (checks, seeds, counts)
+    expand.py     ExpandCalls: submit, expand, aexpand, stream, probe (checks, seeds, counts)
     jobs.py       Job, JobLifecycle: start decoding, complete (handles), fail, cancel
     extras.py     Extras: extend, logits, score_tokens, embed (for PRMs and the server)
     generator.py  ChatPrompts: from_config, root(problem), encode; thinking delimiters
@@ -48,10 +48,10 @@ import torch
 from torch import Tensor
 
 from ttc.engine.handles import HandleTable
-from ttc.engine.native.expand import Expand
+from ttc.engine.native.expand import ExpandCalls
 from ttc.engine.native.extras import Extras
 from ttc.engine.native.generator import ChatPrompts, resolve_threads, thinking_delimiters_of
-from ttc.engine.native.handles import HandleState, Handles
+from ttc.engine.native.handles import HandleAPI, HandleState
 from ttc.engine.native.jobs import Job, JobLifecycle
 from ttc.engine.native.kv_cache import KVCacheFull, PagePool, RadixTree
 from ttc.engine.native.lock import TicketLock
@@ -68,7 +68,7 @@ __all__ = ["NativeEngine", "NativeGenerator", "KVCacheFull", "Job", "TicketLock"
            "thinking_delimiters_of", "resolve_threads"]
 
 
-class NativeEngine(StepLoop, Handles, Prefill, Expand, JobLifecycle, Extras):
+class NativeEngine(StepLoop, HandleAPI, Prefill, ExpandCalls, JobLifecycle, Extras):
     """A model, its paged KV pool, radix tree, step loop, and the handles into them."""
 
     thread_safe = True        # many threads may call every method at once

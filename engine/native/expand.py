@@ -1,7 +1,7 @@
 """The Generator calls: ``submit`` and its waiting forms (``expand``, ``aexpand``, ``stream``),
 and ``probe``.
 
-Contract: :meth:`Expand.submit` checks a call (at least one request, live handles, room
+Contract: :meth:`ExpandCalls.submit` checks a call (at least one request, live handles, room
 in the model's context, a non-negative token limit) before anything joins the batch, so a
 bad request is refused to its caller alone; then, under the engine lock, it makes the
 :class:`~ttc.engine.native.jobs.Job`, gives each sampled request its seed (from the
@@ -28,10 +28,10 @@ if TYPE_CHECKING:
     from ttc.engine.native.lock import TicketLock
     from ttc.engine.native.model import NativeModel
 
-__all__ = ["Expand"]
+__all__ = ["ExpandCalls"]
 
 
-class Expand:
+class ExpandCalls:
     """The expand and probe calls of an engine (a mixin: the engine sets the attributes
     below)."""
 

@@ -2,7 +2,7 @@
 
 Contract: a handle (an int from the engine's :class:`~ttc.engine.handles.HandleTable`)
 names a token sequence by a :class:`HandleState`: a radix-tree node whose KV is resident,
-plus, for a sequence not yet run, a ``tail`` of tokens still to prefill. :class:`Handles`
+plus, for a sequence not yet run, a ``tail`` of tokens still to prefill. :class:`HandleAPI`
 is the part of the engine that issues and ends them, every call under the engine lock::
 
     handle_for_tokens(ids)   longest cached prefix of ids + the rest as tail   -> pinned
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from ttc.engine.native.model import NativeModel
     from ttc.engine.native.scheduler import PrefillTask
 
-__all__ = ["HandleState", "Handles"]
+__all__ = ["HandleState", "HandleAPI"]
 
 
 @dataclass(eq=False)
@@ -47,7 +47,7 @@ class HandleState:
     released: bool = False
 
 
-class Handles:
+class HandleAPI:
     """The handle API of an engine (a mixin: the engine sets the attributes below)."""
 
     model: NativeModel
