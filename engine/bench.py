@@ -136,14 +136,19 @@ def _suffix(index: int, branches: int) -> str:
 
 
 def run(*, quick: bool, backends: tuple[str, ...] = ENGINE_BACKENDS,
-        cotenant: int = 0) -> BenchReport:
+        cotenant: int = 0, dtype: str = "auto") -> BenchReport:
     """Native vs HF (vs vLLM when its environment exists) on the same work, in one run."""
     import torch  # noqa: PLC0415
 
+    from ttc.engine.hardware import DTYPE_NAMES, choose  # noqa: PLC0415
     from ttc.engine.native.config import NativeBackendConfig  # noqa: PLC0415
     from ttc.engine.native.engine import NativeGenerator  # noqa: PLC0415
     from ttc.registry import BACKENDS  # noqa: PLC0415
 
+    if dtype not in ("auto", "bfloat16", "float32"):
+        raise ValueError(f"--dtype must be one of auto, bfloat16, float32; got {dtype!r}.")
+    # One dtype for every engine in the run: auto is what the native engine picks here.
+    dtype = DTYPE_NAMES[choose(device="cpu", dtype=dtype, setting="bench").dtype]
     unknown = [b for b in backends if b not in ENGINE_BACKENDS]
     if unknown or not backends:
         raise ValueError(f"--backends must be a comma list of {', '.join(ENGINE_BACKENDS)}; "
@@ -157,22 +162,24 @@ def run(*, quick: bool, backends: tuple[str, ...] = ENGINE_BACKENDS,
     fixed_threads = torch.get_num_threads()
     # The native engine also fixes the prompt (its tokenizer) and the KV bytes per token.
     native: NativeGenerator = BACKENDS.build(
-        NativeBackendConfig(dtype="bfloat16", device="cpu", kv_memory_gb=1.0))
+        NativeBackendConfig(dtype=dtype, device="cpu", kv_memory_gb=1.0))
     problem = _problem_with_prompt_tokens(native.format, prompt_tokens)
     p = len(native.format(problem))
     bytes_per_token = native.model.kv_bytes_per_token()
     report = BenchReport(name="engine")
     report.metrics = {"prompt_tokens": p, "branches": list(branch_counts),
-                      "max_new_tokens": new_tokens, "dtype": "bfloat16",
+                      "max_new_tokens": new_tokens, "dtype": dtype,
                       "torch_threads": fixed_threads, "kv_bytes_per_token": bytes_per_token}
     runs: dict[str, dict] = {}
     if "native" in backends:
         runs.update(_native_runs(native, problem, branch_counts=branch_counts, params=params,
                                  fixed_threads=fixed_threads, cotenant=cotenant,
                                  report=report))
+        _step_profiles(native, problem, branch_counts=branch_counts, params=params,
+                       fixed_threads=fixed_threads, report=report)
     del native
     if "hf" in backends:
-        runs.update(_hf_runs(problem, branch_counts=branch_counts, params=params))
+        runs.update(_hf_runs(problem, branch_counts=branch_counts, params=params, dtype=dtype))
     for key, r in runs.items():
         report.metrics.update({
             f"generated_tokens_{key}": r["generated"], f"seconds_{key}": round(r["seconds"], 3),
@@ -185,7 +192,8 @@ def run(*, quick: bool, backends: tuple[str, ...] = ENGINE_BACKENDS,
     report.notes.append("wall time covers root + one expand (prompt prefill included); "
                         "same SamplingParams (temperature 0.8, seed 0) for every backend.")
     if "vllm" in backends:
-        _add_vllm_column(report, problem=problem, branch_counts=branch_counts, params=params)
+        _add_vllm_column(report, problem=problem, branch_counts=branch_counts, params=params,
+                         dtype=dtype)
     return report
 
 
@@ -240,12 +248,115 @@ def _native_runs(native: Any, problem: Problem, *, branch_counts: tuple[int, ...
     return runs
 
 
+def _step_profiles(native: Any, problem: Problem, *, branch_counts: tuple[int, ...],
+                   params: SamplingParams, fixed_threads: int, report: BenchReport) -> None:
+    """Per shape: ms per decode step by phase, top-level torch ops per step, and the step
+    this machine allows (its matmul rate and read bandwidth, measured here and now).
+
+    Keys per shape (suffix as elsewhere): ``decode_step_ms`` (median over the run's decode
+    steps), ``profile_ms`` (per decode step: ``forward_linear``, ``forward_attention``,
+    ``forward_rest`` — the forward's wall time split in proportion to the profiler's
+    self-time of each — and ``logits``, ``sampling``, ``bookkeeping``: the phase clocks
+    averaged over the run's steps), ``ops_per_step`` and ``ops_per_forward`` (one profiled
+    steady-state step), ``limit_step_ms`` and ``limit_tokens_per_s`` (a roofline bound,
+    :func:`ttc.engine.native.profile.decode_limit`, with the suffix at half the new
+    tokens); ratio ``fraction_of_limit`` = limit step / median decode step.
+    """
+    import statistics  # noqa: PLC0415
+
+    import torch  # noqa: PLC0415
+
+    from ttc.engine.native.profile import decode_limit, machine_limits  # noqa: PLC0415
+    from ttc.engine.native.threads import apply_threads  # noqa: PLC0415
+
+    _use_threads(native, fixed_threads)
+    before = torch.get_num_threads()
+    apply_threads(fixed_threads)          # the limits run here, on the bench's thread
+    try:
+        limits = machine_limits(native.model.dtype)
+    finally:
+        apply_threads(before)
+    report.metrics["machine_matmul_gflops"] = round(limits["matmul_gflops"], 1)
+    report.metrics["machine_read_gb_s"] = round(limits["read_gb_s"], 1)
+    model = native.model
+    c = model.config
+    n_params, n_embed = model.num_params()
+    prompt = len(native.format(problem))
+    for i, b in enumerate(branch_counts):
+        sfx = _suffix(i, b)
+        root = native.root(problem)
+        clock = native.scheduler.clock
+        clock.reset()
+        out = native.expand([ExpandRequest(prefix=root, n=b, params=params)])
+        native.release([ch.handle for ch in out.continuations[0]])
+        step_ms = 1e3 * statistics.median(clock.decode_step_times)
+        phases = clock.per_step_ms()
+        # one steady-state decode step under the profiler (on the engine's loop thread)
+        counts = _census_one_step(native, root, b, params)
+        native.release([root])
+        model_ms = counts["linear"] + counts["attention"] + counts["rest"]
+        split = {k: phases["forward"] * counts[k] / model_ms if model_ms else 0.0
+                 for k in ("linear", "attention", "rest")}
+        report.metrics[f"decode_step_ms{sfx}"] = round(step_ms, 2)
+        report.metrics[f"profile_ms{sfx}"] = {
+            "forward_linear": round(split["linear"], 2),
+            "forward_attention": round(split["attention"], 2),
+            "forward_rest": round(split["rest"], 2), "logits": round(phases["logits"], 2),
+            "sampling": round(phases["sampling"], 2),
+            "bookkeeping": round(phases["bookkeeping"], 2),
+            "prefill": round(phases["prefill"], 2)}
+        report.metrics[f"ops_per_step{sfx}"] = counts["ops"]
+        report.metrics[f"ops_per_forward{sfx}"] = counts["ops_forward"]
+        limit = decode_limit(
+            params=n_params, embed_params=n_embed, vocab=c.vocab_size, hidden=c.hidden_size,
+            layers=c.num_layers, heads=c.num_heads, head_dim=c.head_dim,
+            kv_bytes_per_token=model.kv_bytes_per_token(), dtype_bytes=model.embed.element_size(),
+            branches=b, prefix_tokens=prompt, suffix_tokens=params.max_tokens // 2,
+            matmul_gflops=limits["matmul_gflops"], read_gb_s=limits["read_gb_s"])
+        report.metrics[f"limit_step_ms{sfx}"] = round(1e3 * limit["step_s"], 2)
+        report.metrics[f"limit_tokens_per_s{sfx}"] = round(b / limit["step_s"], 1)
+        report.metrics[f"decode_tokens_per_s{sfx}"] = round(1e3 * b / step_ms, 1)
+        report.ratios[f"fraction_of_limit{sfx}"] = round(1e3 * limit["step_s"] / step_ms, 3)
+    report.notes.append(
+        "step profile: decode_step_ms is the median decode step of a separate native run; "
+        "profile_ms splits its forward by the profiler's self-time per op class; the limit "
+        "is max(FLOPs / large-matmul rate, bytes / read bandwidth) for one decode step, both "
+        "rates measured in this run in the engine's dtype and thread count.")
+
+
+def _census_one_step(native: Any, root: int, branches: int,
+                     params: SamplingParams) -> dict[str, float]:
+    """Profile the 4th decode step of a short expand from ``root`` (prefix cached), on
+    the engine's own loop thread: the bench wraps that one ``Scheduler.step`` call."""
+    from ttc.engine.native.profile import census  # noqa: PLC0415
+
+    sched = native.scheduler
+    real_step = sched.step
+    seen: dict[str, Any] = {"n": 0}
+
+    def step() -> None:
+        seen["n"] += 1
+        if seen["n"] == 4:
+            seen["counts"] = census(real_step, native.model)
+        else:
+            real_step()
+
+    sched.step = step                   # instance attribute: the loop looks it up per step
+    try:
+        out = native.expand([ExpandRequest(prefix=root, n=branches,
+                                           params=params.model_copy(update={"max_tokens": 6}))])
+    finally:
+        del sched.step
+    native.release([ch.handle for ch in out.continuations[0]])
+    return seen["counts"]
+
+
 def _hf_runs(problem: Problem, *, branch_counts: tuple[int, ...],
-             params: SamplingParams) -> dict[str, dict]:
+             params: SamplingParams, dtype: str) -> dict[str, dict]:
     from ttc.engine.backends.hf import HFBackendConfig  # noqa: PLC0415
     from ttc.registry import BACKENDS  # noqa: PLC0415
 
-    hf = BACKENDS.build(HFBackendConfig(dtype="bfloat16", device="cpu"))
+    hf = BACKENDS.build(HFBackendConfig(dtype=dtype, device="cpu"))
     _timed_run(hf, Problem(question="Warm up."), branches=2, new_tokens=2,
                params=params.model_copy(update={"max_tokens": 2}))
     # Shapes in increasing B: the backend's peak KV is a running maximum.
@@ -279,14 +390,16 @@ def _shape_ratios(report: BenchReport, runs: dict[str, dict], *, sfx: str,
 
 
 def _add_vllm_column(report: BenchReport, *, problem: Problem,
-                     branch_counts: tuple[int, ...], params: SamplingParams) -> None:
+                     branch_counts: tuple[int, ...], params: SamplingParams,
+                     dtype: str) -> None:
     """vLLM (prefix caching) on the same work, run in its own environment when present."""
     from ttc.engine.loader import resolve_folder  # noqa: PLC0415
     from ttc.engine.vllm_bench import measure_vllm_shapes  # noqa: PLC0415
 
     figures, note = measure_vllm_shapes(
         model_dir=str(resolve_folder(None)[0]), question=problem.question,
-        branch_counts=list(branch_counts), params=params.model_dump(mode="json"))
+        branch_counts=list(branch_counts), params=params.model_dump(mode="json"),
+        dtype=dtype)
     report.notes.append(note)
     if figures is None:
         return
@@ -302,5 +415,5 @@ def _add_vllm_column(report: BenchReport, *, problem: Problem,
             if f"tokens_per_s_{other}{sfx}" in report.metrics:
                 report.ratios[f"tokens_per_s_vllm_over_{other}{sfx}"] = round(
                     tps / report.metrics[f"tokens_per_s_{other}{sfx}"], 3)
-    report.notes.append("vLLM: bf16, enforce_eager, block_size 32, prefix caching, 2 OMP "
+    report.notes.append(f"vLLM: {dtype}, enforce_eager, block_size 32, prefix caching, 2 OMP "
                         "threads; its KV is vLLM's own block pool (not compared).")

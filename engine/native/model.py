@@ -26,6 +26,7 @@ Must NOT know: radix trees, handles, sampling, text, rewards, strategies.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, replace
 from typing import Any, Mapping
 
@@ -38,6 +39,11 @@ from ttc.engine.native.attention import (DecodePlan, ExtendPlan, decode_attentio
                                          extend_attention)
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3")
+_NULL = contextlib.nullcontext()
+
+
+def _no_label(name: str) -> contextlib.AbstractContextManager:
+    return _NULL
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -162,6 +168,10 @@ class LayerWeights:
 class NativeModel:
     """Weights plus the forward pass; see the module docstring."""
 
+    # Names a part of the forward for a profiler: a no-op unless profile.census sets
+    # torch.profiler.record_function on the instance.
+    label = staticmethod(_no_label)
+
     def __init__(self, config: ModelConfig, *, embed: Tensor, layers: list[LayerWeights],
                  norm: Tensor, lm_head: Tensor, inv_freq: Tensor, rope_scale: float,
                  attention: str = "auto", pack: bool | None = None) -> None:
@@ -186,6 +196,17 @@ class NativeModel:
     @property
     def device(self) -> torch.device:
         return self.embed.device
+
+    def num_params(self) -> tuple[int, int]:
+        """``(all parameters, those of the embedding table)``; a tied LM head counts once."""
+        c = self.config
+        attn = c.hidden_size * (c.num_heads + 2 * c.num_kv_heads) * c.head_dim + \
+            c.num_heads * c.head_dim * c.hidden_size
+        mlp = 3 * c.hidden_size * c.intermediate_size
+        per_layer = attn + mlp + 2 * c.hidden_size
+        embed = c.vocab_size * c.hidden_size
+        head = 0 if c.tie_word_embeddings else embed
+        return embed + c.num_layers * per_layer + c.hidden_size + head, embed
 
     def kv_bytes_per_token(self) -> int:
         c = self.config
@@ -219,6 +240,11 @@ class NativeModel:
         Tensor
             ``[num_tokens, hidden]``, final RMSNorm applied, model dtype.
         """
+        with self.label("ttc::forward"):        # a profiler range (profile.census)
+            return self._forward(token_ids, positions, slots, kv, plan)
+
+    def _forward(self, token_ids: Tensor, positions: Tensor, slots: Tensor,
+                 kv: Tensor, plan: ExtendPlan | DecodePlan) -> Tensor:
         c = self.config
         n = token_ids.shape[0]
         q_size = c.num_heads * c.head_dim
@@ -243,12 +269,13 @@ class NativeModel:
             # the new tokens' own KV from the cache; decode reads the suffix pages).
             k_cache.view(-1, c.num_kv_heads, c.head_dim).index_copy_(0, slots, k)
             v_cache.view(-1, c.num_kv_heads, c.head_dim).index_copy_(0, slots, v)
-            if is_decode:
-                a = decode_attention(q, k_cache, v_cache, plan, scale=self.scale,
-                                     impl=self.attention)
-            else:
-                a = extend_attention(q, k_cache, v_cache, plan, scale=self.scale,
-                                     impl=self.attention)
+            with self.label("ttc::attention"):     # a profiler range (profile.census)
+                if is_decode:
+                    a = decode_attention(q, k_cache, v_cache, plan, scale=self.scale,
+                                         impl=self.attention)
+                else:
+                    a = extend_attention(q, k_cache, v_cache, plan, scale=self.scale,
+                                         impl=self.attention)
             x = x + linear(a.reshape(n, q_size), w.o, w.o_bias)
             h = _rms_norm(x, w.post_norm, c.rms_norm_eps)
             gu = linear(h, w.gate_up, w.gate_up_bias)
