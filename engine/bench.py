@@ -19,16 +19,19 @@ B = 16. The first shape's keys carry no suffix; the others end in ``_b<B>``.
 Python loops, started and killed by this module, always in a ``finally``; each also exits
 when this process does) running beside it, on the same engine object, right after the
 idle runs of each shape, with two thread settings: the fixed default (torch's thread
-count at start) and ``threads="auto"`` resolved by
-:func:`ttc.engine.native.threads.choose_threads` in the same conditions (idle, then with
-the co-tenants running). Extra keys per shape: ``tokens_per_s_native_auto``,
+count at start) and ``threads="auto"``: the engine's own step-time tuner
+(:class:`ttc.engine.native.threads.StepTuner`), started before the idle auto run and
+still running when the co-tenants start. Extra keys per shape: ``tokens_per_s_native_auto``,
 ``tokens_per_s_native_cotenant``, ``tokens_per_s_native_auto_cotenant``; the counts
-``auto`` chose (``threads_auto_idle``, ``threads_auto_cotenant``); the 1-minute load
+``auto`` chose by the end of each run (``threads_auto_idle``, ``threads_auto_cotenant``); the 1-minute load
 average before the idle runs and with the co-tenants started (``load_avg_1m_idle``,
 ``load_avg_1m_cotenant``: "idle" means no co-tenant of ours, not an idle machine).
 Ratios: ``tokens_per_s_cotenant_over_idle`` (fixed threads),
 ``tokens_per_s_cotenant_over_idle_auto``, ``tokens_per_s_auto_over_fixed_cotenant`` (what
 ``auto`` buys under co-tenants) and ``tokens_per_s_auto_over_fixed_idle``.
+``dtype`` (``--dtype``): one dtype for every engine of the run; ``auto`` is what the
+native engine picks on this machine (:mod:`ttc.engine.hardware`). Each native shape also
+gets a step profile (:func:`_step_profiles`: phases, op counts, the machine's roofline).
 Must NOT know: strategies, rewards.
 """
 
@@ -111,15 +114,19 @@ def cotenants(n: int) -> Iterator[list[subprocess.Popen]]:
             p.wait()
 
 
-def _use_threads(gen: Any, n: int) -> None:
-    """Run ``gen``'s model on ``n`` torch threads.
+def _use_threads(gen: Any, n: int | str) -> None:
+    """Run ``gen``'s model on ``n`` torch threads (``"auto"``: keep the engine's tuner).
 
-    torch's count is per OS thread (engine/native/threads.py). This engine runs the model
-    on the thread calling ``expand``, so the count is applied here; an engine that runs it
-    on a thread of its own takes the count through its ``set_threads(n)`` when it has one.
+    torch's count is per OS thread (engine/native/threads.py): the native engine runs the
+    model on its step loop and takes the count through ``set_threads``; the count is also
+    applied here, for an engine that runs the model on the thread calling ``expand``.
     """
     from ttc.engine.native.threads import apply_threads  # noqa: PLC0415
 
+    if n == "auto":
+        if getattr(gen, "tuner", None) is None:
+            gen.set_threads("auto")
+        return
     setter = getattr(gen, "set_threads", None)
     if callable(setter):
         setter(n)
@@ -201,18 +208,19 @@ def _native_runs(native: Any, problem: Problem, *, branch_counts: tuple[int, ...
                  params: SamplingParams, fixed_threads: int, cotenant: int,
                  report: BenchReport) -> dict[str, dict]:
     """Native timings per shape: idle with the fixed thread count, and with ``cotenant``
-    > 0 also idle with ``auto`` and both settings beside the co-tenants.
+    > 0 also with ``threads="auto"`` idle and both settings beside the co-tenants.
 
-    Per shape the four runs follow each other (fixed, auto idle; auto, fixed with the
+    Per shape the four runs follow each other (fixed idle, auto idle; auto, fixed with the
     co-tenants), so that a change in other tenants' load between shapes does not enter a
-    ratio; ``auto`` is resolved afresh before each pair, as an engine starting then would.
+    ratio. ``auto`` is the engine's own :class:`~ttc.engine.native.threads.StepTuner`,
+    started fresh before the idle auto run and kept running into the co-tenant one, as in
+    an engine that is already serving when a co-tenant arrives (its first run includes
+    the tuner's trial steps).
     """
-    from ttc.engine.native.threads import choose_threads  # noqa: PLC0415
-
     warm = Problem(question="Warm up.")
     warm_params = params.model_copy(update={"max_tokens": 2})
 
-    def timed(threads: int, branches: int) -> dict:
+    def timed(threads: int | str, branches: int) -> dict:
         _use_threads(native, threads)
         _timed_run(native, warm, branches=2, new_tokens=2, params=warm_params)
         return _timed_run(native, problem, branches=branches,
@@ -225,12 +233,13 @@ def _native_runs(native: Any, problem: Problem, *, branch_counts: tuple[int, ...
         runs[f"native{sfx}"] = timed(fixed_threads, b)
         if not cotenant:
             continue
-        auto_idle = choose_threads("auto")
-        runs[f"native_auto{sfx}"] = timed(auto_idle, b)
+        native.set_threads("auto")                      # a fresh tuner for this shape
+        runs[f"native_auto{sfx}"] = timed("auto", b)
+        auto_idle = native.threads_in_use
         with cotenants(cotenant):
             report.metrics[f"load_avg_1m_cotenant{sfx}"] = _load_avg()
-            auto_busy = choose_threads("auto")
-            runs[f"native_auto_cotenant{sfx}"] = timed(auto_busy, b)
+            runs[f"native_auto_cotenant{sfx}"] = timed("auto", b)
+            auto_busy = native.threads_in_use
             runs[f"native_cotenant{sfx}"] = timed(fixed_threads, b)
         report.metrics.update({f"threads_auto_idle{sfx}": auto_idle,
                                f"threads_auto_cotenant{sfx}": auto_busy})
@@ -239,11 +248,10 @@ def _native_runs(native: Any, problem: Problem, *, branch_counts: tuple[int, ...
         report.notes.append(
             f"co-tenants: {cotenant} busy Python loop(s) beside the cotenant runs (same engine; "
             f"per shape: fixed and auto idle, then auto and fixed with the co-tenants); "
-            f"threads fixed = torch's start-up count ({fixed_threads}), auto = "
-            f"choose_threads('auto') resolved just before each pair (threads_auto_*), applied "
-            f"on the thread running the model. An engine resolves auto once, at start: this is "
-            f"auto when the co-tenant is already there. 'idle' means no co-tenant of ours; "
-            f"other tenants' load is in load_avg_1m_*.")
+            f"threads fixed = torch's start-up count ({fixed_threads}); auto = the engine's "
+            f"step-time tuner, started before the idle auto run and still running when the "
+            f"co-tenants start (threads_auto_*: its choice after each run). 'idle' means no "
+            f"co-tenant of ours; other tenants' load is in load_avg_1m_*.")
     _use_threads(native, fixed_threads)
     return runs
 

@@ -50,6 +50,7 @@ import asyncio
 import atexit
 import queue
 import sys
+import time
 import threading
 import weakref
 from concurrent.futures import CancelledError, Future
@@ -67,7 +68,7 @@ from ttc.engine.native.memory import check_pool_fits
 from ttc.engine.native.model import NativeModel, from_hf
 from ttc.engine.native.runner import ModelRunner
 from ttc.engine.native.scheduler import Branch, DecodeJob, PrefillTask, Scheduler
-from ttc.engine.native.threads import apply_threads, choose_threads
+from ttc.engine.native.threads import StepTuner, apply_threads, is_threads_setting
 from ttc.registry import ConfigError
 from ttc.types import (Continuation, ExpandOutput, ExpandRequest, GenerationUsage, Handle,
                        Problem, SamplingParams, TokenEvent)
@@ -201,7 +202,7 @@ class NativeEngine:
     def __init__(self, model: NativeModel, tokenizer: Any, *, page_size: int = 16,
                  kv_memory_gb: float = 2.0, max_batch_tokens: int = 2048,
                  prefill_chunk: int = 256, eos_ids: Sequence[int] = (), seed: int = 0,
-                 threads: int | None = None,
+                 threads: int | str | None = None,
                  setting: str = "backend.kv_memory_gb") -> None:
         if page_size < 1:
             raise ValueError(f"page_size must be a positive integer; got {page_size!r}.")
@@ -226,7 +227,9 @@ class NativeEngine:
                                    max_position=model.config.max_position,
                                    prefill_chunk=prefill_chunk)
         self.seed = seed
-        self.threads = threads
+        self.threads: int | None = None
+        self.tuner: StepTuner | None = None
+        self.set_threads(threads)
         self._calls = 0
         self._handles: HandleTable[_NativeHandle] = HandleTable()
         self._lock = TicketLock()
@@ -267,22 +270,37 @@ class NativeEngine:
                         self._wake.wait()
                     if self._closed:
                         return
-                if self.threads is not None and self.threads != applied:
+                tuner = self.tuner
+                threads = tuner.next_threads() if tuner is not None else self.threads
+                if threads is not None and threads != applied:
                     # NOTE: torch's thread count is per OS thread (engine/native/threads.py):
                     # it must be set here, on the thread that runs the model.
-                    apply_threads(self.threads)
-                    applied = self.threads
+                    apply_threads(threads)
+                    applied = threads
                 with self._lock:
+                    start = time.perf_counter()
                     try:
-                        self.scheduler.step()
+                        work = self.scheduler.step()
                     except Exception as err:  # noqa: BLE001  (a step broke: fail its work)
                         self.scheduler.fail_all(err)
+                        continue
+                if tuner is not None:
+                    tuner.record(time.perf_counter() - start, work)
 
-    def set_threads(self, n: int) -> None:
-        """Run the model on ``n`` torch threads from the next step on."""
-        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-            raise ValueError(f"set_threads needs a positive integer; got {n!r}.")
-        self.threads = n
+    def set_threads(self, n: int | str | None) -> None:
+        """Run the model on ``n`` torch threads from the next step on; ``"auto"``: a fresh
+        :class:`~ttc.engine.native.threads.StepTuner` chooses from the engine's own steps;
+        None: torch's default."""
+        if n is not None and not is_threads_setting(n):
+            raise ValueError(f"set_threads needs a positive integer, 'auto' or None; "
+                             f"got {n!r}.")
+        self.tuner = StepTuner() if n == "auto" else None
+        self.threads = None if n == "auto" else n
+
+    @property
+    def threads_in_use(self) -> int | None:
+        """The count the step loop runs on now (the tuner's choice under ``auto``)."""
+        return self.tuner.current if self.tuner is not None else self.threads
 
     def close(self) -> None:
         """Stop the step loop (pending work fails); the engine cannot be used after."""
@@ -840,11 +858,6 @@ def _resolver(fut: Future) -> Any:
     return lambda value: _settle(fut, value)
 
 
-def resolve_threads(setting: Any) -> int | None:
-    """The engine's torch thread count from ``backend.threads`` (None: torch's default)."""
-    return None if setting is None else choose_threads(setting)
-
-
 class NativeGenerator(NativeEngine):
     """The native engine with ``root(problem)``: chat template, tokenize, pinned handle."""
 
@@ -866,7 +879,7 @@ class NativeGenerator(NativeEngine):
                           kv_memory_gb=config.kv_memory_gb,
                           max_batch_tokens=config.max_batch_tokens,
                           prefill_chunk=config.prefill_chunk_tokens, seed=config.seed,
-                          threads=resolve_threads(config.threads))
+                          threads=config.threads)
         from ttc.engine.prompting import DEFAULT_SYSTEM_PROMPT  # noqa: PLC0415
 
         # None: the default system prompt; "": none (the hf backend's rule).

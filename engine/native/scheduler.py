@@ -274,8 +274,11 @@ class Scheduler:
             _call_safely(j.on_error, exc)
 
     # -- the step -----------------------------------------------------------------------
-    def step(self) -> None:
+    def step(self) -> int:
+        """Advance every piece of work by one step; return the tokens it ran through the
+        model (prefill, recompute and decode rows: the step's work)."""
         start = time.perf_counter()
+        ran = self.prefill_tokens_run + self.decode_tokens_run
         self._resume_preempted()
         self._admit_prefills()
         decoding = bool(self.jobs or self.starting)
@@ -283,6 +286,7 @@ class Scheduler:
         self._start_jobs()
         decoded = self._decode()
         self.clock.end_step(time.perf_counter() - start, decoded=decoded)
+        return self.prefill_tokens_run + self.decode_tokens_run - ran
 
     # -- prefill ------------------------------------------------------------------------
     def _admit_prefills(self) -> None:
