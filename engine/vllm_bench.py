@@ -53,13 +53,13 @@ def measure_vllm(*, model_dir: str, question: str, branches: int, params: dict[s
 
 
 def measure_vllm_shapes(*, model_dir: str, question: str, branch_counts: list[int],
-                        params: dict[str, Any], timeout_s: float = 900.0
-                        ) -> tuple[list[dict[str, Any]] | None, str]:
+                        params: dict[str, Any], timeout_s: float = 900.0,
+                        dtype: str = "bfloat16") -> tuple[list[dict[str, Any]] | None, str]:
     """One vLLM start-up, one timing per branch count; (figures in order or None, a note)."""
     python = vllm_python()
     if python is None:
         return None, "vLLM column skipped: no vLLM environment (set TTC_VLLM_PYTHON or create .venv-vllm)."
-    job = json.dumps({"model_dir": model_dir, "question": question,
+    job = json.dumps({"model_dir": model_dir, "question": question, "dtype": dtype,
                       "branch_counts": list(branch_counts), "params": params})
     env = {**os.environ, **{k: os.environ.get(k, v) for k, v in CPU_ENV.items()}}
     try:
@@ -79,7 +79,8 @@ def _main() -> None:
     from ttc.types import ExpandRequest, Problem, SamplingParams  # noqa: PLC0415
 
     job = json.loads(sys.stdin.read())
-    gen = VLLMGenerator.from_config(VLLMBackendConfig(model=job["model_dir"], dtype="bfloat16"))
+    gen = VLLMGenerator.from_config(VLLMBackendConfig(model=job["model_dir"],
+                                                      dtype=job.get("dtype", "bfloat16")))
     params = SamplingParams.model_validate(job["params"])
     warm = gen.root(Problem(question="Warm up."))
     w = gen.expand([ExpandRequest(prefix=warm, n=2, params=params.model_copy(

@@ -172,16 +172,17 @@ def run(*, quick: bool, backends: tuple[str, ...] = ("native", "vllm")) -> Bench
     threads = None
     if local[0] == "native":
         from ttc.engine.native.config import NativeBackendConfig  # noqa: PLC0415
-        from ttc.engine.native.threads import choose_threads  # noqa: PLC0415
-
         config = NativeBackendConfig()
         generator = BACKENDS.build(config)
-        threads = choose_threads(config.threads)
-        report.metrics["torch_threads"] = threads
+        # the engine's step loop runs the model and chooses its own count (threads=auto);
+        # only a serialised engine's callers would apply one
+        report.metrics["torch_threads"] = str(config.threads)
     else:
         generator = BACKENDS.build({"name": "simulated"})
     report.metrics["load_avg_1m_start"] = round(os.getloadavg()[0], 2)
     figures = measure(generator, problems, ks=ks, searches=searches, threads=threads)
+    if local[0] == "native":
+        report.metrics["torch_threads_chosen"] = generator.threads_in_use
     report.metrics["load_avg_1m_end"] = round(os.getloadavg()[0], 2)
     add_figures(report, figures, ks=ks)
     report.notes.append(_lock_note(local[0], figures["serialized"], threads))

@@ -278,6 +278,8 @@ def bench(
                                            help="engine: comma list of native,hf,vllm."),
     cotenant: Optional[int] = typer.Option(
         None, "--cotenant", help="engine: also measure beside N busy processes."),
+    dtype: Optional[str] = typer.Option(
+        None, "--dtype", help="engine: auto (what the engine picks here), bfloat16 or float32."),
 ) -> None:
     """Run a named benchmark; prints its metrics and side-by-side ratios."""
     from ttc.bench import run_benchmark
@@ -288,6 +290,8 @@ def bench(
         options["backends"] = tuple(b.strip() for b in backends.split(",") if b.strip())
     if cotenant is not None:
         options["cotenant"] = cotenant
+    if dtype is not None:
+        options["dtype"] = dtype
     report = run_benchmark(name, quick=quick, json_path=json_path, options=options)
     typer.echo(json.dumps({"name": report.name, "metrics": report.metrics,
                            "ratios": report.ratios, "notes": report.notes}, indent=2))

@@ -35,8 +35,8 @@ class NativeBackendConfig(Frozen):
     prefill_chunk_tokens: PositiveInt = 256  # prefill tokens per step while branches decode
     seed: int = 0                         # for requests without a seed
     # torch intra-op threads of the thread that runs the model (engine/native/threads.py):
-    # "auto" = the CPUs of this process's affinity mask, or 1 when a short probe finds
-    # them held by another process (n threads not clearly faster than 1); an int pins it.
+    # "auto" = chosen from the engine's own step times (trials of the affinity mask's CPU
+    # count against 1, repeated, and at once when steps slow down); an int pins it.
     threads: int | Literal["auto"] = "auto"
 
     @field_validator("threads", mode="before")

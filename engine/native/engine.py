@@ -50,7 +50,7 @@ from torch import Tensor
 from ttc.engine.handles import HandleTable
 from ttc.engine.native.expand import ExpandCalls
 from ttc.engine.native.extras import Extras
-from ttc.engine.native.generator import ChatPrompts, resolve_threads, thinking_delimiters_of
+from ttc.engine.native.generator import ChatPrompts, thinking_delimiters_of
 from ttc.engine.native.handles import HandleAPI, HandleState
 from ttc.engine.native.jobs import Job, JobLifecycle
 from ttc.engine.native.kv_cache import KVCacheFull, PagePool, RadixTree
@@ -61,11 +61,12 @@ from ttc.engine.native.model import NativeModel, from_hf
 from ttc.engine.native.prefill import Prefill
 from ttc.engine.native.runner import ModelRunner
 from ttc.engine.native.scheduler import Scheduler
+from ttc.engine.native.threads import StepTuner
 from ttc.engine.prompting import eos_ids
 from ttc.registry import ConfigError
 
 __all__ = ["NativeEngine", "NativeGenerator", "KVCacheFull", "Job", "TicketLock",
-           "thinking_delimiters_of", "resolve_threads"]
+           "thinking_delimiters_of"]
 
 
 class NativeEngine(StepLoop, HandleAPI, Prefill, ExpandCalls, JobLifecycle, Extras):
@@ -78,7 +79,7 @@ class NativeEngine(StepLoop, HandleAPI, Prefill, ExpandCalls, JobLifecycle, Extr
     def __init__(self, model: NativeModel, tokenizer: Any, *, page_size: int = 16,
                  kv_memory_gb: float = 2.0, max_batch_tokens: int = 2048,
                  prefill_chunk: int = 256, eos_ids: Sequence[int] = (), seed: int = 0,
-                 threads: int | None = None,
+                 threads: int | str | None = None,
                  setting: str = "backend.kv_memory_gb") -> None:
         if page_size < 1:
             raise ValueError(f"page_size must be a positive integer; got {page_size!r}.")
@@ -103,7 +104,9 @@ class NativeEngine(StepLoop, HandleAPI, Prefill, ExpandCalls, JobLifecycle, Extr
                                    max_position=model.config.max_position,
                                    prefill_chunk=prefill_chunk)
         self.seed = seed                  # expand.py: sampled requests' seeds
-        self.threads = threads            # loop.py: torch threads on the loop thread
+        self.threads: int | None = None   # loop.py: torch threads on the loop thread
+        self.tuner: StepTuner | None = None
+        self.set_threads(threads)
         self._calls = 0                   # expand.py: submitted jobs, for the seeds
         self._handles: HandleTable[HandleState] = HandleTable()
         self._lock = TicketLock()

@@ -18,7 +18,6 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from ttc.engine.hardware import Choice, choose
-from ttc.engine.native.threads import choose_threads
 from ttc.engine.prompting import DEFAULT_SYSTEM_PROMPT, format_prompt
 from ttc.types import Handle, Problem
 
@@ -27,7 +26,7 @@ if TYPE_CHECKING:
     from ttc.engine.native.engine import NativeGenerator
     from ttc.engine.native.lock import TicketLock
 
-__all__ = ["ChatPrompts", "thinking_delimiters_of", "resolve_threads"]
+__all__ = ["ChatPrompts", "thinking_delimiters_of"]
 
 
 class ChatPrompts:
@@ -56,7 +55,7 @@ class ChatPrompts:
                           kv_memory_gb=config.kv_memory_gb,
                           max_batch_tokens=config.max_batch_tokens,
                           prefill_chunk=config.prefill_chunk_tokens, seed=config.seed,
-                          threads=resolve_threads(config.threads))
+                          threads=config.threads)
         # None: the default system prompt; "": none (the hf backend's rule).
         gen.system_prompt = (DEFAULT_SYSTEM_PROMPT if config.system_prompt is None
                              else config.system_prompt or None)
@@ -87,8 +86,3 @@ def thinking_delimiters_of(tokenizer: Any) -> tuple[str, str] | None:
         return None
     pair = ("<think>", "</think>")
     return pair if all(t in vocab for t in pair) else None
-
-
-def resolve_threads(setting: Any) -> int | None:
-    """The engine's torch thread count from ``backend.threads`` (None: torch's default)."""
-    return None if setting is None else choose_threads(setting)

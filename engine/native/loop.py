@@ -6,8 +6,10 @@ that owns the loop thread. Callers queue work under the engine lock, then call
 it. :meth:`StepLoop._loop` is the whole loop::
 
     wait until the scheduler has work (or the engine is closed)
-    apply the torch thread count, on this thread (torch's count is per OS thread)
+    apply the torch thread count (the tuner's next choice under ``threads=auto``), on
+        this thread (torch's count is per OS thread)
     with the engine lock: scheduler.step(); if it raises, fail_all(err)
+    the tuner records the step's time and work
 
 The lock is held for one step at a time, so a caller's ``pin`` or ``release`` waits at most
 one step. ``close`` fails pending work and stops the thread; loops still running at
@@ -19,12 +21,13 @@ from __future__ import annotations
 
 import atexit
 import threading
+import time
 import weakref
 from typing import TYPE_CHECKING
 
 import torch
 
-from ttc.engine.native.threads import apply_threads
+from ttc.engine.native.threads import StepTuner, apply_threads, is_threads_setting
 
 if TYPE_CHECKING:
     from ttc.engine.native.lock import TicketLock
@@ -38,6 +41,7 @@ class StepLoop:
 
     scheduler: Scheduler
     threads: int | None                  # torch threads for the model; None: torch's default
+    tuner: StepTuner | None              # threads=auto: chooses the count from step times
     _lock: TicketLock                    # the engine's state lock, held for one step at a time
     _wake: threading.Condition           # work arrived, or the engine closed
     _thread: threading.Thread | None
@@ -63,22 +67,37 @@ class StepLoop:
                         self._wake.wait()
                     if self._closed:
                         return
-                if self.threads is not None and self.threads != applied:
+                tuner = self.tuner
+                threads = tuner.next_threads() if tuner is not None else self.threads
+                if threads is not None and threads != applied:
                     # NOTE: torch's thread count is per OS thread (engine/native/threads.py):
                     # it must be set here, on the thread that runs the model.
-                    apply_threads(self.threads)
-                    applied = self.threads
+                    apply_threads(threads)
+                    applied = threads
                 with self._lock:
+                    start = time.perf_counter()
                     try:
-                        self.scheduler.step()
+                        work = self.scheduler.step()
                     except Exception as err:  # noqa: BLE001  (a step broke: fail its work)
                         self.scheduler.fail_all(err)
+                        continue
+                if tuner is not None:
+                    tuner.record(time.perf_counter() - start, work)
 
-    def set_threads(self, n: int) -> None:
-        """Run the model on ``n`` torch threads from the next step on."""
-        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-            raise ValueError(f"set_threads needs a positive integer; got {n!r}.")
-        self.threads = n
+    def set_threads(self, n: int | str | None) -> None:
+        """Run the model on ``n`` torch threads from the next step on; ``"auto"``: a fresh
+        :class:`~ttc.engine.native.threads.StepTuner` chooses from the engine's own steps;
+        None: torch's default."""
+        if n is not None and not is_threads_setting(n):
+            raise ValueError(f"set_threads needs a positive integer, 'auto' or None; "
+                             f"got {n!r}.")
+        self.tuner = StepTuner() if n == "auto" else None
+        self.threads = None if n == "auto" else n
+
+    @property
+    def threads_in_use(self) -> int | None:
+        """The count the step loop runs on now (the tuner's choice under ``auto``)."""
+        return self.tuner.current if self.tuner is not None else self.threads
 
     def close(self) -> None:
         """Stop the step loop (pending work fails); the engine cannot be used after."""

@@ -26,6 +26,7 @@ Must NOT know: radix trees, handles, sampling, text, rewards, strategies.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, replace
 from typing import Any, Mapping
 
@@ -38,6 +39,11 @@ from ttc.engine.native.attention import (DecodePlan, ExtendPlan, decode_attentio
                                          extend_attention)
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3")
+_NULL = contextlib.nullcontext()
+
+
+def _no_label(name: str) -> contextlib.AbstractContextManager:
+    return _NULL
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -130,6 +136,16 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     return F.linear(x, weight, bias)
 
 
+def linear_add(x: Tensor, a: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """``x + a @ weight.T (+ bias)`` in one op: oneDNN's binary post-op for a packed
+    weight, ``addmm`` for a plain one."""
+    if weight.is_mkldnn:
+        return torch.ops.mkldnn._linear_pointwise.binary(a, x, weight, bias, "add")
+    if bias is not None:
+        return x + F.linear(a, weight, bias)
+    return torch.addmm(x, a, weight.t())
+
+
 def _rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
     # Normalise in float32 as transformers does, then scale in the weight's dtype.
     return weight * F.rms_norm(x.float(), (x.shape[-1],), eps=eps).to(weight.dtype)
@@ -162,6 +178,10 @@ class LayerWeights:
 class NativeModel:
     """Weights plus the forward pass; see the module docstring."""
 
+    # Names a part of the forward for a profiler: a no-op unless profile.census sets
+    # torch.profiler.record_function on the instance.
+    label = staticmethod(_no_label)
+
     def __init__(self, config: ModelConfig, *, embed: Tensor, layers: list[LayerWeights],
                  norm: Tensor, lm_head: Tensor, inv_freq: Tensor, rope_scale: float,
                  attention: str = "auto", pack: bool | None = None) -> None:
@@ -178,6 +198,8 @@ class NativeModel:
         self.rope_scale = rope_scale
         self.attention = attention
         self.scale = config.head_dim ** -0.5
+        self.fused = True            # False: forward_reference (tests compare the two)
+        self._kv_memo: tuple[Tensor, list] | None = None
 
     @property
     def dtype(self) -> torch.dtype:
@@ -187,17 +209,34 @@ class NativeModel:
     def device(self) -> torch.device:
         return self.embed.device
 
+    def num_params(self) -> tuple[int, int]:
+        """``(all parameters, those of the embedding table)``; a tied LM head counts once."""
+        c = self.config
+        attn = c.hidden_size * (c.num_heads + 2 * c.num_kv_heads) * c.head_dim + \
+            c.num_heads * c.head_dim * c.hidden_size
+        mlp = 3 * c.hidden_size * c.intermediate_size
+        per_layer = attn + mlp + 2 * c.hidden_size
+        embed = c.vocab_size * c.hidden_size
+        head = 0 if c.tie_word_embeddings else embed
+        return embed + c.num_layers * per_layer + c.hidden_size + head, embed
+
     def kv_bytes_per_token(self) -> int:
         c = self.config
         return 2 * c.num_layers * c.num_kv_heads * c.head_dim * self.embed.element_size()
 
-    def rope(self, positions: Tensor) -> tuple[Tensor, Tensor]:
-        """cos, sin ``[num_tokens, 1, head_dim]`` in the model dtype for integer positions."""
+    def rope(self, positions: Tensor, *, signed: bool = False) -> tuple[Tensor, Tensor]:
+        """cos, sin ``[num_tokens, 1, head_dim]`` in the model dtype for integer positions.
+
+        ``signed``: the first half of ``sin`` negated, so that the rotation is
+        ``x * cos + roll(x, head_dim // 2) * sin`` (``roll`` gives ``cat(x2, x1)``; the
+        reference's ``rotate_half`` is ``cat(-x2, x1)``)."""
         freqs = positions.float().unsqueeze(-1) * self.inv_freq        # [num_tokens, head_dim/2]
         emb = torch.cat((freqs, freqs), dim=-1)
         cos = (emb.cos() * self.rope_scale).to(self.dtype).unsqueeze(1)
-        sin = (emb.sin() * self.rope_scale).to(self.dtype).unsqueeze(1)
-        return cos, sin
+        sin = emb.sin() * self.rope_scale
+        if signed:
+            sin[:, : sin.shape[-1] // 2].neg_()
+        return cos, sin.to(self.dtype).unsqueeze(1)
 
     @torch.inference_mode()
     def forward(self, token_ids: Tensor, positions: Tensor, slots: Tensor,
@@ -219,6 +258,68 @@ class NativeModel:
         Tensor
             ``[num_tokens, hidden]``, final RMSNorm applied, model dtype.
         """
+        with self.label("ttc::forward"):        # a profiler range (profile.census)
+            if self.fused:
+                return self._forward_fused(token_ids, positions, slots, kv, plan)
+            return self.forward_reference(token_ids, positions, slots, kv, plan)
+
+    def _forward_fused(self, token_ids: Tensor, positions: Tensor, slots: Tensor,
+                       kv: Tensor, plan: ExtendPlan | DecodePlan) -> Tensor:
+        """:meth:`forward_reference` in fewer ops: each norm one op (weight inside), the
+        residual adds inside the o and down matmuls (oneDNN post-op / ``addmm``), RoPE as
+        ``x * cos + roll(x) * signed sin`` on queries and keys at once, and the KV views
+        made once per pool. Same math; float32 results agree with the reference to
+        rounding (greedy tokens are tested equal)."""
+        c = self.config
+        n = token_ids.shape[0]
+        heads, kv_heads, d = c.num_heads, c.num_kv_heads, c.head_dim
+        q_size, qk_size = heads * d, (heads + kv_heads) * d
+        eps = c.rms_norm_eps
+        cos, sin = self.rope(positions, signed=True)
+        views = self._kv_views(kv)
+        x = F.embedding(token_ids, self.embed)                        # [n, hidden]
+        attend = decode_attention if isinstance(plan, DecodePlan) else extend_attention
+        for w, (k_cache, v_cache, k_flat, v_flat) in zip(self.layers, views):
+            qkv = linear(F.rms_norm(x, (x.shape[-1],), w.input_norm, eps), w.qkv, w.qkv_bias)
+            if w.q_norm is None:    # queries and keys rotate together
+                qk = qkv[:, :qk_size].view(n, heads + kv_heads, d)
+                qk = torch.addcmul(qk * cos, qk.roll(d // 2, -1), sin)
+                q, k = qk[:, :heads], qk[:, heads:]
+            else:
+                q = F.rms_norm(qkv[:, :q_size].view(n, heads, d), (d,), w.q_norm, eps)
+                k = F.rms_norm(qkv[:, q_size:qk_size].view(n, kv_heads, d), (d,), w.k_norm, eps)
+                q = torch.addcmul(q * cos, q.roll(d // 2, -1), sin)
+                k = torch.addcmul(k * cos, k.roll(d // 2, -1), sin)
+            # NOTE: keys/values are written before attention reads them.
+            k_flat.index_copy_(0, slots, k)
+            v_flat.index_copy_(0, slots, qkv[:, qk_size:].view(n, kv_heads, d))
+            with self.label("ttc::attention"):     # a profiler range (profile.census)
+                a = attend(q, k_cache, v_cache, plan, scale=self.scale, impl=self.attention)
+            x = linear_add(x, a.view(n, q_size), w.o, w.o_bias)
+            gu = linear(F.rms_norm(x, (x.shape[-1],), w.post_norm, eps), w.gate_up,
+                        w.gate_up_bias)
+            g, u = gu.chunk(2, dim=-1)
+            x = linear_add(x, F.silu(g).mul_(u), w.down, w.down_bias)
+        return F.rms_norm(x, (x.shape[-1],), self.norm, eps)
+
+    def _kv_views(self, kv: Tensor) -> list[tuple[Tensor, Tensor, Tensor, Tensor]]:
+        """Per layer ``(k_cache, v_cache, k_flat, v_flat)`` views of the pool ``kv``, made
+        once per pool tensor (each view is an op; 30 layers made 150 of them a step)."""
+        memo = self._kv_memo
+        if memo is None or memo[0] is not kv:
+            c = self.config
+            views = []
+            for i in range(c.num_layers):
+                k_cache, v_cache = kv[i, 0], kv[i, 1]
+                views.append((k_cache, v_cache, k_cache.view(-1, c.num_kv_heads, c.head_dim),
+                              v_cache.view(-1, c.num_kv_heads, c.head_dim)))
+            memo = self._kv_memo = (kv, views)
+        return memo[1]
+
+    def forward_reference(self, token_ids: Tensor, positions: Tensor, slots: Tensor,
+                          kv: Tensor, plan: ExtendPlan | DecodePlan) -> Tensor:
+        """The forward written op by op as transformers does it (the spec of the fused
+        path, which tests compare against)."""
         c = self.config
         n = token_ids.shape[0]
         q_size = c.num_heads * c.head_dim
@@ -243,12 +344,13 @@ class NativeModel:
             # the new tokens' own KV from the cache; decode reads the suffix pages).
             k_cache.view(-1, c.num_kv_heads, c.head_dim).index_copy_(0, slots, k)
             v_cache.view(-1, c.num_kv_heads, c.head_dim).index_copy_(0, slots, v)
-            if is_decode:
-                a = decode_attention(q, k_cache, v_cache, plan, scale=self.scale,
-                                     impl=self.attention)
-            else:
-                a = extend_attention(q, k_cache, v_cache, plan, scale=self.scale,
-                                     impl=self.attention)
+            with self.label("ttc::attention"):     # a profiler range (profile.census)
+                if is_decode:
+                    a = decode_attention(q, k_cache, v_cache, plan, scale=self.scale,
+                                         impl=self.attention)
+                else:
+                    a = extend_attention(q, k_cache, v_cache, plan, scale=self.scale,
+                                         impl=self.attention)
             x = x + linear(a.reshape(n, q_size), w.o, w.o_bias)
             h = _rms_norm(x, w.post_norm, c.rms_norm_eps)
             gu = linear(h, w.gate_up, w.gate_up_bias)

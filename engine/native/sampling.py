@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -55,6 +56,33 @@ def truncate(logits: Tensor, *, top_k: Tensor, top_p: Tensor) -> Tensor:
     return torch.empty_like(logits).scatter_(1, order, sorted_logits)
 
 
+BLOCK = 256      # vocabulary entries per block of the two-level inverse CDF
+
+
+def _inverse_cdf(probs: Tensor, u: Tensor) -> Tensor:
+    """The token whose cumulative probability first passes ``u * total`` in each row.
+
+    Two levels, so that no cumulative sum runs over the whole vocabulary (a sequential
+    scan: ~5 ms for 16 rows of 49k on one core): sum blocks of :data:`BLOCK` entries,
+    find the block in the cumulative block sums, then the entry in that block's own
+    cumulative sum. Exact categorical sampling, like one full cumulative sum.
+    """
+    rows, vocab = probs.shape
+    pad = -vocab % BLOCK
+    if pad:
+        probs = F.pad(probs, (0, pad))
+    blocks = probs.view(rows, -1, BLOCK)
+    block_cdf = blocks.sum(-1).cumsum_(-1)                               # [rows, blocks]
+    target = u.to(block_cdf.dtype) * block_cdf[:, -1]  # the total may differ from 1
+    b = torch.searchsorted(block_cdf, target.unsqueeze(1), right=True).clamp_(
+        max=block_cdf.shape[1] - 1)                                      # [rows, 1]
+    before = torch.where(b > 0, block_cdf.gather(1, (b - 1).clamp_(min=0)), 0.0)
+    inner = blocks.gather(1, b.unsqueeze(2).expand(rows, 1, BLOCK)).squeeze(1).cumsum_(-1)
+    k = torch.searchsorted(inner, (target.unsqueeze(1) - before), right=True)
+    picks = (b * BLOCK + k.clamp_(max=BLOCK - 1)).squeeze(1)
+    return picks.clamp_(max=vocab - 1)
+
+
 def sample(logits: Tensor, params: Sequence[RowParams],
            generators: Sequence[torch.Generator | None]) -> tuple[Tensor, Tensor]:
     """Pick one token per row.
@@ -93,10 +121,7 @@ def sample(logits: Tensor, params: Sequence[RowParams],
         # Inverse-CDF draw: one uniform per row from the row's own generator, then a
         # batched search in the cumulative distribution (exact categorical sampling).
         u = torch.cat([torch.rand(1, generator=generators[i]) for i in stochastic]).to(dev)
-        cdf = torch.cumsum(probs, dim=-1)
-        u = u * cdf[:, -1]                 # the total may differ from 1 by rounding
-        picks = torch.searchsorted(cdf, u.unsqueeze(1), right=True).squeeze(1)
-        picks = picks.clamp_(max=probs.shape[-1] - 1)
+        picks = _inverse_cdf(probs, u)
         tokens = tokens.clone()
         tokens[idx] = picks
     # log p(token) = logit - logsumexp(logits): one reduction instead of a full log_softmax

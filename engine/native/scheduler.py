@@ -42,6 +42,7 @@ Must NOT know: handles, rewards, strategies, chat templates.
 from __future__ import annotations
 
 import itertools
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -50,6 +51,7 @@ import torch
 from torch import Tensor
 
 from ttc.engine.native.kv_cache import KVCacheFull, PagePool, RadixNode, RadixTree
+from ttc.engine.native.profile import StepClock
 from ttc.engine.native.runner import DecodeGroup, ExtendItem, ModelRunner
 from ttc.engine.native.sampling import RowParams, sample, seeded_generator
 from ttc.stopping import Force, Replace, Stop
@@ -216,6 +218,7 @@ class Scheduler:
         self.prefill_tokens_run = 0
         self.decode_tokens_run = 0
         self.preemptions = 0
+        self.clock = StepClock()       # seconds per phase of each step (profile.py)
 
     # -- queues -----------------------------------------------------------------------
     def add_prefill(self, task: PrefillTask) -> None:
@@ -271,13 +274,19 @@ class Scheduler:
             _call_safely(j.on_error, exc)
 
     # -- the step -----------------------------------------------------------------------
-    def step(self) -> None:
+    def step(self) -> int:
+        """Advance every piece of work by one step; return the tokens it ran through the
+        model (prefill, recompute and decode rows: the step's work)."""
+        start = time.perf_counter()
+        ran = self.prefill_tokens_run + self.decode_tokens_run
         self._resume_preempted()
         self._admit_prefills()
         decoding = bool(self.jobs or self.starting)
         self._prefill_chunk(self.prefill_chunk if decoding else self.runner.max_batch_tokens)
         self._start_jobs()
-        self._decode()
+        decoded = self._decode()
+        self.clock.end_step(time.perf_counter() - start, decoded=decoded)
+        return self.prefill_tokens_run + self.decode_tokens_run - ran
 
     # -- prefill ------------------------------------------------------------------------
     def _admit_prefills(self) -> None:
@@ -315,7 +324,9 @@ class Scheduler:
             owners.append((task, take))
             budget -= take
         try:
+            start = time.perf_counter()
             hidden = self.runner.extend(items)
+            self.clock.add("prefill", time.perf_counter() - start)
             self.prefill_tokens_run += sum(len(it.tokens) for it in items)
         except Exception as err:  # noqa: BLE001  (the tasks in this chunk fail, others go on)
             for task, _ in owners:
@@ -376,29 +387,32 @@ class Scheduler:
                     nodes.append(node)
             self.jobs.append(job)
         # First token of every branch from its prefix's stored hidden state.
+        start = time.perf_counter()
         logits = self.runner.model.logits(torch.stack([n.payload for n in nodes]))
+        self.clock.add("logits", time.perf_counter() - start)
         self._sample_rows([(b, node_row[id(job.prefixes[b.request])])
                            for job in jobs for b in job.branches], logits)
         self._finish_jobs()
 
     # -- decode -------------------------------------------------------------------------
-    def _decode(self) -> None:
+    def _decode(self) -> bool:
+        """One decode forward over every running branch; False when none ran."""
         rows = [b for j in self.jobs for b in j.branches
                 if not b.preempted and (b.finish is None or b.needs_flush)]
         if not rows:
             self._finish_jobs()
-            return
+            return False
         rows = self._give_pages(rows)
         if not rows:
             self._finish_jobs()
-            return
+            return False
         rows.sort(key=lambda b: b.group_key)
         try:
             hidden = self._forward(rows)
         except Exception as err:  # noqa: BLE001  (every job in this batch fails)
             for job in {id(b.job): b.job for b in rows}.values():
                 self._fail_job(job, err)
-            return
+            return False
         self.steps += 1
         self.decode_tokens_run += len(rows)
         self.peak_batch = max(self.peak_batch, len(rows))
@@ -406,11 +420,14 @@ class Scheduler:
             b.hidden = h
         live = [i for i, b in enumerate(rows) if b.finish is None]
         if live:
+            start = time.perf_counter()
             logits = self.runner.model.logits(
                 hidden if len(live) == len(rows)
                 else hidden.index_select(0, torch.tensor(live, device=hidden.device)))
+            self.clock.add("logits", time.perf_counter() - start)
             self._sample_rows([(rows[i], k) for k, i in enumerate(live)], logits)
         self._finish_jobs()
+        return True
 
     def _give_pages(self, rows: list[Branch]) -> list[Branch]:
         """Give each row the page its fed token needs, preempting under pressure."""
@@ -527,7 +544,9 @@ class Scheduler:
                                             tokens=b.tokens[:-1])))
         if items:
             try:
+                start = time.perf_counter()
                 self.runner.extend([it for _, it in items])
+                self.clock.add("prefill", time.perf_counter() - start)
                 for b, it in items:
                     b.job.recomputed += len(it.tokens)
                     self.prefill_tokens_run += len(it.tokens)
@@ -556,7 +575,10 @@ class Scheduler:
                 suffix_tables=[b.base_pages[len(shared):] + b.own_pages for b in members],
                 suffix_lens=[b.base_len + len(b.tokens) - len(shared) * ps for b in members]))
             i = j
-        return self.runner.decode(groups, positions=positions, slots=slots)
+        start = time.perf_counter()
+        hidden = self.runner.decode(groups, positions=positions, slots=slots)
+        self.clock.add("forward", time.perf_counter() - start)
+        return hidden
 
     # -- sampling and stops ------------------------------------------------------------
     def _sample_rows(self, pairs: Sequence[tuple[Branch, int]], logits: Tensor) -> None:
@@ -595,7 +617,9 @@ class Scheduler:
             params = [RowParams(temperature=rows[i].params.temperature,
                                 top_p=rows[i].params.top_p, top_k=rows[i].params.top_k)
                       for i in sampled]
+            start = time.perf_counter()
             t, lp = sample(sel, params, [rows[i].generator for i in sampled])
+            self.clock.add("sampling", time.perf_counter() - start)
             for i, tok, p in zip(sampled, t.tolist(), lp.tolist()):
                 tokens[i], lps[i] = tok, p
         forced = [i for i, b in enumerate(rows) if b.forced]

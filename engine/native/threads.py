@@ -1,20 +1,26 @@
-"""How many torch intra-op threads the native engine uses: choose the count, apply it.
+"""How many torch intra-op threads the native engine uses: the setting, the tuner, applying it.
 
-Contract: :func:`choose_threads` turns the ``backend.threads`` setting into a count. A
-positive int is kept as given. ``"auto"`` starts from the CPUs this process may run on
-(``os.sched_getaffinity``; ``os.cpu_count()`` where that does not exist), then runs a
-short probe (:func:`probe_speedup`: alternating timings of a fixed bf16 MLP workload with
-n threads and with 1; ~0.1 s on free cores, up to ~1 s on loaded ones, plus torch's
-one-time oneDNN set-up if nothing ran before it): when n threads do not take clearly
-less time than 1 (ratio above :data:`CLEARLY_FASTER`), some of those CPUs are held by
-another process and the answer is 1. :func:`apply_threads` sets the count (``torch.set_num_threads``) and
-must be called on the thread that runs the model.
+Contract: ``backend.threads`` is a positive int (kept as given) or ``"auto"``. For
+``"auto"`` the engine's step loop asks a :class:`StepTuner` before every step which count
+to run on, and tells it how long the step took and how much work it did. The tuner
+chooses from the engine's OWN steps, not from a one-off probe: a trial runs a few steps
+at each candidate count (the CPUs of this process's affinity mask, 1, and half of them
+when there are 4 or more), interleaved (A, B, A, B, so that a change in other tenants'
+load hits both), each timing after one untimed step (a thread-count change rebuilds
+oneDNN's kernels); the count with the least time per unit of work wins (ties within
+:data:`TIE` keep the current count). Then it holds for :data:`HOLD_STEPS` steps and
+trials again; a held count whose steps turn :data:`SLOWDOWN` times slower than at its
+trial (a co-tenant arrived) starts a trial at once. :func:`apply_threads` sets a count
+and must be called on the thread that runs the model.
 
-Why: a decode step is ~1500 small ops, and with n threads every parallel op waits at a
+Why: a decode step is hundreds of ops, and with n threads every parallel op waits at a
 barrier for all n. When another process holds one of the cores, each op waits for the
 thread that lost its core: measured here (2 cores, one co-tenant ``while True`` loop),
 a native decode of 8 branches x 16 tokens from a 256-token prompt took 3.4-4.3 s with 2
-threads against 0.57 s idle, and 0.85 s with 1 thread under the same co-tenant.
+threads against 0.57 s idle, and 0.85 s with 1 thread under the same co-tenant. The
+earlier one-off probe (a synthetic MLP timed once at start) chose 1 thread in one run and
+2 in the next for the same shape and lost to the fixed setting in 3 of 4 shapes: a
+co-tenant that comes later, or a workload unlike the probe's, fooled it.
 
 Scope of the setting (measured on torch 2.13 CPU, libgomp + MKL + oneDNN; the
 experiment is ``scripts/torch_threads_scope.py``): the count is per OS thread, not
@@ -27,28 +33,22 @@ after ``set_num_threads(1)`` on the main thread, a fresh thread's bf16 ``F.linea
 2 cores busy; a thread that had already initialised keeps its own count when another
 thread changes it later. Hence: call :func:`apply_threads` first thing in the thread that
 runs the model (the engine's step loop), not once in ``from_config``.
-Must NOT know: models, engines, strategies; it sees a setting and the machine.
+Must NOT know: models, engines, strategies; it sees a setting, step times and the machine.
 """
 
 from __future__ import annotations
 
 import os
 import statistics
-import time
-from typing import Callable, Literal
+from typing import Literal
 
 ThreadsSetting = int | Literal["auto"]
 
-# "auto" keeps n threads only when they take at most this share of the 1-thread time on
-# the probe. Measured on the 2-core machine: 0.59-0.66 with no other load (an earlier
-# 5 ms-per-timing version of the probe); this version: 1.0-1.9 with one co-tenant loop or
-# with other tenants' load average >= 3, and 2 threads chosen at load 1.6. Single
-# timings of a few ms went either way under a co-tenant (0.1-30x): they can fall between
-# its time slices, hence ~20 ms timings and a median.
-CLEARLY_FASTER = 0.85
-PROBE_PAIRS = 5           # (1-thread, n-thread) timings, alternating; the median decides
-PROBE_ROWS_PER_THREAD = 16
-PROBE_REPS = 80           # MLP passes per timing, divided by n (~20 ms on 1 thread here)
+TIE = 0.05            # a candidate must be this much faster (per unit of work) to switch
+HOLD_STEPS = 400      # steps between trials
+SLOWDOWN = 1.6        # a held count this much slower than at its trial: trial at once
+TIMED_PER_TURN = 2    # timed steps per candidate per turn (after one untimed step)
+TURNS = 2             # turns through the candidates per trial (A, B, A, B)
 
 
 def is_threads_setting(value: object) -> bool:
@@ -73,24 +73,6 @@ def available_cpus() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def choose_threads(setting: ThreadsSetting, *,
-                   probe: Callable[[int], float] | None = None) -> int:
-    """The intra-op thread count for ``setting`` (see the module docstring).
-
-    ``probe(n)`` returns the time with n threads over the time with 1 thread on the same
-    work (default :func:`probe_speedup`); tests inject one. It is called only for
-    ``"auto"`` with more than one CPU available.
-    """
-    setting = check_threads_setting(setting)
-    if setting != "auto":
-        return setting
-    n = available_cpus()
-    if n == 1:
-        return 1
-    ratio = (probe or probe_speedup)(n)
-    return n if ratio <= CLEARLY_FASTER else 1
-
-
 def apply_threads(n: int) -> None:
     """Run this OS thread's torch ops on ``n`` intra-op threads.
 
@@ -100,56 +82,88 @@ def apply_threads(n: int) -> None:
     import torch  # noqa: PLC0415  (importing this module must stay light)
 
     if n == "auto" or not is_threads_setting(n):
-        raise ValueError(f"apply_threads needs a positive thread count (resolve 'auto' with "
-                         f"choose_threads first); got {n!r}.")
+        raise ValueError(f"apply_threads needs a positive thread count ('auto' is a "
+                         f"StepTuner's job); got {n!r}.")
     torch.set_num_threads(n)
 
 
-def probe_speedup(n: int) -> float:
-    """Median of (seconds with ``n`` threads) / (seconds with 1) over up to :data:`PROBE_PAIRS`
-    alternating pairs; it stops once a majority of pairs falls on one side of
-    :data:`CLEARLY_FASTER`.
+def candidates(cpus: int) -> list[int]:
+    """Thread counts a trial compares: all CPUs, 1, and half of them from 4 CPUs on."""
+    out = [cpus]
+    if cpus >= 4:
+        out.append(cpus // 2)
+    if cpus > 1:
+        out.append(1)
+    return out
 
-    The work is a small bf16 MLP (576 -> 1536 -> 576, SmolLM2's widths) on ``16 * n``
-    rows, so that free cores give a clear speed-up at any n, repeated for ~20 ms on one
-    thread (several scheduler time slices: a timing of a few ms can fall between a
-    co-tenant's slices and look idle). Each timing follows one untimed pass (a
-    thread-count change rebuilds oneDNN's kernels). The n-thread timing stops as soon as
-    it has taken as long as the 1-thread one: that pair's ratio is then a lower bound
-    (>= 1), which decides the same way and keeps the probe short on contended cores.
-    Runs on the calling thread and restores its thread count afterwards.
+
+class StepTuner:
+    """Chooses the step loop's thread count from the loop's own step times (see the module
+    docstring). Not thread-safe: the step loop alone calls it.
+
+    ``next_threads()`` before a step, ``record(seconds, work)`` after it (``work``: tokens
+    the step ran through the model; steps with no work are not recorded).
     """
-    import torch  # noqa: PLC0415
-    import torch.nn.functional as F  # noqa: PLC0415
 
-    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
-        raise ValueError(f"probe_speedup compares n >= 2 threads with 1; got n={n!r}.")
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(PROBE_ROWS_PER_THREAD * n, 576, generator=g).to(torch.bfloat16)
-    w_up = torch.randn(1536, 576, generator=g).to(torch.bfloat16)
-    w_down = torch.randn(576, 1536, generator=g).to(torch.bfloat16)
-    reps = max(4, PROBE_REPS // n)          # ~the same 1-thread time at any n
+    def __init__(self, cpus: int | None = None, *, hold_steps: int = HOLD_STEPS) -> None:
+        self.candidates = candidates(cpus or available_cpus())
+        self.hold_steps = hold_steps
+        self.current = self.candidates[0]
+        self.trials = 0                  # trials completed
+        self.history: list[tuple[int, dict[int, float]]] = []   # (chosen, cost per count)
+        self._plan: list[tuple[int, bool]] = []    # (threads, timed) for the trial's steps
+        self._costs: dict[int, list[float]] = {}
+        self._held = 0
+        self._baseline: float | None = None        # cost per work of the held count
+        self._slow = 0
+        self._pending: tuple[int, bool] | None = None
+        self._start_trial()
 
-    def seconds(threads: int, *, stop_after: float = float("inf")) -> float:
-        torch.set_num_threads(threads)
-        F.linear(F.silu(F.linear(x, w_up)), w_down)            # untimed warm-up
-        t0 = time.perf_counter()
-        for _ in range(reps):
-            F.linear(F.silu(F.linear(x, w_up)), w_down)
-            if time.perf_counter() - t0 > stop_after:
-                break
-        return time.perf_counter() - t0
+    def _start_trial(self) -> None:
+        if len(self.candidates) == 1:
+            self._plan = []
+            return
+        order = [self.current] + [c for c in self.candidates if c != self.current]
+        self._plan = [(c, timed) for _ in range(TURNS) for c in order
+                      for timed in [False] + [True] * TIMED_PER_TURN]
+        self._costs = {c: [] for c in self.candidates}
 
-    before = torch.get_num_threads()
-    ratios: list[float] = []
-    try:
-        with torch.inference_mode():
-            for _ in range(PROBE_PAIRS):
-                one = seconds(1)
-                ratios.append(seconds(n, stop_after=one) / one)
-                fast = sum(r <= CLEARLY_FASTER for r in ratios)
-                if max(fast, len(ratios) - fast) > PROBE_PAIRS // 2:
-                    break           # a majority already fixes the median's side
-    finally:
-        torch.set_num_threads(before)
-    return statistics.median(ratios)
+    @property
+    def in_trial(self) -> bool:
+        return bool(self._plan)
+
+    def next_threads(self) -> int:
+        if self._plan:
+            self._pending = self._plan[0]
+            return self._pending[0]
+        self._pending = None
+        return self.current
+
+    def record(self, seconds: float, work: int) -> None:
+        if work <= 0:
+            return                        # nothing ran: the plan waits for a real step
+        cost = seconds / work
+        if self._pending is not None and self._plan:
+            threads, timed = self._plan.pop(0)
+            if timed:
+                self._costs[threads].append(cost)
+            if not self._plan:
+                self._decide()
+            return
+        self._held += 1
+        if self._baseline is not None and cost > SLOWDOWN * self._baseline:
+            self._slow += 1
+        else:
+            self._slow = 0
+        if self._held >= self.hold_steps or self._slow >= 3:
+            self._start_trial()
+
+    def _decide(self) -> None:
+        med = {c: statistics.median(v) for c, v in self._costs.items() if v}
+        best = min(med, key=med.get)
+        if best != self.current and med[best] < (1 - TIE) * med.get(self.current, float("inf")):
+            self.current = best
+        self._baseline = med.get(self.current)
+        self.trials += 1
+        self.history.append((self.current, med))
+        self._held = self._slow = 0

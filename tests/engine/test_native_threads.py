@@ -1,4 +1,4 @@
-"""backend.threads: choosing the torch thread count (measurement injected, no timing asserts)."""
+"""backend.threads: the torch thread count, and auto's tuner fed step times (no timing asserts)."""
 
 from __future__ import annotations
 
@@ -21,46 +21,104 @@ def cpus(monkeypatch):
     return set_cpus
 
 
-class _Probe:
-    """A stand-in for the timing probe: returns a fixed n-threads / 1-thread time ratio."""
+class _Machine:
+    """Step times as a machine would give them: ``cost[n]`` seconds per unit of work with n
+    threads (no real timing: the tuner is fed these)."""
 
-    def __init__(self, ratio: float) -> None:
-        self.ratio = ratio
-        self.calls: list[int] = []
+    def __init__(self, cost: dict[int, float]) -> None:
+        self.cost = cost
 
-    def __call__(self, n: int) -> float:
-        self.calls.append(n)
-        return self.ratio
+    def run(self, tuner: th.StepTuner, steps: int, *, work: int = 16) -> list[int]:
+        used = []
+        for _ in range(steps):
+            n = tuner.next_threads()
+            used.append(n)
+            tuner.record(self.cost[n] * work, work)
+        return used
 
 
-@pytest.mark.parametrize("n", [1, 3, 64])
-def test_explicit_counts_are_kept_without_probing(n, cpus):
+def test_candidates_are_all_cpus_half_and_one():
+    assert th.candidates(1) == [1]
+    assert th.candidates(2) == [2, 1]
+    assert th.candidates(8) == [8, 4, 1]
+
+
+def test_auto_keeps_all_cores_when_they_are_free(cpus):
     cpus(2)
-    probe = _Probe(5.0)
-    assert th.choose_threads(n, probe=probe) == n
-    assert probe.calls == []
+    tuner = th.StepTuner()
+    used = _Machine({2: 0.5, 1: 1.0}).run(tuner, 40)
+    assert tuner.trials == 1 and tuner.current == 2
+    assert set(used[:12]) == {1, 2} and set(used[12:]) == {2}   # one trial, then held
 
 
-def test_auto_uses_the_affinity_mask_when_the_cores_are_free(cpus):
-    cpus(6)
-    probe = _Probe(0.3)
-    assert th.choose_threads("auto", probe=probe) == 6
-    assert probe.calls == [6]          # the probe compares all mask CPUs with one
-
-
-def test_auto_falls_back_to_one_thread_when_more_threads_are_not_clearly_faster(cpus):
+def test_auto_takes_one_thread_beside_a_co_tenant(cpus):
     cpus(2)
-    assert th.choose_threads("auto", probe=_Probe(1.7)) == 1
-    # at the threshold itself n threads are kept; just above it, not
-    assert th.choose_threads("auto", probe=_Probe(th.CLEARLY_FASTER)) == 2
-    assert th.choose_threads("auto", probe=_Probe(th.CLEARLY_FASTER + 0.01)) == 1
+    tuner = th.StepTuner()
+    _Machine({2: 5.0, 1: 1.0}).run(tuner, 40)
+    assert tuner.current == 1
+    assert tuner.history[0][1][2] == pytest.approx(5.0)
 
 
-def test_auto_with_one_cpu_is_one_thread_and_skips_the_probe(cpus):
+def test_a_co_tenant_arriving_later_starts_a_trial_at_once(cpus):
+    cpus(2)
+    tuner = th.StepTuner(hold_steps=10_000)
+    _Machine({2: 0.5, 1: 1.0}).run(tuner, 30)
+    assert tuner.current == 2
+    busy = _Machine({2: 4.0, 1: 1.1})
+    used = busy.run(tuner, 3)              # three slow held steps ...
+    assert used == [2, 2, 2] and tuner.in_trial
+    busy.run(tuner, 12)                    # ... a trial, and the answer changes
+    assert tuner.current == 1 and tuner.trials == 2
+
+
+def test_trials_repeat_so_a_co_tenant_that_leaves_gives_the_cores_back(cpus):
+    cpus(2)
+    tuner = th.StepTuner(hold_steps=20)
+    _Machine({2: 4.0, 1: 1.0}).run(tuner, 15)
+    assert tuner.current == 1
+    _Machine({2: 0.5, 1: 1.0}).run(tuner, 40)
+    assert tuner.current == 2 and tuner.trials >= 2
+
+
+def test_a_near_tie_keeps_the_current_count_and_idle_steps_do_not_count(cpus):
+    cpus(2)
+    tuner = th.StepTuner()
+    _Machine({2: 1.0, 1: 0.98}).run(tuner, 14)
+    assert tuner.trials == 1 and tuner.current == 2       # 2% is inside th.TIE
+    before = (tuner.trials, tuner.in_trial)
+    for _ in range(5):
+        tuner.next_threads()
+        tuner.record(0.5, 0)                  # no work ran: nothing is learnt
+    assert (tuner.trials, tuner.in_trial) == before
+
+
+def test_one_cpu_needs_no_trial(cpus):
     cpus(1)
-    probe = _Probe(0.1)
-    assert th.choose_threads("auto", probe=probe) == 1
-    assert probe.calls == []
+    tuner = th.StepTuner()
+    assert not tuner.in_trial and _Machine({1: 1.0}).run(tuner, 5) == [1] * 5
+
+
+def test_the_engine_tunes_from_its_own_steps():
+    from fakes import ByteTokenizer, tiny_hf_model
+
+    from ttc.engine.native.engine import NativeEngine
+    from ttc.types import ExpandRequest, SamplingParams
+
+    cfg, hf = tiny_hf_model("llama", seed=3)
+    eng = NativeEngine.from_hf(cfg, hf.state_dict(), ByteTokenizer(), dtype=torch.float32,
+                               attention="torch", page_size=8, kv_memory_gb=0.01,
+                               threads="auto")
+    assert eng.tuner is not None and eng.threads is None
+    root = eng.handle_for_tokens(list(b"tune on real steps"))
+    eng.expand([ExpandRequest(prefix=root, n=2, params=SamplingParams(temperature=0,
+                                                                      max_tokens=20))])
+    assert eng.tuner.trials >= 1 and eng.threads_in_use in eng.tuner.candidates
+    eng.set_threads(1)
+    assert eng.tuner is None and eng.threads_in_use == 1
+    with pytest.raises(ValueError, match="set_threads needs a positive integer, 'auto' or "
+                                         "None; got 0"):
+        eng.set_threads(0)
+    eng.close()
 
 
 def test_available_cpus_without_sched_getaffinity_uses_cpu_count(monkeypatch):
@@ -75,7 +133,7 @@ def test_available_cpus_without_sched_getaffinity_uses_cpu_count(monkeypatch):
 def test_bad_settings_are_rejected_with_one_line(bad):
     with pytest.raises(ValueError, match=r"backend.threads must be a positive integer or "
                                          r"'auto'; got "):
-        th.choose_threads(bad)
+        th.check_threads_setting(bad)
     with pytest.raises(ConfigError) as err:
         BACKENDS.build({"name": "native", "threads": bad})   # fails before loading a model
     assert str(err.value) == (f"backend.threads: must be a positive integer or 'auto'; "
@@ -91,11 +149,6 @@ def test_config_default_is_auto_and_takes_counts():
 def test_apply_threads_needs_a_count(bad):
     with pytest.raises(ValueError, match="apply_threads needs a positive thread count"):
         th.apply_threads(bad)
-
-
-def test_probe_rejects_fewer_than_two_threads():
-    with pytest.raises(ValueError, match="n >= 2"):
-        th.probe_speedup(1)
 
 
 def test_apply_threads_sets_the_calling_thread_only():
@@ -122,10 +175,3 @@ def test_apply_threads_sets_the_calling_thread_only():
         t.join()
         torch.set_num_threads(main_before)       # also resets the recorded value
     assert seen == {"worker": main_before + 1, "main": main_before}
-
-
-def test_probe_restores_the_calling_threads_count():
-    before = torch.get_num_threads()
-    ratio = th.probe_speedup(2)
-    assert ratio > 0
-    assert torch.get_num_threads() == before

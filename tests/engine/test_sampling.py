@@ -39,3 +39,28 @@ def test_greedy_rows_and_row_generators_are_independent():
     b, _ = sample(logits[1:2], params[1:2], [seeded_generator(1, 0)])
     assert a[0] == logits[0].argmax()
     assert a[1] == b[0]                     # a row's draw does not depend on its batch
+
+
+def test_two_level_inverse_cdf_matches_one_cumulative_sum():
+    """The block-wise search picks the token a full cumulative sum picks (up to float
+    rounding at a boundary), for vocabularies that are and are not a multiple of the block,
+    and never a zero-probability token."""
+    from ttc.engine.native.sampling import BLOCK, _inverse_cdf
+
+    g = torch.Generator().manual_seed(3)
+    for vocab in (BLOCK * 3, 1000, 7):
+        probs = torch.softmax(torch.randn(6, vocab, generator=g) * 4, dim=-1)
+        same = total = 0
+        for _ in range(50):
+            u = torch.rand(6, generator=g)
+            cdf = probs.cumsum(-1)
+            full = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(1), right=True).squeeze(1)
+            picks = _inverse_cdf(probs, u)
+            assert (picks - full.clamp(max=vocab - 1)).abs().max() <= 1
+            same += int((picks == full.clamp(max=vocab - 1)).sum())
+            total += 6
+        assert same >= 0.99 * total
+    one_hot = torch.zeros(3, 1000)
+    one_hot[0, 999], one_hot[1, 0], one_hot[2, 517] = 1.0, 1.0, 1.0
+    for u in (0.0, 0.5, 0.9999):
+        assert _inverse_cdf(one_hot, torch.full((3,), u)).tolist() == [999, 0, 517]
