@@ -224,6 +224,15 @@ def merge_states(o1: Tensor, lse1: Tensor, o2: Tensor, lse2: Tensor) -> tuple[Te
     return o, lse
 
 
+def merge_into_suffix(o_p: Tensor, lse_p: Tensor, o_s: Tensor, lse_s: Tensor) -> Tensor:
+    """:func:`merge_states`' output when the suffix side is never empty (a decode query
+    sees at least its own token, so ``lse_s`` is finite): the prefix's weight is
+    ``sigmoid(lse_p - lse_s)``, 0 for an empty prefix (``lse_p = -inf``). Four ops
+    instead of eight; float32 result."""
+    w = torch.sigmoid(lse_p - lse_s).unsqueeze(-1)
+    return torch.lerp(o_s.float(), o_p.float(), w)
+
+
 # -- torch implementations (CPU path and reference) --------------------------------------
 
 def _attend(q: Tensor, k: Tensor, v: Tensor, *, scale: float,
@@ -298,8 +307,7 @@ def decode_attention_torch(q: Tensor, k_cache: Tensor, v_cache: Tensor, plan: De
     # Prefix part: one matrix-matrix product per group over its shared prefix.
     if _batch_groups(plan):
         o_p, lse_p = _prefix_batched(qg, k_cache, v_cache, plan, scale=scale)
-        o, _ = merge_states(o_p, lse_p, o_s, lse_s)
-        return o.to(q.dtype)
+        return merge_into_suffix(o_p, lse_p, o_s, lse_s).to(q.dtype)
     if plan.num_groups == 1:    # one group holds every branch: no scatter needed
         o_p = lse_p = None
     else:
@@ -335,8 +343,7 @@ def decode_attention_torch(q: Tensor, k_cache: Tensor, v_cache: Tensor, plan: De
             lse_p[b0:b1] = lse
     if o_p is None:             # the only group has an empty prefix
         return o_s.to(q.dtype)
-    o, _ = merge_states(o_p, lse_p, o_s, lse_s)
-    return o.to(q.dtype)
+    return merge_into_suffix(o_p, lse_p, o_s, lse_s).to(q.dtype)
 
 
 def _batch_groups(plan: DecodePlan) -> bool:

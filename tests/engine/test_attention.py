@@ -189,3 +189,15 @@ def test_many_groups_run_their_prefixes_in_one_padded_batch():
     scale = 1 / math.sqrt(head_dim)
     out = decode_attention(q, k_cache, v_cache, plan, scale=scale, impl="torch")
     _assert_equals_dense(out, q, k_cache, v_cache, seqs, scale)
+
+
+def test_merge_into_suffix_equals_merge_states_when_the_suffix_is_not_empty():
+    from ttc.engine.native.attention import merge_into_suffix
+
+    g = torch.Generator().manual_seed(5)
+    o_p, o_s = torch.randn(4, 3, 8, generator=g), torch.randn(4, 3, 8, generator=g)
+    lse_p, lse_s = torch.randn(4, 3, generator=g) * 5, torch.randn(4, 3, generator=g) * 5
+    lse_p[0] = float("-inf")                    # a branch whose group has no prefix
+    ref, _ = merge_states(o_p, lse_p, o_s, lse_s)
+    torch.testing.assert_close(merge_into_suffix(o_p, lse_p, o_s, lse_s), ref)
+    torch.testing.assert_close(merge_into_suffix(o_p, lse_p, o_s, lse_s)[0], o_s[0])
