@@ -224,6 +224,15 @@ def merge_states(o1: Tensor, lse1: Tensor, o2: Tensor, lse2: Tensor) -> tuple[Te
     return o, lse
 
 
+def merge_into_suffix(o_p: Tensor, lse_p: Tensor, o_s: Tensor, lse_s: Tensor) -> Tensor:
+    """:func:`merge_states`' output when the suffix side is never empty (a decode query
+    sees at least its own token, so ``lse_s`` is finite): the prefix's weight is
+    ``sigmoid(lse_p - lse_s)``, 0 for an empty prefix (``lse_p = -inf``). Four ops
+    instead of eight; float32 result."""
+    w = torch.sigmoid(lse_p - lse_s).unsqueeze(-1)
+    return torch.lerp(o_s.float(), o_p.float(), w)
+
+
 # -- torch implementations (CPU path and reference) --------------------------------------
 
 def _attend(q: Tensor, k: Tensor, v: Tensor, *, scale: float,
@@ -267,9 +276,64 @@ def _gather_pages(cache: Tensor, pages: Tensor) -> Tensor:
     return out.reshape(*pages.shape[:-1], pages.shape[-1] * cache.shape[1], *cache.shape[2:])
 
 
+def _decode_one_prefix(q: Tensor, k_cache: Tensor, v_cache: Tensor, plan: DecodePlan, *,
+                       scale: float) -> Tensor:
+    """:func:`decode_attention_torch` for the common step — one group whose prefix pages
+    are consecutive (one search, or searches of one prompt), on the CPU — in about 25 ops
+    instead of 40: both partial results stay in ``[branches, kv_heads, rep, head_dim]``
+    (no reshapes between them), the suffix index and mask are made once per plan, and
+    the merge is :func:`merge_into_suffix`'s."""
+    num_branches, num_heads, head_dim = q.shape
+    num_kv_heads = k_cache.shape[2]
+    rep = num_heads // num_kv_heads
+    ps = plan.page_size
+    memo = plan.memo.get(("one_prefix", q.dtype))
+    if memo is None:
+        keys = plan.max_suffix_pages * ps
+        pos = torch.arange(keys, device=q.device)
+        valid = pos.unsqueeze(0) < plan.suffix_lens.unsqueeze(1).to(pos.dtype)
+        mask = torch.zeros(valid.shape, dtype=q.dtype, device=q.device).masked_fill(
+            ~valid, float("-inf"))[:, None, None, :].expand(
+            num_branches, num_kv_heads, rep, keys)
+        memo = (plan.suffix_pages.reshape(-1).long(), mask, keys)
+        plan.memo[("one_prefix", q.dtype)] = memo
+    index, mask, keys = memo
+    qg = q.view(num_branches, num_kv_heads, rep, head_dim)
+    ks = k_cache.index_select(0, index).view(num_branches, keys, num_kv_heads, head_dim)
+    vs = v_cache.index_select(0, index).view(num_branches, keys, num_kv_heads, head_dim)
+    o_s, lse_s = _FLASH_CPU(qg, ks.transpose(1, 2), vs.transpose(1, 2), 0.0, False,
+                            attn_mask=mask, scale=scale)
+    first, count = plan.prefix_ranges[0]
+    n = plan.group_prefix_lens_list[0]
+    kp = k_cache[first:first + count].view(count * ps, num_kv_heads, head_dim)[:n]
+    vp = v_cache[first:first + count].view(count * ps, num_kv_heads, head_dim)[:n]
+    # the whole batch's queries by kv head: [1, kv_heads, branches * rep, head_dim]
+    qp = qg.permute(1, 0, 2, 3).reshape(1, num_kv_heads, num_branches * rep, head_dim)
+    o_p, lse_p = _FLASH_CPU(qp, kp.permute(1, 0, 2).unsqueeze(0),
+                            vp.permute(1, 0, 2).unsqueeze(0), 0.0, False, scale=scale)
+    o_p = o_p.view(num_kv_heads, num_branches, rep, head_dim).transpose(0, 1)
+    lse_p = lse_p.view(num_kv_heads, num_branches, rep).transpose(0, 1)
+    w = torch.sigmoid(lse_p - lse_s).unsqueeze(-1)
+    if q.dtype == torch.float32:
+        o = torch.lerp(o_s, o_p, w)
+    else:
+        o = torch.lerp(o_s.float(), o_p.float(), w).to(q.dtype)
+    return o.reshape(num_branches, num_heads, head_dim)
+
+
 def decode_attention_torch(q: Tensor, k_cache: Tensor, v_cache: Tensor, plan: DecodePlan, *,
                            scale: float) -> Tensor:
     """The torch implementation of :func:`decode_attention` (see there)."""
+    if (plan.num_groups == 1 and plan.prefix_ranges[0] is not None
+            and plan.group_prefix_lens_list[0] > 0 and q.device.type == "cpu"
+            and _FLASH_CPU is not None):
+        return _decode_one_prefix(q, k_cache, v_cache, plan, scale=scale)
+    return decode_attention_general(q, k_cache, v_cache, plan, scale=scale)
+
+
+def decode_attention_general(q: Tensor, k_cache: Tensor, v_cache: Tensor, plan: DecodePlan,
+                             *, scale: float) -> Tensor:
+    """:func:`decode_attention_torch` for any plan and device (the reference)."""
     num_branches, num_heads, head_dim = q.shape
     num_kv_heads = k_cache.shape[2]
     rep = num_heads // num_kv_heads
@@ -298,8 +362,7 @@ def decode_attention_torch(q: Tensor, k_cache: Tensor, v_cache: Tensor, plan: De
     # Prefix part: one matrix-matrix product per group over its shared prefix.
     if _batch_groups(plan):
         o_p, lse_p = _prefix_batched(qg, k_cache, v_cache, plan, scale=scale)
-        o, _ = merge_states(o_p, lse_p, o_s, lse_s)
-        return o.to(q.dtype)
+        return merge_into_suffix(o_p, lse_p, o_s, lse_s).to(q.dtype)
     if plan.num_groups == 1:    # one group holds every branch: no scatter needed
         o_p = lse_p = None
     else:
@@ -335,8 +398,7 @@ def decode_attention_torch(q: Tensor, k_cache: Tensor, v_cache: Tensor, plan: De
             lse_p[b0:b1] = lse
     if o_p is None:             # the only group has an empty prefix
         return o_s.to(q.dtype)
-    o, _ = merge_states(o_p, lse_p, o_s, lse_s)
-    return o.to(q.dtype)
+    return merge_into_suffix(o_p, lse_p, o_s, lse_s).to(q.dtype)
 
 
 def _batch_groups(plan: DecodePlan) -> bool:

@@ -7,8 +7,9 @@ chooses from the engine's OWN steps, not from a one-off probe: a trial runs a fe
 at each candidate count (the CPUs of this process's affinity mask, 1, and half of them
 when there are 4 or more), interleaved (A, B, A, B, so that a change in other tenants'
 load hits both), each timing after one untimed step (a thread-count change rebuilds
-oneDNN's kernels); the count with the least time per unit of work wins (ties within
-:data:`TIE` keep the current count). Then it holds for :data:`HOLD_STEPS` steps and
+oneDNN's kernels); a count :data:`DROP` times slower than another stops being measured
+(beside a co-tenant its steps are the costly ones); the count with the least time per
+unit of work wins (ties within :data:`TIE` keep the current count). Then it holds for :data:`HOLD_STEPS` steps and
 trials again; a held count whose steps turn :data:`SLOWDOWN` times slower than at its
 trial (a co-tenant arrived) starts a trial at once. :func:`apply_threads` sets a count
 and must be called on the thread that runs the model.
@@ -49,6 +50,7 @@ HOLD_STEPS = 400      # steps between trials
 SLOWDOWN = 1.6        # a held count this much slower than at its trial: trial at once
 TIMED_PER_TURN = 2    # timed steps per candidate per turn (after one untimed step)
 TURNS = 2             # turns through the candidates per trial (A, B, A, B)
+DROP = 1.5            # a count this much slower than another in a trial stops being measured
 
 
 def is_threads_setting(value: object) -> bool:
@@ -147,6 +149,7 @@ class StepTuner:
             threads, timed = self._plan.pop(0)
             if timed:
                 self._costs[threads].append(cost)
+                self._drop_losers()
             if not self._plan:
                 self._decide()
             return
@@ -157,6 +160,20 @@ class StepTuner:
             self._slow = 0
         if self._held >= self.hold_steps or self._slow >= 3:
             self._start_trial()
+
+    def _drop_losers(self) -> None:
+        """Stop measuring a count already :data:`DROP` times slower than another (beside a
+        co-tenant, each n-thread step is costly), and end the trial when one is left."""
+        best = {c: min(v) for c, v in self._costs.items() if v}
+        if len(best) < 2:
+            return
+        floor = min(best.values())
+        losers = {c for c, v in best.items() if v > DROP * floor}
+        if losers:
+            self._plan = [(c, t) for c, t in self._plan if c not in losers]
+        if len({c for c, _ in self._plan}) <= 1 and all(
+                self._costs[c] for c in {c for c, _ in self._plan}):
+            self._plan = []
 
     def _decide(self) -> None:
         med = {c: statistics.median(v) for c, v in self._costs.items() if v}

@@ -189,3 +189,38 @@ def test_many_groups_run_their_prefixes_in_one_padded_batch():
     scale = 1 / math.sqrt(head_dim)
     out = decode_attention(q, k_cache, v_cache, plan, scale=scale, impl="torch")
     _assert_equals_dense(out, q, k_cache, v_cache, seqs, scale)
+
+
+def test_merge_into_suffix_equals_merge_states_when_the_suffix_is_not_empty():
+    from ttc.engine.native.attention import merge_into_suffix
+
+    g = torch.Generator().manual_seed(5)
+    o_p, o_s = torch.randn(4, 3, 8, generator=g), torch.randn(4, 3, 8, generator=g)
+    lse_p, lse_s = torch.randn(4, 3, generator=g) * 5, torch.randn(4, 3, generator=g) * 5
+    lse_p[0] = float("-inf")                    # a branch whose group has no prefix
+    ref, _ = merge_states(o_p, lse_p, o_s, lse_s)
+    torch.testing.assert_close(merge_into_suffix(o_p, lse_p, o_s, lse_s), ref)
+    torch.testing.assert_close(merge_into_suffix(o_p, lse_p, o_s, lse_s)[0], o_s[0])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_one_prefix_fast_path_equals_the_general_path(dtype):
+    """One group with consecutive prefix pages (one search's step) takes the short path;
+    it must give what the general path gives."""
+    from ttc.engine.native.attention import (_decode_one_prefix, decode_attention_general,
+                                             plan_decode)
+
+    g = torch.Generator().manual_seed(11)
+    ps, kv_heads, rep, d = 4, 2, 3, 16
+    k = torch.randn(40, ps, kv_heads, d, generator=g).to(dtype)
+    v = torch.randn(40, ps, kv_heads, d, generator=g).to(dtype)
+    lens = [1, 5, 9]                                   # suffix tokens of three branches
+    suffix = [[20 + 3 * b + i for i in range(-(-n // ps))] for b, n in enumerate(lens)]
+    plan = plan_decode(group_sizes=[3], group_prefix_pages=[[2, 3, 4]], group_prefix_lens=[10],
+                       suffix_pages=suffix, suffix_lens=lens, page_size=ps)
+    q = torch.randn(3, kv_heads * rep, d, generator=g).to(dtype)
+    fast = _decode_one_prefix(q, k, v, plan, scale=0.25)
+    ref = decode_attention_general(q, k, v, plan, scale=0.25)
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(fast, ref, atol=tol, rtol=tol)
+    assert fast.shape == (3, kv_heads * rep, d) and fast.dtype == dtype

@@ -175,3 +175,14 @@ def test_apply_threads_sets_the_calling_thread_only():
         t.join()
         torch.set_num_threads(main_before)       # also resets the recorded value
     assert seen == {"worker": main_before + 1, "main": main_before}
+
+
+def test_a_clearly_slower_count_stops_being_measured(cpus):
+    """Beside a co-tenant each 2-thread step is the expensive one: once 1 thread's first
+    timed step shows 2 threads 5x slower, the trial measures 2 threads no more and ends
+    (5 steps instead of 12)."""
+    cpus(2)
+    tuner = th.StepTuner()
+    used = _Machine({2: 5.0, 1: 1.0}).run(tuner, 8)
+    assert tuner.trials == 1 and tuner.current == 1
+    assert used == [2, 2, 2, 1, 1, 1, 1, 1]
