@@ -6,15 +6,20 @@ tokens after a computed tree node: prompts, verifier extends, probe suffixes) an
 and :meth:`Scheduler.step` advances all of it by one step (vLLM v1's rule: no prefill
 or decode phases, each piece of work catches up a little every step)::
 
-    step():
-        resume preempted branches whose pages fit again (recompute their tokens)
-        admit waiting prefill tasks in arrival order while their pages fit
-        prefill: one chunk of at most ``chunk`` tokens over the admitted tasks
-                 (``max_batch_tokens`` when nothing is decoding)
+    step():                    schedule -> run -> postprocess, twice
+        extend   schedule: pages for preempted branches that fit again (their tokens
+                           to recompute), admit waiting prefill tasks in arrival order
+                           while their pages fit, one chunk of at most ``chunk`` tokens
+                           over the admitted tasks (``max_batch_tokens`` when nothing
+                           is decoding)
+                 run:      ONE extend forward over the recomputes and the chunk
+                 post:     prefill tasks that are complete call back
         start:   jobs whose prefixes are computed sample their first tokens
-        decode:  every running branch feeds its last token in ONE batch (grouped by
-                 shared prefix pages), then samples, checks its stops, streams
-        finish:  tasks and jobs that are complete call back (the engine makes handles)
+        decode   schedule: every running branch, with the page its token needs
+                           (preempting under pressure), grouped by shared prefix pages
+                 run:      ONE decode forward, then the LM head
+                 post:     sample, check stops, stream
+        finish:  jobs that are complete call back (the engine makes handles)
 
 Per branch, on every token: EOS (kept) -> ``EOS``; a stop string in its text ->
 ``STOP``; a stop rule (:mod:`ttc.stopping`) -> ``RULE`` (or forced tokens queued);
@@ -193,6 +198,17 @@ class PrefillTask:
     parts: list[Tensor] = field(default_factory=list)
 
 
+@dataclass(eq=False)
+class ExtendBatch:
+    """What one step's extend forward computes: first the recomputes of resumed branches
+    (``items[:len(recomputes)]``), then a chunk of admitted prefill tasks (``chunk``:
+    task and tokens taken, one item each)."""
+
+    items: list[ExtendItem] = field(default_factory=list)
+    recomputes: list[Branch] = field(default_factory=list)
+    chunk: list[tuple[PrefillTask, int]] = field(default_factory=list)
+
+
 class Scheduler:
     def __init__(self, *, tree: RadixTree, pool: PagePool, runner: ModelRunner, tokenizer: Any,
                  eos_ids: Sequence[int], max_position: int, prefill_chunk: int,
@@ -276,17 +292,75 @@ class Scheduler:
     # -- the step -----------------------------------------------------------------------
     def step(self) -> int:
         """Advance every piece of work by one step; return the tokens it ran through the
-        model (prefill, recompute and decode rows: the step's work)."""
+        model (prefill, recompute and decode rows: the step's work).
+
+        Schedule -> run -> postprocess, for the extend forward (recomputes of resumed
+        branches and a chunk of pending prefill) and then for the decode forward (every
+        running branch); between them, jobs whose prefixes are now computed sample their
+        first tokens, so they decode in this same step.
+        """
         start = time.perf_counter()
         ran = self.prefill_tokens_run + self.decode_tokens_run
-        self._resume_preempted()
+        batch = self._schedule_extend()
+        if batch.items:
+            hidden = self._run_extend(batch)
+            if hidden is not None:
+                self._postprocess_extend(batch, hidden)
+        self._start_jobs()
+        rows = self._schedule_decode()
+        out = self._run_decode(rows) if rows else None
+        if out is not None:
+            self._postprocess_decode(rows, *out)
+        self._finish_jobs()
+        self.clock.end_step(time.perf_counter() - start, decoded=out is not None)
+        return self.prefill_tokens_run + self.decode_tokens_run - ran
+
+    # -- the extend forward -------------------------------------------------------------
+    def _schedule_extend(self) -> "ExtendBatch":
+        batch = ExtendBatch()
+        self._resume_preempted(batch)
         self._admit_prefills()
         decoding = bool(self.jobs or self.starting)
-        self._prefill_chunk(self.prefill_chunk if decoding else self.runner.max_batch_tokens)
-        self._start_jobs()
-        decoded = self._decode()
-        self.clock.end_step(time.perf_counter() - start, decoded=decoded)
-        return self.prefill_tokens_run + self.decode_tokens_run - ran
+        self._take_prefill_chunk(
+            batch, self.prefill_chunk if decoding else self.runner.max_batch_tokens)
+        return batch
+
+    def _run_extend(self, batch: "ExtendBatch") -> list[Tensor] | None:
+        """The extend forward; on failure its owners fail (other work goes on), None."""
+        try:
+            start = time.perf_counter()
+            hidden = self.runner.extend(batch.items)
+            self.clock.add("prefill", time.perf_counter() - start)
+        except Exception as err:  # noqa: BLE001  (the owners of this batch fail)
+            for job in {id(b.job): b.job for b in batch.recomputes}.values():
+                self._fail_job(job, err)
+            for task, _ in batch.chunk:
+                self.cancel_prefill(task)
+                _call_safely(task.on_error, err)
+            return None
+        self.prefill_tokens_run += sum(len(it.tokens) for it in batch.items)
+        return hidden
+
+    def _postprocess_extend(self, batch: "ExtendBatch", hidden: list[Tensor]) -> None:
+        for b, item in zip(batch.recomputes, batch.items):
+            b.job.recomputed += len(item.tokens)
+        for (task, take), h in zip(batch.chunk, hidden[len(batch.recomputes):]):
+            task.done += take
+            if task.keep_hidden:
+                task.parts.append(h)
+            else:                               # only the last token's state is wanted
+                task.parts = [h[-1:]]
+            if task.done == len(task.tokens):
+                self.prefilling.remove(task)
+                out = torch.cat(task.parts) if len(task.parts) > 1 else task.parts[0]
+                task.parts = []
+                try:
+                    task.on_done(task, out)
+                except Exception as err:  # noqa: BLE001
+                    if task.pages:
+                        self.pool.free(task.pages)
+                        task.pages = None
+                    _call_safely(task.on_error, err)
 
     # -- prefill ------------------------------------------------------------------------
     def _admit_prefills(self) -> None:
@@ -309,47 +383,19 @@ class Scheduler:
             task.pages = pages
             self.prefilling.append(task)
 
-    def _prefill_chunk(self, budget: int) -> None:
-        if not self.prefilling:
-            return
+    def _take_prefill_chunk(self, batch: "ExtendBatch", budget: int) -> None:
+        """Up to ``budget`` tokens of the admitted prefill tasks, in arrival order."""
         ps = self.page_size
-        items, owners = [], []
         for task in self.prefilling:
             if budget <= 0:
                 break
             take = min(budget, len(task.tokens) - task.done)
             base = self.tree.page_table(task.parent)[: task.parent.end // ps]
-            items.append(ExtendItem(table=base + task.pages, start=task.parent.end + task.done,
-                                    tokens=task.tokens[task.done:task.done + take]))
-            owners.append((task, take))
+            batch.items.append(ExtendItem(table=base + task.pages,
+                                          start=task.parent.end + task.done,
+                                          tokens=task.tokens[task.done:task.done + take]))
+            batch.chunk.append((task, take))
             budget -= take
-        try:
-            start = time.perf_counter()
-            hidden = self.runner.extend(items)
-            self.clock.add("prefill", time.perf_counter() - start)
-            self.prefill_tokens_run += sum(len(it.tokens) for it in items)
-        except Exception as err:  # noqa: BLE001  (the tasks in this chunk fail, others go on)
-            for task, _ in owners:
-                self.cancel_prefill(task)
-                _call_safely(task.on_error, err)
-            return
-        for (task, take), h in zip(owners, hidden):
-            task.done += take
-            if task.keep_hidden:
-                task.parts.append(h)
-            else:                               # only the last token's state is wanted
-                task.parts = [h[-1:]]
-            if task.done == len(task.tokens):
-                self.prefilling.remove(task)
-                out = torch.cat(task.parts) if len(task.parts) > 1 else task.parts[0]
-                task.parts = []
-                try:
-                    task.on_done(task, out)
-                except Exception as err:  # noqa: BLE001
-                    if task.pages:
-                        self.pool.free(task.pages)
-                        task.pages = None
-                    _call_safely(task.on_error, err)
 
     # -- jobs ---------------------------------------------------------------------------
     def _new_branch(self, job: DecodeJob, request: int, index: int) -> Branch:
@@ -395,39 +441,45 @@ class Scheduler:
         self._finish_jobs()
 
     # -- decode -------------------------------------------------------------------------
-    def _decode(self) -> bool:
-        """One decode forward over every running branch; False when none ran."""
+    def _schedule_decode(self) -> list[Branch]:
+        """Every running branch (and each finished one still to flush), with the page its
+        fed token needs, sorted by group; preempts under memory pressure."""
         rows = [b for j in self.jobs for b in j.branches
                 if not b.preempted and (b.finish is None or b.needs_flush)]
         if not rows:
-            self._finish_jobs()
-            return False
+            return []
         rows = self._give_pages(rows)
-        if not rows:
-            self._finish_jobs()
-            return False
         rows.sort(key=lambda b: b.group_key)
+        return rows
+
+    def _run_decode(self, rows: list[Branch]) -> tuple[Tensor, Tensor | None, list[int]] | None:
+        """The decode forward and the LM head of the rows that sample; on failure every
+        job in the batch fails, None."""
         try:
             hidden = self._forward(rows)
         except Exception as err:  # noqa: BLE001  (every job in this batch fails)
             for job in {id(b.job): b.job for b in rows}.values():
                 self._fail_job(job, err)
-            return False
-        self.steps += 1
-        self.decode_tokens_run += len(rows)
-        self.peak_batch = max(self.peak_batch, len(rows))
-        for b, h in zip(rows, hidden):
-            b.hidden = h
+            return None
         live = [i for i, b in enumerate(rows) if b.finish is None]
+        logits = None
         if live:
             start = time.perf_counter()
             logits = self.runner.model.logits(
                 hidden if len(live) == len(rows)
                 else hidden.index_select(0, torch.tensor(live, device=hidden.device)))
             self.clock.add("logits", time.perf_counter() - start)
+        return hidden, logits, live
+
+    def _postprocess_decode(self, rows: list[Branch], hidden: Tensor, logits: Tensor | None,
+                            live: list[int]) -> None:
+        self.steps += 1
+        self.decode_tokens_run += len(rows)
+        self.peak_batch = max(self.peak_batch, len(rows))
+        for b, h in zip(rows, hidden):
+            b.hidden = h
+        if logits is not None:
             self._sample_rows([(rows[i], k) for k, i in enumerate(live)], logits)
-        self._finish_jobs()
-        return True
 
     def _give_pages(self, rows: list[Branch]) -> list[Branch]:
         """Give each row the page its fed token needs, preempting under pressure."""
@@ -498,13 +550,15 @@ class Scheduler:
         b.preempted = True
         self.preemptions += 1
 
-    def _resume_preempted(self) -> None:
+    def _resume_preempted(self, batch: "ExtendBatch") -> None:
+        """Pages for preempted branches that fit again; their tokens (all but the last,
+        which the decode feeds) join ``batch`` to be computed again."""
         waiting = [b for j in self.jobs for b in j.branches if b.preempted]
         if not waiting:
             return
         waiting.sort(key=self._rank, reverse=True)
         ps = self.page_size
-        resumed, items = [], []
+        resumed = []
         for b in waiting:
             if b.job.finished or not b.preempted:
                 continue
@@ -540,19 +594,9 @@ class Scheduler:
             b.preempted = False
             resumed.append(b)
             if len(b.tokens) > 1:
-                items.append((b, ExtendItem(table=b.base_pages + b.own_pages, start=b.base_len,
-                                            tokens=b.tokens[:-1])))
-        if items:
-            try:
-                start = time.perf_counter()
-                self.runner.extend([it for _, it in items])
-                self.clock.add("prefill", time.perf_counter() - start)
-                for b, it in items:
-                    b.job.recomputed += len(it.tokens)
-                    self.prefill_tokens_run += len(it.tokens)
-            except Exception as err:  # noqa: BLE001
-                for job in {id(b.job): b.job for b, _ in items}.values():
-                    self._fail_job(job, err)
+                batch.recomputes.append(b)
+                batch.items.append(ExtendItem(table=b.base_pages + b.own_pages,
+                                              start=b.base_len, tokens=b.tokens[:-1]))
 
     def _forward(self, rows: list[Branch]) -> Tensor:
         """Feed each row's last token; rows sorted by group key. Returns hidden per row."""
