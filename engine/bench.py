@@ -12,6 +12,11 @@ and asks each backend for ``B`` continuations of ``S`` new tokens (same
 * ``kv_bytes_bound = (P + generated tokens) * bytes per token``: every distinct token
   stored once (the prompt once, each branch's suffix once).
 
+Other engines on the same shapes, each skipped with a note where it is not installed:
+``vllm`` (engine/vllm_bench.py, its own virtualenv) and ``llamacpp`` (llama.cpp's
+``llama-batched-bench`` in the native engine's dtype, engine/llamacpp_bench.py; keys
+``*_llamacpp``, ratios ``tokens_per_s_llamacpp_over_<other>``).
+
 Shapes: full run P = 1024, S = 64, B = 16 and B = 64; quick: P = 256, S = 16, B = 4 and
 B = 16. The first shape's keys carry no suffix; the others end in ``_b<B>``.
 
@@ -84,7 +89,7 @@ def _timed_run(gen: Any, problem: Problem, *, branches: int, new_tokens: int,
             "prefill_tokens": out.usage.prefill_tokens}
 
 
-ENGINE_BACKENDS = ("native", "hf", "vllm")
+ENGINE_BACKENDS = ("native", "hf", "vllm", "llamacpp")
 FULL_SHAPES = (1024, (16, 64), 64)       # prompt tokens, branch counts, new tokens
 QUICK_SHAPES = (256, (4, 16), 16)
 
@@ -164,6 +169,7 @@ def run(*, quick: bool, backends: tuple[str, ...] = ENGINE_BACKENDS,
         raise ValueError(f"--cotenant must be a number of busy processes >= 0; got {cotenant!r}.")
     if cotenant and "native" not in backends:
         raise ValueError("--cotenant measures the native engine; add native to --backends.")
+    llamacpp_bin, llamacpp_note = _find_llamacpp(backends)   # a bad $TTC_LLAMACPP_BIN fails here
     prompt_tokens, branch_counts, new_tokens = QUICK_SHAPES if quick else FULL_SHAPES
     params = SamplingParams(temperature=0.8, top_p=1.0, max_tokens=new_tokens, seed=0)
     fixed_threads = torch.get_num_threads()
@@ -201,6 +207,10 @@ def run(*, quick: bool, backends: tuple[str, ...] = ENGINE_BACKENDS,
     if "vllm" in backends:
         _add_vllm_column(report, problem=problem, branch_counts=branch_counts, params=params,
                          dtype=dtype)
+    if "llamacpp" in backends:
+        _add_llamacpp_column(report, bin_dir=llamacpp_bin, note=llamacpp_note, dtype=dtype,
+                             prompt_tokens=p, branch_counts=branch_counts,
+                             new_tokens=new_tokens, threads=fixed_threads)
     return report
 
 
@@ -425,3 +435,44 @@ def _add_vllm_column(report: BenchReport, *, problem: Problem,
                     tps / report.metrics[f"tokens_per_s_{other}{sfx}"], 3)
     report.notes.append(f"vLLM: {dtype}, enforce_eager, block_size 32, prefix caching, 2 OMP "
                         "threads; its KV is vLLM's own block pool (not compared).")
+
+
+def _find_llamacpp(backends: tuple[str, ...]) -> tuple[Any, str]:
+    """The llama.cpp build for the column, or (None, why not); checked before any timing."""
+    if "llamacpp" not in backends:
+        return None, ""
+    from ttc.engine.llamacpp_bench import find_llamacpp  # noqa: PLC0415
+
+    return find_llamacpp()
+
+
+def _add_llamacpp_column(report: BenchReport, *, bin_dir: Any, note: str, dtype: str,
+                         prompt_tokens: int, branch_counts: tuple[int, ...], new_tokens: int,
+                         threads: int) -> None:
+    """llama.cpp's llama-batched-bench on the same shapes (engine/llamacpp_bench.py), in the
+    native engine's dtype; no build: the note says why and there is no column."""
+    from ttc.engine.llamacpp_bench import gguf_type, measure_llamacpp_shapes  # noqa: PLC0415
+
+    if bin_dir is None:
+        report.notes.append(note)
+        return
+    figures, note = measure_llamacpp_shapes(
+        bin_dir=bin_dir, dtype=dtype, prompt_tokens=prompt_tokens,
+        branch_counts=branch_counts, new_tokens=new_tokens, threads=threads)
+    report.notes.append(note)
+    if figures is None:
+        return
+    report.metrics["gguf_type_llamacpp"] = gguf_type(dtype)
+    for i, (b, lc) in enumerate(zip(branch_counts, figures)):
+        sfx = _suffix(i, b)
+        tps = lc["generated"] / lc["seconds"]
+        report.metrics.update({
+            f"generated_tokens_llamacpp{sfx}": lc["generated"],
+            f"seconds_llamacpp{sfx}": round(lc["seconds"], 3),
+            f"tokens_per_s_llamacpp{sfx}": round(tps, 2),
+            f"prefill_seconds_llamacpp{sfx}": round(lc["prefill_seconds"], 3),
+            f"decode_tokens_per_s_llamacpp{sfx}": round(lc["decode_tokens_per_s"], 2)})
+        for other in ("native", "hf", "vllm"):
+            if f"tokens_per_s_{other}{sfx}" in report.metrics:
+                report.ratios[f"tokens_per_s_llamacpp_over_{other}{sfx}"] = round(
+                    tps / report.metrics[f"tokens_per_s_{other}{sfx}"], 3)

@@ -11,6 +11,14 @@ parameters, exactly as the bench times the other backends: ``{"seconds", "genera
 "peak_kv_bytes", "prefill_tokens", "cached_tokens", "prompt_tokens"}`` per count
 (:func:`measure_vllm_shapes`; :func:`measure_vllm` for one count).
 Returns ``None`` (with the reason) when no vLLM environment is found.
+
+The direct reference of ``ttc bench concurrency`` also lives here (it runs in the vLLM
+environment): :func:`phase_recorder` records, per (strategy, K) phase, every request list
+that a :class:`~ttc.engine.backends.vllm.VLLMGenerator`'s step loop receives, by calling
+thread and in order; :func:`replay_direct` then runs the same requests straight on the
+same ``vllm.LLM`` with ``llm.generate``, as a user batching K independent searches would:
+round r is every search's r-th call in one ``generate`` (the recorded prompts already hold
+what earlier calls generated, and the seeds are the same, so the work is the same).
 Must NOT know: strategies, rewards.
 """
 
@@ -20,9 +28,11 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, ContextManager, Iterator
 
 CPU_ENV = {"VLLM_CPU_NUM_OF_RESERVED_CPU": "0", "VLLM_CPU_OMP_THREADS_BIND": "0-1",
            "OMP_NUM_THREADS": "2"}
@@ -72,6 +82,58 @@ def measure_vllm_shapes(*, model_dir: str, question: str, branch_counts: list[in
         tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
         return None, f"vLLM column failed (exit {proc.returncode}): {tail}"
     return json.loads(lines[-1])["vllm"], f"vLLM via {python}"
+
+
+def _reset_prefix_cache(llm: Any) -> None:
+    reset = getattr(llm, "reset_prefix_cache", None)
+    if callable(reset):
+        reset()
+
+
+def phase_recorder(gen: Any, phases: dict[tuple[str, int], list[list[list[tuple[Any, Any]]]]]
+                   ) -> Callable[[str, int], ContextManager[None]]:
+    """An ``around_phase`` for :func:`ttc.evals.bench_concurrency.measure` on ``gen`` (a
+    VLLMGenerator): each phase starts with a cold prefix cache and leaves, in
+    ``phases[(label, k)]``, one list per calling thread of its calls' ``(prompt, params)``
+    request lists, in call order."""
+
+    @contextmanager
+    def around(label: str, k: int) -> Iterator[None]:
+        calls: dict[int, list[list[tuple[Any, Any]]]] = {}
+        lock = threading.Lock()
+        real_submit = gen._loop.submit
+
+        def submit(items: list[tuple[Any, Any]]) -> Any:
+            with lock:              # params are copied: vLLM may adjust what it is handed
+                calls.setdefault(threading.get_ident(), []).append(
+                    [(prompt, params.clone()) for prompt, params in items])
+            return real_submit(items)
+
+        _reset_prefix_cache(gen.llm)
+        gen._loop.submit = submit
+        try:
+            yield
+        finally:
+            del gen._loop.submit    # the instance attribute; the method shows again
+        phases[(label, k)] = list(calls.values())
+
+    return around
+
+
+def replay_direct(llm: Any, searches: list[list[list[tuple[Any, Any]]]]) -> dict[str, Any]:
+    """The recorded calls of K searches straight on ``llm`` (see the module docstring);
+    ``{"seconds", "generated", "generate_calls"}``, from a cold prefix cache."""
+    _reset_prefix_cache(llm)
+    rounds = max((len(calls) for calls in searches), default=0)
+    generated = 0
+    t0 = time.perf_counter()
+    for r in range(rounds):
+        items = [item for calls in searches if r < len(calls) for item in calls[r]]
+        outputs = llm.generate([prompt for prompt, _ in items],
+                               [params.clone() for _, params in items], use_tqdm=False)
+        generated += sum(len(o.outputs[0].token_ids) for o in outputs)
+    return {"seconds": time.perf_counter() - t0, "generated": generated,
+            "generate_calls": rounds}
 
 
 def _main() -> None:

@@ -18,7 +18,13 @@ Reported side by side in one run:
 plus ``generated_tokens_*``, ``seconds_*``, ``expand_calls_*`` and the mean search latency.
 With ``vllm`` in ``backends`` the same work runs on ``backend: vllm`` in the vLLM
 environment (``ttc.engine.vllm_bench.vllm_python``) as ``*_vllm_*`` keys, skipped with a
-note when there is none.
+note when there is none; in the native engine's dtype (what ``auto`` chose on this
+machine; bfloat16 beside ``simulated``), each phase from a cold prefix cache. Right after
+each phase, the vLLM requests it made are replayed straight on the same ``vllm.LLM``
+(``llm.generate``, one call per round of the K searches' calls): the ``*_vllm_direct_*``
+keys, what vLLM itself reaches on the same work, and ``ratios.vllm_scaling_over_direct_*``
+(ttc's K_max / K=1 over the direct one: 1.0 = ttc's concurrent searches batch as well as
+vLLM called directly).
 
 Thread safety: an engine whose ``thread_safe`` attribute is not true (the native engine
 before its continuous-batching step loop, vLLM's offline ``LLM``, the simulated backend)
@@ -39,7 +45,8 @@ import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Sequence
+from contextlib import contextmanager, nullcontext
+from typing import Any, Callable, ContextManager, Iterator, Sequence
 
 from ttc.types import BenchReport
 from ttc.sharing import shared_generator
@@ -70,14 +77,18 @@ def search_specs(*, max_step_tokens: int, beam_steps: int) -> dict[str, dict[str
 
 
 def measure(generator: Any, problems: Sequence[Any], *, ks: Sequence[int],
-            searches: dict[str, dict[str, Any]], threads: int | None) -> dict[str, Any]:
+            searches: dict[str, dict[str, Any]], threads: int | None,
+            around_phase: Callable[[str, int], ContextManager[Any]] | None = None
+            ) -> dict[str, Any]:
     """Run each search of ``searches`` (:func:`search_specs`) K at a time, for each K, on
     ``generator``.
 
     Returns ``{"serialized": bool, "runs": {label: {K: figures}}}`` with figures
     ``{"seconds", "generated", "expand_calls", "search_seconds_mean"}``. ``threads``:
     the torch thread count each search thread applies when the engine runs the model on
-    the calling thread (None: leave it).
+    the calling thread (None: leave it). ``around_phase(label, k)``, when given, is a
+    context manager entered just before each (strategy, K) phase's clock starts and left
+    after it stops (the vLLM column records the phase's engine requests with it).
     """
     from ttc.config import GenerationConfig  # noqa: PLC0415
     from ttc.ledger import Budget  # noqa: PLC0415
@@ -111,7 +122,9 @@ def measure(generator: Any, problems: Sequence[Any], *, ks: Sequence[int],
     for label in searches:
         runs[label] = {}
         for k in ks:
-            with ThreadPoolExecutor(max_workers=k, thread_name_prefix=f"bench-{label}") as pool:
+            phase = around_phase(label, k) if around_phase is not None else nullcontext()
+            with phase, ThreadPoolExecutor(max_workers=k,
+                                           thread_name_prefix=f"bench-{label}") as pool:
                 t0 = time.perf_counter()
                 futures = [pool.submit(one_search, label, problems[i]) for i in range(k)]
                 outcomes = [f.result() for f in futures]     # re-raises a search's error
@@ -177,8 +190,12 @@ def run(*, quick: bool, backends: tuple[str, ...] = ("native", "vllm")) -> Bench
         # the engine's step loop runs the model and chooses its own count (threads=auto);
         # only a serialised engine's callers would apply one
         report.metrics["torch_threads"] = str(config.threads)
+        # vLLM runs in what the native engine chose for this machine: one dtype for both.
+        dtype = str(generator.model.dtype).removeprefix("torch.")
+        report.metrics["dtype"] = dtype
     else:
         generator = BACKENDS.build({"name": "simulated"})
+        dtype = "bfloat16"
     report.metrics["load_avg_1m_start"] = round(os.getloadavg()[0], 2)
     figures = measure(generator, problems, ks=ks, searches=searches, threads=threads)
     if local[0] == "native":
@@ -191,7 +208,7 @@ def run(*, quick: bool, backends: tuple[str, ...] = ("native", "vllm")) -> Bench
                         "phase's wall seconds; beam uses the simulated PRM (no model).")
     del generator
     if "vllm" in backends:
-        _add_vllm_column(report, problems=problems, ks=ks, searches=searches)
+        _add_vllm_column(report, problems=problems, ks=ks, searches=searches, dtype=dtype)
     return report
 
 
@@ -207,8 +224,10 @@ def _lock_note(backend: str, serialized: bool, threads: int | None) -> str:
 
 
 def _add_vllm_column(report: BenchReport, *, problems: Sequence[Any], ks: Sequence[int],
-                     searches: dict[str, dict[str, Any]], timeout_s: float = 3600.0) -> None:
-    """The same work on ``backend: vllm`` in the vLLM environment, as ``*_vllm_*`` keys."""
+                     searches: dict[str, dict[str, Any]], dtype: str = "bfloat16",
+                     timeout_s: float = 3600.0) -> None:
+    """The same work on ``backend: vllm`` in the vLLM environment, as ``*_vllm_*`` keys,
+    and the same requests replayed straight on vLLM, as ``*_vllm_direct_*`` keys."""
     import subprocess  # noqa: PLC0415
 
     from ttc.engine.loader import resolve_folder  # noqa: PLC0415
@@ -221,7 +240,7 @@ def _add_vllm_column(report: BenchReport, *, problems: Sequence[Any], ks: Sequen
         return
     job = json.dumps({"model_dir": str(resolve_folder(None)[0]), "ks": list(ks),
                       "problems": [p.model_dump(mode="json") for p in problems],
-                      "searches": searches})
+                      "searches": searches, "dtype": dtype})
     env = {**os.environ, **{k: os.environ.get(k, v) for k, v in CPU_ENV.items()}}
     try:
         proc = subprocess.run([python, "-m", "ttc.evals.bench_concurrency"], input=job,
@@ -239,19 +258,72 @@ def _add_vllm_column(report: BenchReport, *, problems: Sequence[Any], ks: Sequen
     for k in ks:
         report.ratios[f"tokens_per_s_vllm_over_native_k{k}"] = round(
             report.metrics[f"tokens_per_s_vllm_k{k}"] / report.metrics[f"tokens_per_s_k{k}"], 3)
-    report.notes.append(f"vLLM via {python}: bf16, enforce_eager, block_size 32, prefix "
-                        f"caching; " + _lock_note("vllm", figures["serialized"], None))
+    if "direct" in figures:
+        add_direct_figures(report, figures["direct"], ks=ks)
+    report.notes.append(f"vLLM via {python}: {dtype}, enforce_eager, block_size 32, prefix "
+                        f"caching, a cold prefix cache at the start of each phase; "
+                        + _lock_note("vllm", figures["serialized"], None))
+
+
+def add_direct_figures(report: BenchReport, direct: dict[str, dict[Any, dict[str, Any]]], *,
+                       ks: Sequence[int]) -> None:
+    """The direct reference (each phase's vLLM requests replayed on ``llm.generate``, one
+    call per round of the K searches' calls) as ``*_vllm_direct_*`` keys, and how ttc's
+    scaling compares with it: ``ratios.vllm_scaling_over_direct*`` = (ttc's vLLM
+    K_max / K=1) / (direct K_max / K=1); 1.0 means ttc's concurrent searches scale as well
+    as vLLM called directly on the same work."""
+    add_figures(report, {"runs": {label: {k: {
+        "seconds": f["seconds"], "generated": f["generated"],
+        "expand_calls": f["generate_calls"], "search_seconds_mean": f["seconds"]}
+        for k, f in per_k.items()} for label, per_k in direct.items()}}, ks=ks,
+        infix="vllm_direct_")
+    m, kmax = report.metrics, max(ks)
+    for label in direct:         # the direct replay has no per-search latency: drop it
+        for k in ks:
+            m.pop(f"search_seconds_mean_vllm_direct_{label}_k{k}", None)
+            m[f"generate_calls_vllm_direct_{label}_k{k}"] = m.pop(
+                f"expand_calls_vllm_direct_{label}_k{k}")
+    if 1 in ks and kmax != 1:
+        for part in [""] + [f"{label}_" for label in direct]:
+            ttc = report.ratios.get(f"tokens_per_s_vllm_{part}k{kmax}_over_k1")
+            ref = report.ratios.get(f"tokens_per_s_vllm_direct_{part}k{kmax}_over_k1")
+            if ttc is not None and ref:
+                report.ratios[f"vllm_scaling_over_direct_{part}k{kmax}"] = round(ttc / ref, 3)
+    report.notes.append(
+        "vllm_direct: each phase's vLLM requests (recorded as ttc sent them, same prompts and "
+        "seeds) replayed straight on the same vllm.LLM with llm.generate, round r = every "
+        "search's r-th call in one generate, from a cold prefix cache; "
+        "vllm_scaling_over_direct_* = ttc's vLLM K_max/K1 over the direct K_max/K1.")
 
 
 def _main() -> None:
-    """The vLLM column's worker: read the job on stdin, print one JSON line."""
+    """The vLLM column's worker: read the job on stdin, print one JSON line.
+
+    Right after each K-search phase it replays that phase's recorded vLLM requests
+    straight on the same ``vllm.LLM`` (:func:`ttc.engine.vllm_bench.replay_direct`): the
+    direct reference, under ``"direct"``."""
     from ttc.engine.backends.vllm import VLLMBackendConfig, VLLMGenerator  # noqa: PLC0415
+    from ttc.engine.vllm_bench import phase_recorder, replay_direct  # noqa: PLC0415
     from ttc.types import Problem  # noqa: PLC0415
 
     job = json.loads(sys.stdin.read())
-    gen = VLLMGenerator.from_config(VLLMBackendConfig(model=job["model_dir"], dtype="bfloat16"))
+    gen = VLLMGenerator.from_config(VLLMBackendConfig(model=job["model_dir"],
+                                                      dtype=job.get("dtype", "bfloat16")))
     problems = [Problem.model_validate(p) for p in job["problems"]]
-    figures = measure(gen, problems, ks=job["ks"], searches=job["searches"], threads=None)
+    phases: dict[tuple[str, int], Any] = {}
+    record = phase_recorder(gen, phases)
+    direct: dict[str, dict[int, dict[str, Any]]] = {}
+
+    @contextmanager
+    def around(label: str, k: int) -> Iterator[None]:
+        with record(label, k):
+            yield
+        # Right after the phase it mirrors, so that both see the same background load.
+        direct.setdefault(label, {})[k] = replay_direct(gen.llm, phases.pop((label, k)))
+
+    figures = measure(gen, problems, ks=job["ks"], searches=job["searches"], threads=None,
+                      around_phase=around)
+    figures["direct"] = direct
     print(json.dumps({"concurrency": figures}), flush=True)
 
 

@@ -275,7 +275,7 @@ def bench(
     quick: bool = typer.Option(False, "--quick", help="A short run."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the report as JSON."),
     backends: Optional[str] = typer.Option(None, "--backends",
-                                           help="engine: comma list of native,hf,vllm."),
+                                           help="engine: comma list of native,hf,vllm,llamacpp."),
     cotenant: Optional[int] = typer.Option(
         None, "--cotenant", help="engine: also measure beside N busy processes."),
     dtype: Optional[str] = typer.Option(

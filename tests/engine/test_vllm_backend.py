@@ -328,3 +328,32 @@ def test_http_backend_against_vllm_openai_server(model_dir, gen):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_the_bench_direct_reference_replays_the_same_work_straight_on_vllm(gen):
+    """ttc bench concurrency's vllm_direct figures: the recorded requests of concurrent
+    searches, replayed on llm.generate one round per call index, generate the same tokens."""
+    from ttc.engine.vllm_bench import phase_recorder, replay_direct
+
+    def search(i: int) -> int:                   # two calls, the second continuing the first
+        root = gen.root(Problem(question=f"Search {i}: what is {i} + 2?"))
+        params = _greedy(6) if i % 2 == 0 else SamplingParams(temperature=1.0, max_tokens=6,
+                                                              seed=40 + i)
+        first = gen.expand([ExpandRequest(prefix=root, n=2, params=params)]).continuations[0]
+        second = gen.expand([ExpandRequest(prefix=first[0].handle, n=1, params=params)])
+        conts = list(first) + list(second.continuations[0])
+        gen.release([root] + [c.handle for c in conts])
+        return sum(c.num_tokens for c in conts)
+
+    phases: dict = {}
+    with phase_recorder(gen, phases)("probe", 3):
+        with concurrent.futures.ThreadPoolExecutor(3) as pool:
+            generated = sum(pool.map(search, range(3)))
+    assert "submit" not in vars(gen._loop)        # the recorder is gone after the phase
+    (recorded,) = phases.values()
+    assert sorted(len(calls) for calls in recorded) == [2, 2, 2]            # per search
+    assert sorted(len(items) for calls in recorded for items in calls) == [1, 1, 1, 2, 2, 2]
+    direct = replay_direct(gen.llm, recorded)
+    assert direct["generate_calls"] == 2 and direct["generated"] == generated > 0
+    out = _expand_one(gen, QUESTION, _greedy(4), 1)  # the generator still works afterwards
+    assert len(out[0]) > 0

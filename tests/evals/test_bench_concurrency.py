@@ -137,3 +137,46 @@ def test_too_few_problems_for_k_is_an_error():
     with pytest.raises(ValueError, match="K=4 needs 4 problems; got 2"):
         bc.measure(SimulatedGenerator(SimulatedBackendConfig()), problems, ks=(1, 4),
                    searches=bc.search_specs(max_step_tokens=8, beam_steps=1), threads=None)
+
+
+def test_around_phase_wraps_every_phase_and_sees_its_calls():
+    gen = _CountingGenerator(thread_safe=True)
+    seen: list[tuple[str, int, int, int]] = []       # label, k, calls before, calls after
+    from contextlib import contextmanager
+
+    @contextmanager
+    def around(label, k):
+        before = len(gen.max_tokens_asked)
+        yield
+        seen.append((label, k, before, len(gen.max_tokens_asked)))
+
+    problems = load_problems(dataset_config("gsm8k"), limit=4)
+    bc.measure(gen, problems, ks=(1, 4), threads=None, around_phase=around,
+               searches=bc.search_specs(max_step_tokens=8, beam_steps=2))
+    assert [(label, k) for label, k, _, _ in seen] == [
+        ("self_consistency", 1), ("self_consistency", 4), ("beam", 1), ("beam", 4)]
+    # self-consistency asks once per search: 1 request, then 4 (the warm-up came before)
+    assert [after - before for _, _, before, after in seen[:2]] == [1, 4]
+    assert all(after > before for _, _, before, after in seen[2:])
+
+
+def test_the_direct_reference_is_reported_beside_ttcs_vllm_figures():
+    report = bc.BenchReport(name="concurrency")
+    runs = {"beam": {"1": {"seconds": 2.0, "generated": 10, "expand_calls": 3,
+                           "search_seconds_mean": 2.0},
+                     "2": {"seconds": 2.0, "generated": 30, "expand_calls": 6,
+                           "search_seconds_mean": 1.5}}}
+    bc.add_figures(report, {"serialized": False, "runs": runs}, ks=(1, 2), infix="vllm_")
+    direct = {"beam": {"1": {"seconds": 1.0, "generated": 10, "generate_calls": 3},
+                       "2": {"seconds": 1.0, "generated": 40, "generate_calls": 3}}}
+    bc.add_direct_figures(report, direct, ks=(1, 2))
+    m = report.metrics
+    assert (m["tokens_per_s_vllm_direct_beam_k1"], m["tokens_per_s_vllm_direct_beam_k2"]) == (10, 40)
+    assert m["generate_calls_vllm_direct_beam_k2"] == 3
+    assert "search_seconds_mean_vllm_direct_beam_k2" not in m
+    r = report.ratios
+    assert r["tokens_per_s_vllm_direct_beam_k2_over_k1"] == 4.0
+    assert r["tokens_per_s_vllm_beam_k2_over_k1"] == 3.0
+    assert r["vllm_scaling_over_direct_beam_k2"] == 0.75     # 3.0 / 4.0
+    assert r["vllm_scaling_over_direct_k2"] == 0.75
+    assert report.notes[-1].startswith("vllm_direct: each phase's vLLM requests")
