@@ -32,9 +32,12 @@ data) and drawn once per search, when the root is expanded; a rollout is scored 
 configured verifier's last-step score (the ORM role; rStar's answer-consistency check
 needs a second model and is not implemented).
 
-Certaindex (§14.2, optional): after ``certaindex_at`` simulations, each round checks
-the terminal answers' certaindex H~ and/or their mean reward and stops once the
-configured ones clear their thresholds (``info["certaindex"]``).
+Certaindex (docs/algorithms.md "Certaindex"; Fu et al., arXiv:2412.20993): after
+``certaindex_at`` simulations, each round checks the terminal answers' certaindex H~
+and/or their mean reward and stops once the configured ones clear their thresholds
+(``info["certaindex"]``). On by default with the paper's MCTS setting for GSM8K (its
+Table 3: H~ >= 0.99 and mean reward >= 0.4, detected after 3 simulations); set both
+thresholds to null for plain MCTS.
 
 KV lifecycle: the whole tree may be revisited, so every node stays pinned with value
 Q (the engine evicts low-Q nodes first, §12.5); terminal nodes and rollouts are offered
@@ -72,10 +75,11 @@ class MCTSConfig(StrategyConfig):
     value: Literal["prm", "rollout"] = "prm"
     selection: Selection = Selection.WEIGHTED
     certaindex_entropy: float | None = Field(
-        default=None, gt=0.0, le=1.0, description="stop once the terminal answers' "
-        "certaindex H~ >= this (null: off)")
+        default=0.99, gt=0.0, le=1.0, description="stop once the terminal answers' "
+        "certaindex H~ >= this (null: off; 0.99 is the Dynasor paper's MCTS/GSM8K value)")
     certaindex_reward: float | None = Field(
-        default=None, ge=0.0, le=1.0, description="and/or once their mean reward >= this")
+        default=0.4, ge=0.0, le=1.0, description="and once their mean reward >= this "
+        "(null: off; 0.4 is the paper's MCTS value)")
     certaindex_at: PositiveInt = Field(default=3, description="simulations before the "
                                        "certaindex is checked (then after every round)")
 

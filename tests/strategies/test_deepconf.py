@@ -117,10 +117,13 @@ def test_online_counts_killed_traces_and_stops_on_consensus():
     by_id = {n["id"]: n for n in traces}
     assert all(by_id[c.node_id]["finish"] != "rule" for c in r.candidates)   # killed: no vote
     assert len(r.candidates) >= 48 - 8 - info["stopped"]
-    # consensus stop: with tau the same run stops earlier
+    # consensus stop: with tau, an easy problem stops after the first online wave (the
+    # consensus is never checked before it, as in the paper's loop)
+    easy = Problem(id="easy", question="An easy simulated problem.", answer="42",
+                   metadata={"difficulty": 0.1, "num_steps": 4})
     r2 = DeepConf(cfg.model_copy(update={"tau": 0.6})).run(
-        PROBLEM, generator=_sim(auroc=0.8), verifier=NoVerifier())
-    assert r2.info["deepconf"]["traces"] < 48 and r2.info["deepconf"]["beta"] >= 0.6
+        easy, generator=_sim(auroc=0.8), verifier=NoVerifier())
+    assert r2.info["deepconf"]["traces"] == 8 + 8 and r2.info["deepconf"]["beta"] >= 0.6
 
 
 def test_offline_keeps_the_top_eta_percent():

@@ -53,7 +53,11 @@ def test_dynasor_exits_early_and_charges_probes():
         len(t.split()) for t in chain["texts"])
     assert r.ledger.generated_tokens == gen.decode_tokens_run
     suffix = len(DynasorConfig().probe_suffix.split())
-    assert r.ledger.prefill_tokens == gen.prefill_tokens_run == 120 + probes * suffix
+    question = len(PROBLEM.question.split())
+    assert r.ledger.prefill_tokens == gen.prefill_tokens_run == 120 + question + probes * suffix
+    # probe tokens are counted where they run and again in their own counters
+    assert r.ledger.probe_prefill_tokens == probes * suffix
+    assert r.ledger.probe_generated_tokens == sum(len(t.split()) for t in chain["texts"])
     # a full chain of the same problem is longer than the exit point
     full = SelfConsistency(SelfConsistencyConfig(n=1)).run(
         PROBLEM, generator=_sim(), verifier=NoVerifier())
