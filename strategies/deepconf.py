@@ -10,7 +10,8 @@
              -> V(a) = sum of kept scores with answer a -> argmax V
     online:  warm = N_init traces run to the end; s = percentile_{100-eta}(lowest group)
              V from the warm traces with score >= s
-             then waves of traces, each with the engine stop rule WindowConfidence(n, s)
+             then waves of traces (no more than the budget left can finish), each with
+             the engine stop rule WindowConfidence(n, s)
              checked on EVERY token inside the decode batch; a trace the rule stops is
              discarded (its tokens are still paid and counted); finished ones vote
              stop when beta = max V / sum V >= tau (checked after each wave,
@@ -78,7 +79,8 @@ class DeepConfConfig(StrategyConfig):
         "N_init: warm-up traces (online); null = 16 scaled so that the warm-up takes at "
         "most half the generated-token budget (at least 2)"))
     wave: PositiveInt = Field(default=8, description="traces per wave after warm-up "
-                              "(online); the consensus stop is checked after each wave")
+                              "(online), fewer when the budget left cannot finish them; "
+                              "the consensus stop is checked after each wave")
     eta: float = Field(default=90.0, gt=0.0, le=100.0, description=(
         "percent of traces KEPT, the most confident ones: threshold = percentile "
         "(100 - eta) of the scores; 90 = DeepConf-high (safe), 10 = DeepConf-low"))
@@ -106,6 +108,16 @@ class DeepConfConfig(StrategyConfig):
     def check_run(self, *, max_tokens: int, budget_tokens: int | None) -> None:
         """Raise one clear error when window, warm-up and budget cannot work together."""
         resolve_lengths(self, max_tokens=max_tokens, budget_tokens=budget_tokens)
+
+
+def wave_size(wave: int, remaining: int | None, max_tokens: int) -> int:
+    """Traces in the next online wave: ``wave``, but no more than the budget left can run
+    to ``max_tokens`` each (at least 1). A wave the budget cuts short leaves every trace
+    unfinished: none votes, and none is long enough to be compared with the warm-up's
+    windows."""
+    if remaining is None:
+        return wave
+    return max(1, min(wave, remaining // max_tokens))
 
 
 PAPER_WINDOW = 2048
@@ -259,7 +271,8 @@ class DeepConf(SearchStrategy):
             # warm-up that agrees would otherwise end the search before any trace could
             # be stopped.
             while drawn < cfg.traces and (drawn == len(warm) or not self._decided(ctx)):
-                k = min(cfg.wave, cfg.traces - drawn)
+                k = min(wave_size(cfg.wave, ctx.ledger.remaining_generated_tokens(),
+                                  ctx.generation.max_tokens), cfg.traces - drawn)
                 wave = self._sample(ctx, k, tag=drawn, rule=rule)
                 drawn += k
                 for node in wave:
