@@ -175,3 +175,39 @@ def test_deepconf_beats_plain_voting_on_the_simulator_at_fewer_tokens():
         dc_tok += dc.run(p, generator=_sim(), verifier=NoVerifier()).ledger.generated_tokens
         sc_tok += sc.run(p, generator=_sim(), verifier=NoVerifier()).ledger.generated_tokens
     assert dc_tok < 0.8 * sc_tok
+
+
+# -- lengths that cannot work together are one clear error; defaults scale ----------------
+def test_a_window_longer_than_a_trace_is_one_clear_error():
+    from ttc.config import load_run_config
+    from ttc.registry import ConfigError
+
+    with pytest.raises(ConfigError, match=r"strategy.window \(2048\) exceeds "
+                                          r"generation.max_tokens \(1024\).*window tokens"):
+        load_run_config({"backend": {"name": "simulated"}, "verifier": {"name": "none"},
+                         "strategy": {"name": "deepconf", "window": 2048}})
+
+
+def test_a_warmup_that_cannot_fit_the_budget_is_one_clear_error():
+    from ttc.config import load_run_config
+    from ttc.registry import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        load_run_config({"backend": {"name": "simulated"}, "verifier": {"name": "none"},
+                         "strategy": {"name": "deepconf", "warmup": 16}})
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert "strategy.warmup (16) x generation.max_tokens (1024) = 16384 exceeds " \
+           "budget.max_generated_tokens (4096)" in msg
+
+
+def test_default_window_and_warmup_scale_to_the_run():
+    from ttc.strategies.deepconf import resolve_lengths
+
+    cfg = DeepConfConfig()
+    assert resolve_lengths(cfg, max_tokens=1024, budget_tokens=4096) == (64, 2)
+    assert resolve_lengths(cfg, max_tokens=1024, budget_tokens=None) == (64, 16)
+    assert resolve_lengths(cfg, max_tokens=32768, budget_tokens=None) == (2048, 16)
+    assert resolve_lengths(cfg, max_tokens=128, budget_tokens=100_000) == (16, 16)
+    # the paper's sampling is the default
+    assert (cfg.temperature, cfg.top_p, cfg.traces, cfg.warmup) == (0.6, 0.95, 256, None)
