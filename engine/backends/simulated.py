@@ -162,6 +162,7 @@ class ProblemModel:
     wrong_weights: tuple[float, ...]
     prompt_words: tuple[str, ...]
     shown: tuple[str, ...] = ()     # answers quoted in the prompt (read by a FUSE call only)
+    question_words: int = 0         # of prompt_words: the question's (not in draw keys)
 
 
 @dataclass(slots=True)
@@ -274,7 +275,7 @@ class SimulatedGenerator:
             words = words + (cfg.think_start,)      # thinking is opened by the prompt
         return ProblemModel(difficulty=difficulty, num_steps=num_steps, gold=gold,
                             wrong=tuple(wrong), wrong_weights=weights, prompt_words=words,
-                            shown=shown)
+                            shown=shown, question_words=len(problem.question.split()))
 
     def step_accuracy(self, problem: Problem) -> float:
         return 1.0 - self.config.max_step_error * self.problem_model(problem).difficulty
@@ -301,7 +302,7 @@ class SimulatedGenerator:
             prefill += unseen
             cached += seq.length - unseen
             base = _hash_int(self.config.world_seed, req.params.seed, req.prefix,
-                             seq.length, seq.children)
+                             _draw_position(seq), seq.children)
             drafts.append([self._draft(seq, req, random.Random(base + i), salt=(base, i))
                            for i in range(req.n)])
             if req.purpose not in (Purpose.GENERATE, Purpose.FUSE):
@@ -581,7 +582,7 @@ class SimulatedGenerator:
         greedy = req.params.temperature == 0.0
         while True:
             if not queue:
-                greedy_key = (req.prefix, seq.length, d.steps_done)
+                greedy_key = (req.prefix, _draw_position(seq), d.steps_done)
                 queue = self._next_step_words(model, d, rng, p_ok, greedy, greedy_key)
                 qual = self._step_quality(queue, d.correct, salt)
             room = budget - len(d.words)
@@ -867,6 +868,13 @@ def token_top_logprobs(x: float, k: int, token_id: int, vocab_size: int
         for j in range(k - 1):
             top.append(((token_id + 1 + j) % vocab_size, math.log(rest * 0.5 ** j / norm)))
     return tuple(top)
+
+
+def _draw_position(seq: _Seq) -> int:
+    """Where a sequence ends, for seeding its draws: its length without the question's
+    words, so that rewording a prompt (a strategy's or the user's) changes its token
+    count but none of the simulated draws."""
+    return seq.length - seq.problem.question_words
 
 
 def _join_words(words: Sequence[str]) -> str:
