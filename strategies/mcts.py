@@ -1,4 +1,4 @@
-"""MCTS over reasoning steps: PUCT or UCT selection, PRM or rollout values (ALGORITHMS.md §7.1).
+"""MCTS over reasoning steps: PUCT or UCT selection, PRM or rollout values (docs/algorithms.md#mcts).
 
     for each round (``batch`` simulations at once, with virtual loss):
         SELECT   from the root, child = argmax of the tree policy until an unexpanded or
@@ -40,7 +40,7 @@ Table 3: H~ >= 0.99 and mean reward >= 0.4, detected after 3 simulations); set b
 thresholds to null for plain MCTS.
 
 KV lifecycle: the whole tree may be revisited, so every node stays pinned with value
-Q (the engine evicts low-Q nodes first, §12.5); terminal nodes and rollouts are offered
+Q (the engine evicts low-Q nodes first, docs/algorithms.md#cache-policy); terminal nodes and rollouts are offered
 and released.
 Must NOT know: engine internals (pages, KV layout), Hydra, file formats.
 """
@@ -160,7 +160,7 @@ class MCTS(SearchStrategy):
         return any(_selectable(ctx.tree[c]) for c in node.children)
 
     def _settled(self, ctx: SearchContext, sims: int) -> bool:
-        """Certaindex early stop (§14.2): terminal answers' H~ and/or mean reward."""
+        """Certaindex early stop (docs/algorithms.md#dynasor-and-certaindex): terminal answers' H~ and/or mean reward."""
         cfg = self.config
         if (cfg.certaindex_entropy is None and cfg.certaindex_reward is None) \
                 or sims < cfg.certaindex_at or not ctx.candidates:

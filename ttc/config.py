@@ -36,7 +36,7 @@ class GenerationConfig(Frozen):
     # A solution the model ended (EOS) without \boxed{}, "####" or "The answer is"
     # answers with its last number, as graders read it (``ttc.verifiers.grade``).
     last_number_answer: bool = True
-    # Thinking-budget control for every branch of any strategy (ALGORITHMS.md §14.3), on a
+    # Thinking-budget control for every branch of any strategy (docs/algorithms.md#budget-forcing), on a
     # model that thinks between delimiters: force the end after ``thinking_cap`` sampled
     # thinking tokens (null: no cap); replace the first ``thinking_extend`` attempted ends
     # by ``thinking_extend_text``. ``thinking_answer_text`` follows a forced end.
