@@ -488,9 +488,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.from_runs is not None and "command" in runs:   # the command that made the runs
         command = runs["command"]
     else:
+        for flag in ("--from-runs", "--out"):   # where files go does not reproduce them
+            if flag in given:
+                i = given.index(flag)
+                given = given[:i] + given[i + 2:]
         if args.from_runs is not None:      # an older runs file without its command
-            i = given.index("--from-runs")
-            given = given[:i] + given[i + 2:]
             given += ["--quick"] if runs.get("quick") and "--quick" not in given else []
         command = ("python scripts/research_strategies_iii.py " + " ".join(
             shlex.quote(a) for a in given)).strip()
