@@ -85,3 +85,17 @@ def test_spec_reason_judge_keeps_and_rejects_at_its_defaults():
         kept += r.info["accepted"]
         rewritten += r.info["rewritten"]
     assert kept > 0 and rewritten > 0
+
+
+def test_ttc_strategies_shows_the_paper_defaults():
+    from typer.testing import CliRunner
+
+    from ttc.cli import app
+
+    out = CliRunner().invoke(app, ["strategies"], env={"COLUMNS": "400"}).output
+    lines = {line.split("│")[1].strip(): line for line in out.splitlines()
+             if line.count("│") >= 3 and line.split("│")[1].strip()}
+    assert "traces=256" in lines["deepconf"] and "temperature=0.6" in out
+    assert "extend=1" in lines["budget_forcing"]        # s1's NUM_IGNORE = 1
+    assert "threshold=7" in lines["spec_reason"]
+    assert "certaindex_entropy=0.99" in out
