@@ -144,3 +144,24 @@ def test_spec_reason_ledger_matches_the_native_engine(tiny):
     r = _run({"name": "spec_reason"}, eng, NATIVE_PROBLEM, draft=eng, generation=SHORT)
     _same_as_engine(r, Counters(eng))
     _judge_counts(r)
+
+
+# -- embeddings ---------------------------------------------------------------------------------
+def test_an_embedding_that_runs_the_model_is_charged_on_the_simulator():
+    from ttc.ledger import ComputeLedger
+    from ttc.metered import MeteredGenerator
+    from ttc.types import ExpandRequest, SamplingParams
+
+    large, small = model_pair()
+    root = large.root(SIM_PROBLEM)
+    (step,) = small.expand([ExpandRequest(prefix=root, n=1, params=SamplingParams(
+        stop=("\n\n",), seed=0))]).continuations[0]
+    ledger = ComputeLedger()
+    before = large.prefill_tokens_run
+    MeteredGenerator(large, ledger).embed([step.handle])
+    # the large model never ran the prompt nor the small model's step: both are prefilled
+    ran = large.prefill_tokens_run - before
+    assert ran == len(large.problem_model(SIM_PROBLEM).prompt_words) + step.num_tokens
+    assert ledger.prefill_tokens == ran
+    MeteredGenerator(large, ledger).embed([step.handle])      # now resident: free
+    assert ledger.prefill_tokens == ran
