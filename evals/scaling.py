@@ -128,7 +128,7 @@ def _knob(name: str) -> str | None:
 
 def sweep_table(rows: list[dict], *, targets: tuple[float, ...] = (0.5, 0.9)) -> str:
     """Markdown: per strategy and point, accuracy (mean over seeds, 95% Student-t
-    interval), tokens per problem (mean over seeds), and per strategy the tokens its
+    interval clipped to [0, 1]), tokens per problem (mean over seeds), and per strategy the tokens its
     seed-mean curve needs to reach each target accuracy."""
     groups: dict[tuple[str, int], list[dict]] = {}
     for r in rows:
@@ -150,7 +150,8 @@ def sweep_table(rows: list[dict], *, targets: tuple[float, ...] = (0.5, 0.9)) ->
         reach = ([tokens_to_reach(curves[name], t).describe() for t in targets] if first
                  else [""] * len(targets))
         lines.append(f"| {name} | {f'{knob} = {point}' if knob else 'defaults'} | "
-                     f"{len(members)} | {acc.mean:.3f} [{acc.low:.3f}, {acc.high:.3f}] | "
+                     f"{len(members)} | {acc.mean:.3f} [{max(0.0, acc.low):.3f}, "
+                     f"{min(1.0, acc.high):.3f}] | "
                      f"{tokens:,.0f} | " + " | ".join(reach) + " |")
     return "\n".join(lines) + "\n"
 
