@@ -144,7 +144,14 @@ def resolve_lengths(cfg: DeepConfConfig, *, max_tokens: int, budget_tokens: int 
         warmup = max(2, min(PAPER_WARMUP, room, cfg.traces))
     else:
         warmup = cfg.warmup
-    if budget_tokens is not None and warmup * max_tokens > budget_tokens:
+    too_small = budget_tokens is not None and warmup * max_tokens > budget_tokens
+    if too_small and cfg.warmup is None:
+        raise ConfigError(
+            f"budget.max_generated_tokens ({budget_tokens}) cannot hold the smallest "
+            f"DeepConf warm-up: 2 traces x generation.max_tokens ({max_tokens}) = "
+            f"{2 * max_tokens}; raise the budget to at least {2 * max_tokens} or lower "
+            f"generation.max_tokens to at most {budget_tokens // 2}.")
+    if too_small:
         raise ConfigError(
             f"strategy.warmup ({warmup}) x generation.max_tokens ({max_tokens}) = "
             f"{warmup * max_tokens} exceeds budget.max_generated_tokens ({budget_tokens}): "

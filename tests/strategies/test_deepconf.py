@@ -211,3 +211,15 @@ def test_default_window_and_warmup_scale_to_the_run():
     assert resolve_lengths(cfg, max_tokens=128, budget_tokens=100_000) == (16, 16)
     # the paper's sampling is the default
     assert (cfg.temperature, cfg.top_p, cfg.traces, cfg.warmup) == (0.6, 0.95, 256, None)
+
+
+def test_a_budget_too_small_for_the_scaled_warmup_is_one_clear_error():
+    from ttc.config import load_run_config
+    from ttc.registry import ConfigError
+
+    with pytest.raises(ConfigError, match=r"budget.max_generated_tokens \(1000\) cannot hold "
+                                          r"the smallest DeepConf warm-up: 2 traces x "
+                                          r"generation.max_tokens \(1024\) = 2048"):
+        load_run_config({"backend": {"name": "simulated"}, "verifier": {"name": "none"},
+                         "strategy": {"name": "deepconf"},
+                         "budget": {"max_generated_tokens": 1000}})
