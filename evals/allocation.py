@@ -1,4 +1,4 @@
-"""Difficulty-aware split of a dataset-level token budget over problems (§10.3, §10.4).
+"""Difficulty-aware split of a dataset-level token budget over problems (docs/algorithms.md#compute-optimal-choice, docs/algorithms.md#dataset-level-allocation).
 
     probe   : every problem gets ``probe_samples`` scored solutions (best-of-N, one call)
     q_i     : predicted success rate from the PRM (no gold answer needed: Snell et al.'s
@@ -6,8 +6,8 @@
     split   : waves of ``wave`` samples go, one at a time, to the problem of largest
               marginal gain g_i = q_i (1 - q_i)^{k_i} (= P(solved with k_i + 1) -
               P(solved with k_i) for a perfect checker); a problem whose vote is decided
-              (Beta rule of §2.5) leaves the queue and its share moves to undecided ones
-              (§10.4 with voting). Near-certain problems stop early, hopeless ones
+              (Beta rule of docs/algorithms.md#adaptive-consistency) leaves the queue and its share moves to undecided ones
+              (docs/algorithms.md#dataset-level-allocation with voting). Near-certain problems stop early, hopeless ones
               (q ~ 0) get little, and hard-but-solvable ones get the most.
     answer  : weighted vote over all of a problem's samples
 

@@ -17,6 +17,14 @@ strategy's widest point and the tokens its curve needs to reach fixed accuracies
 registered later with none of the known knobs gets one point at its defaults. Budget
 forcing runs on the simulator's thinking mode and SpecReason on the simulated model
 pair (``_SETUP``).
+
+Per-seed data: after a sweep, :func:`seed_runs` reduces every run folder to one row
+(strategy, point, seed, problems, correct, generated tokens per problem), written to
+``<out>/seed_runs.json`` (``--runs-json`` copies it, e.g. to docs/). :func:`sweep_table`
+turns those rows into the published table (per point: accuracy as the mean over seeds with
+a Student-t 95% interval, tokens per problem, tokens to reach fixed accuracies on the
+seed-mean curve); ``--from-runs FILE --doc PAGE`` rewrites the table between the page's
+``<!-- sweep-table -->`` markers from a committed runs file, without running anything.
 Must NOT know: strategy internals beyond the name of each one's width field.
 """
 
@@ -28,8 +36,11 @@ import shutil
 import time
 from pathlib import Path
 
-from ttc.evals.stats import tokens_to_reach
+from ttc.evals.stats import mean_interval, tokens_to_reach
 from ttc.registry import STRATEGIES
+
+TABLE_BEGIN = "<!-- sweep-table: begin (python -m ttc.evals.scaling --from-runs) -->"
+TABLE_END = "<!-- sweep-table: end -->"
 
 # name -> (width field, extra overrides as a function of the width)
 _KNOWN = {
@@ -85,6 +96,76 @@ def reach_summary(rows: list[dict], *, targets: tuple[float, ...] = (0.5, 0.9)) 
     return "\n".join(lines) + "\n"
 
 
+def seed_runs(root: Path) -> list[dict]:
+    """One row per run folder of a sweep: strategy, point (its knob's value, 0 = its
+    defaults), seed, graded problems, correct answers, generated tokens per problem."""
+    from ttc.evals.metrics import summarize
+    from ttc.evals.report import run_dirs
+    from ttc.evals.runner import CONFIG, RESULTS, read_results
+
+    rows = []
+    for d in run_dirs(Path(root)):
+        identity = json.loads((d / CONFIG).read_text(encoding="utf-8"))
+        summary = summarize(read_results(d / RESULTS))
+        name = identity["run"]["strategy"]["name"]
+        knob = _knob(name)
+        rows.append({"strategy": name,
+                     "point": int(identity["run"]["strategy"][knob]) if knob else 0,
+                     "knob": knob or "", "seed": int(identity["seed"]),
+                     "problems": int(summary.get("problems", 0)),
+                     "correct": int(round(summary.get("accuracy", 0.0)
+                                          * summary.get("problems", 0))),
+                     "generated_tokens_per_problem": round(
+                         float(summary.get("generated_tokens_per_problem", 0.0)), 3)})
+    return sorted(rows, key=lambda r: (r["strategy"], r["point"], r["seed"]))
+
+
+def _knob(name: str) -> str | None:
+    """The field that :func:`scale_overrides` varies for strategy ``name`` (None: none)."""
+    overrides = scale_overrides(name, 1)
+    return overrides[0].split("=")[0].removeprefix("strategy.") if overrides else None
+
+
+def sweep_table(rows: list[dict], *, targets: tuple[float, ...] = (0.5, 0.9)) -> str:
+    """Markdown: per strategy and point, accuracy (mean over seeds, 95% Student-t
+    interval clipped to [0, 1]), tokens per problem (mean over seeds), and per strategy the tokens its
+    seed-mean curve needs to reach each target accuracy."""
+    groups: dict[tuple[str, int], list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["strategy"], r["point"]), []).append(r)
+    lines = ["| strategy | knob = point | seeds | accuracy, mean over seeds [95% CI] | "
+             "generated tokens / problem | "
+             + " | ".join(f"tokens to reach {t:g}" for t in targets) + " |",
+             "|" + "---|" * (5 + len(targets))]
+    curves: dict[str, list[tuple[float, float]]] = {}
+    for (name, point), members in sorted(groups.items()):
+        acc = mean_interval([m["correct"] / m["problems"] for m in members])
+        tokens = sum(m["generated_tokens_per_problem"] for m in members) / len(members)
+        curves.setdefault(name, []).append((tokens, acc.mean))
+    for (name, point), members in sorted(groups.items()):
+        acc = mean_interval([m["correct"] / m["problems"] for m in members])
+        tokens = sum(m["generated_tokens_per_problem"] for m in members) / len(members)
+        knob = members[0]["knob"]
+        first = min(p for (n, p) in groups if n == name) == point
+        reach = ([tokens_to_reach(curves[name], t).describe() for t in targets] if first
+                 else [""] * len(targets))
+        lines.append(f"| {name} | {f'{knob} = {point}' if knob else 'defaults'} | "
+                     f"{len(members)} | {acc.mean:.3f} [{max(0.0, acc.low):.3f}, "
+                     f"{min(1.0, acc.high):.3f}] | "
+                     f"{tokens:,.0f} | " + " | ".join(reach) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def replace_table(page: str, table: str) -> str:
+    """``page`` with the text between its sweep-table markers replaced by ``table``."""
+    if TABLE_BEGIN not in page or TABLE_END not in page:
+        raise ValueError(f"the page has no table markers; put {TABLE_BEGIN!r} and "
+                         f"{TABLE_END!r} around the table.")
+    head, rest = page.split(TABLE_BEGIN, 1)
+    _, tail = rest.split(TABLE_END, 1)
+    return f"{head}{TABLE_BEGIN}\n{table}{TABLE_END}{tail}"
+
+
 def run_scaling(out: Path, *, widths: tuple[int, ...] = (4, 8, 16), limit: int = 24,
                 dataset: str = "sim_hard", budget: int = 16384, seeds: int = 10,
                 echo=print) -> Path:
@@ -126,6 +207,8 @@ def run_scaling(out: Path, *, widths: tuple[int, ...] = (4, 8, 16), limit: int =
     paths = write_report(out)
     from ttc.evals.report import collect
 
+    (out / "seed_runs.json").write_text(json.dumps(seed_runs(out), indent=0) + "\n",
+                                        encoding="utf-8")
     (out / "reach.md").write_text(reach_summary(collect(out)), encoding="utf-8")
     return paths["accuracy_vs_tokens"]
 
@@ -140,10 +223,27 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dataset", default="sim_hard")
     parser.add_argument("--seeds", type=int, default=10,
                         help="seeds 0..S-1, each a problem set and a sampling seed")
+    parser.add_argument("--runs-json", type=Path, default=None,
+                        help="copy the per-seed rows (seed_runs.json) here")
+    parser.add_argument("--from-runs", type=Path, default=None,
+                        help="run nothing: rebuild the table from a per-seed runs file")
+    parser.add_argument("--doc", type=Path, default=None,
+                        help="with --from-runs: rewrite the table between this page's "
+                        "sweep-table markers (else print it)")
     args = parser.parse_args(argv)
+    if args.from_runs is not None:
+        table = sweep_table(json.loads(args.from_runs.read_text(encoding="utf-8")))
+        if args.doc is None:
+            print(table, end="")
+        else:
+            args.doc.write_text(replace_table(args.doc.read_text(encoding="utf-8"), table),
+                                encoding="utf-8")
+        return
     widths = tuple(int(w) for w in args.widths.split(","))
     png = run_scaling(args.out, widths=widths, limit=args.limit, dataset=args.dataset,
                       seeds=args.seeds)
+    if args.runs_json is not None:
+        shutil.copyfile(args.out / "seed_runs.json", args.runs_json)
     if args.figure is not None:
         args.figure.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(png, args.figure)

@@ -1,6 +1,6 @@
 """Research check: step-level search vs weighted best-of-N at matched token budgets.
 
-Claim under test (Snell et al. 2024, ALGORITHMS.md §3.7/§5.6): with a good PRM, at low
+Claim under test (Snell et al. 2024, docs/algorithms.md#beam-search, #particle-filtering): with a good PRM, at low
 generation budgets and on hard problems, PRM-guided beam search and particle filtering
 beat weighted best-of-N that spends the same number of generated tokens.
 

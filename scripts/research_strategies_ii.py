@@ -8,13 +8,13 @@ and PRM ``world_seed=s``); within a replicate every method sees the same problem
 world (paired). Effects are means over seeds with Student-t 95% intervals; accuracies
 are pooled over seeds with Wilson 95% intervals.
 
-1. A*-decoding vs weighted best-of-N (§6.5): accuracy gain at each best-of-N size and
+1. A*-decoding vs weighted best-of-N (docs/algorithms.md#a-decoding): accuracy gain at each best-of-N size and
    the tokens each needs to reach fixed accuracies (interpolated on a curve that
    reaches them; otherwise "not reached within N tokens", never a ratio).
-2. ETS vs REBASE (§8.6): KV tokens (sum over depths of the distinct generated tokens of
+2. ETS vs REBASE (docs/algorithms.md#ets): KV tokens (sum over depths of the distinct generated tokens of
    the kept subtree) at the same width and at equal accuracy (REBASE's accuracy-vs-KV
    curve interpolated at each ETS point's accuracy).
-3. Difficulty-aware vs uniform allocation of a dataset-level token budget (§10.4):
+3. Difficulty-aware vs uniform allocation of a dataset-level token budget (docs/algorithms.md#dataset-level-allocation):
    accuracy gain at matched spend (uniform's curve interpolated).
 
 Usage::
@@ -425,7 +425,7 @@ def _allocation_section(al: dict) -> list[str]:
                 for b, p in zip(al["budgets"], al["allocated"])],
                ["split", "setting", "generated tokens per problem", "accuracy [95% CI]"]), "",
         "Difficulty-aware: a 2-sample probe per problem (PRM-predicted success q, no gold "
-        "answers), then samples by marginal gain q(1-q)^k (§10.4); the probe's tokens "
+        "answers), then samples by marginal gain q(1-q)^k (docs/algorithms.md#dataset-level-allocation); the probe's tokens "
         "count against the budget. Gain = accuracy minus the uniform split's at the same "
         "dataset spend (uniform curve of the same seed interpolated; "
         f"{al['matched_points']} of {al['all_points']} budget points fell inside it):", "",
@@ -474,7 +474,7 @@ def _summary(a: dict, e: dict, al: dict) -> list[str]:
         "A*'s, a number that grows with the grid (the review that found this measured 18.8x "
         "and 37.7x with N up to 128 and 256), not a tokens-to-accuracy ratio.",
         "* ETS \"1.30x mean, best point 1.49x\" fewer KV tokens at equal accuracy (one "
-        "seed): replaced by the interval above; the claim of >= 1.8x (§8.6) does not "
+        "seed): replaced by the interval above; the claim of >= 1.8x (docs/algorithms.md#ets) does not "
         "reproduce here.",
         "* Allocation \"+0.029 mean gain at matched budget\": one problem seed. Over seeds "
         "the gain is the interval above. A review over 12 (problem seed, sampling seed) "

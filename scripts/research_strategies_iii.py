@@ -485,15 +485,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(json.dumps(_jsonable(summary), indent=1, sort_keys=True))
         return summary
     given = list(argv if argv is not None else sys.argv[1:])
-    if args.from_runs is not None:          # the command that produced the runs
-        i = given.index("--from-runs")
-        given = given[:i] + given[i + 2:]
-        given += ["--quick"] if runs.get("quick") and "--quick" not in given else []
-    command = "python scripts/research_strategies_iii.py " + " ".join(
-        shlex.quote(a) for a in given)
+    if args.from_runs is not None and "command" in runs:   # the command that made the runs
+        command = runs["command"]
+    else:
+        for flag in ("--from-runs", "--out"):   # where files go does not reproduce them
+            if flag in given:
+                i = given.index(flag)
+                given = given[:i] + given[i + 2:]
+        if args.from_runs is not None:      # an older runs file without its command
+            given += ["--quick"] if runs.get("quick") and "--quick" not in given else []
+        command = ("python scripts/research_strategies_iii.py " + " ".join(
+            shlex.quote(a) for a in given)).strip()
+        runs["command"] = command
     args.out.mkdir(parents=True, exist_ok=True)
     text = report(summary["deepconf"], summary["dynasor"], summary["recheck"],
-                  command=command.strip(), seeds=args.seeds, quick=args.quick)
+                  command=command, seeds=args.seeds, quick=args.quick or bool(runs.get("quick")))
     plot(summary["deepconf"], summary["dynasor"], args.out / "research_strategies_iii.png")
     (args.out / "research_strategies_iii_runs.json").write_text(
         json.dumps(_jsonable(runs), sort_keys=True) + "\n", encoding="utf-8")

@@ -7,13 +7,13 @@ and world (paired). Effects are means over seeds with Student-t 95% intervals
 (:func:`ttc.evals.stats.mean_interval`); accuracies are pooled over seeds with Wilson 95%
 intervals.
 
-1. Budget forcing (§14.3) on the thinking-mode simulator: accuracy and thinking tokens
+1. Budget forcing (docs/algorithms.md#budget-forcing) on the thinking-mode simulator: accuracy and thinking tokens
    with a cap of 32 / 64 / 128 thinking tokens and with 1 / 2 / 4 "Wait" extensions,
    against the model's natural thinking length (no control).
-2. SpecReason (§14.4) vs the large model alone: modelled latency (both engines'
+2. SpecReason (docs/algorithms.md#specreason) vs the large model alone: modelled latency (both engines'
    ``modelled_seconds``: prefill rate and per-decode-step cost of each model) and
    accuracy, at judge thresholds 5 / 7 / 9; the small model alone for reference.
-3. A composed pipeline (§14.5: generate 8 with self-consistency -> rank top 4 with the
+3. A composed pipeline (docs/algorithms.md#archon: generate 8 with self-consistency -> rank top 4 with the
    PRM -> fuse 1) vs its best single layer at matched compute: self-consistency and
    best-of-N (the rank layer alone) at N = 6, 8, 10, 12, 16, their accuracy interpolated
    at the pipeline's generated tokens on each seed; the better of the two is "best single
@@ -110,7 +110,8 @@ def forcing_seed(seed: int, *, quick: bool) -> dict[str, Any]:
     problems = _problems(31, seed, quick)
     runs: dict[str, dict] = {}
     # "natural": a cap far above any natural length never fires (checked: forced_ends 0).
-    settings = [("natural", {"cap": 100_000})] + [(f"cap {c}", {"cap": c}) for c in CAPS] \
+    settings = [("natural", {"cap": 1000, "extend": 0})] \
+        + [(f"cap {c}", {"cap": c, "extend": 0}) for c in CAPS] \
         + [(f"extend {k}", {"cap": None, "extend": k}) for k in EXTENDS]
     for label, knobs in settings:
         gen = SimulatedGenerator(SimulatedBackendConfig(world_seed=seed, thinking=True))

@@ -3,9 +3,9 @@
     wave = BudgetScheduler.next_wave(...)      # grows geometrically, never past the
     while wave > 0:                            # sample cap or the token allowance left
         sample ``wave`` whole solutions (ONE engine call), score them (ONE verifier call)
-        stop if vote_confidence(answer counts) >= vote_threshold       (§2.5 Beta rule)
+        stop if vote_confidence(answer counts) >= vote_threshold       (docs/algorithms.md#adaptive-consistency Beta rule)
         stop if the leading answer's best PRM score >= prm_threshold and it leads the
-                weighted vote with at least ``min_agree`` samples       (§10.1 in spirit)
+                weighted vote with at least ``min_agree`` samples       (docs/algorithms.md#self-evaluation in spirit)
     answer: weighted vote over every sample drawn
 
 :class:`BudgetScheduler` and the two stopping rules are plain values and functions, so
@@ -31,7 +31,7 @@ from ttc.types import Candidate
 
 
 def vote_confidence(counts: Sequence[int]) -> float:
-    """P(the leader's true share beats the runner-up's | counts), the Beta rule of §2.5.
+    """P(the leader's true share beats the runner-up's | counts), the Beta rule of docs/algorithms.md#adaptive-consistency.
 
     ``counts`` are votes per answer class (any order). Equals the regularised incomplete
     beta ``I_{1/2}(v1 + 1, v2 + 1)`` with v1, v2 the top two counts.

@@ -1,4 +1,4 @@
-"""Adaptive consistency: sample in waves, stop once the vote is decided (ALGORITHMS.md §2.5).
+"""Adaptive consistency: sample in waves, stop once the vote is decided (docs/algorithms.md#adaptive-consistency).
 
     counts = Counter()
     while sum(counts) < max_n:

@@ -1,4 +1,5 @@
-"""Composed pipelines (Archon, ALGORITHMS.md §14.5): layers that turn a list of candidates
+"""Composed pipelines (Archon, docs/algorithms.md "Archon"; Saad-Falcon et al.,
+arXiv:2409.15254): layers that turn a list of candidates
 into another, declared in YAML (``ttc solve --pipeline FILE``) or in Python.
 
     state = []                                   # candidates (steps + answer)
@@ -12,7 +13,10 @@ into another, declared in YAML (``ttc solve --pipeline FILE``) or in Python.
 
 Construction rules checked at load time (paper, rules 1-2 and 4-5): the first layer
 generates, and only the first. A critique is used by the next fuse layer (rule 3), then
-dropped (fused candidates get no stale critiques: a pitfall of the reference code). The
+dropped (fused candidates get no stale critiques: a pitfall of the reference code).
+A critique belongs to the candidate it reviewed: a rank or verify layer between the
+critique and the fuse layer reorders and filters candidates, and each kept candidate
+keeps its own critique (the fuser's "Critique k" is about its "Response k"). The
 rank and verify layers use the pipeline's verifier (a PRM as ranker, in place of the
 paper's LLM list-ranker or PairRM). Generators may run on the draft model of a pair
 (``model: draft``), so one program routes between two models.
@@ -29,7 +33,7 @@ from ttc.aggregate import Selection, select
 from ttc.answers import extract_answer
 from ttc.registry import STRATEGIES, ConfigError
 from ttc.strategies.base import SearchContext, SearchStrategy, StrategyConfig, register
-from ttc.types import Candidate, Frozen
+from ttc.types import Candidate, Frozen, Purpose
 
 LAYER_KINDS = ("generate", "rank", "critique", "fuse", "verify")
 
@@ -149,14 +153,16 @@ class Archon(SearchStrategy):
             if isinstance(layer, GenerateLayer):
                 state = self._generate(ctx, layer, line)
             elif isinstance(layer, RankLayer):
-                state = self._rank(ctx, state, layer.top_k, line)
+                state, kept = self._rank(ctx, state, layer.top_k, line)
+                critiques = _follow(critiques, kept)
             elif isinstance(layer, CritiqueLayer):
                 critiques = self._critique(ctx, state, layer, line)
             elif isinstance(layer, FuseLayer):
                 state = self._fuse(ctx, state, critiques, layer, line, i)
                 critiques = {}
             elif isinstance(layer, VerifyLayer):
-                state = self._verify(ctx, state, layer.threshold, line)
+                state, kept = self._verify(ctx, state, layer.threshold, line)
+                critiques = _follow(critiques, kept)
             ctx.candidates = list(state)
             sizes.append(len(state))
             answers.append([c.answer for c in state])
@@ -197,17 +203,21 @@ class Archon(SearchStrategy):
         return scores
 
     def _rank(self, ctx: SearchContext, state: list[Candidate], top_k: int,
-              line: str) -> list[Candidate]:
+              line: str) -> tuple[list[Candidate], list[int]]:
+        """The ``top_k`` best candidates, best first, and their positions in ``state``."""
         scores = self._scores(ctx, state, line)
         order = sorted(range(len(state)), key=lambda k: -scores[k])[:top_k]
-        return [state[k].model_copy(update={"score": scores[k]}) for k in order]
+        return [state[k].model_copy(update={"score": scores[k]}) for k in order], order
 
     def _verify(self, ctx: SearchContext, state: list[Candidate], threshold: float,
-                line: str) -> list[Candidate]:
+                line: str) -> tuple[list[Candidate], list[int]]:
+        """The candidates scoring >= ``threshold`` (else the best one), and their
+        positions in ``state``."""
         scores = self._scores(ctx, state, line)
-        scored = [c.model_copy(update={"score": s}) for c, s in zip(state, scores)]
-        kept = [c for c in scored if c.score >= threshold]
-        return kept or sorted(scored, key=lambda c: -c.score)[:1]
+        kept = [k for k, s in enumerate(scores) if s >= threshold]
+        if not kept and state:
+            kept = sorted(range(len(state)), key=lambda k: -scores[k])[:1]
+        return [state[k].model_copy(update={"score": scores[k]}) for k in kept], kept
 
     def _critique(self, ctx: SearchContext, state: list[Candidate], layer: CritiqueLayer,
                   line: str) -> dict[int, str]:
@@ -230,7 +240,8 @@ class Archon(SearchStrategy):
                   + (f"Critiques:\n{notes}\n\n" if notes else "") + FUSE_PROMPT)
         node = ctx.open_prompt(prompt, label=line)
         (children,) = ctx.expand([node], n=layer.fusers, generator=ctx.generator.relabel(line),
-                                 params=ctx.solution_params(ctx.seed(line, index)))
+                                 params=ctx.solution_params(ctx.seed(line, index)),
+                                 purpose=Purpose.FUSE)
         fused = []
         for child in children:
             steps = tuple(ctx.steps_of(child)) or (child.text,)
@@ -238,3 +249,9 @@ class Archon(SearchStrategy):
             fused.append(Candidate(steps=steps, answer=answer, num_tokens=child.num_tokens))
         ctx.release([node, *children], prune=False)
         return fused
+
+
+def _follow(critiques: dict[int, str], kept: list[int]) -> dict[int, str]:
+    """Critiques re-keyed after a layer kept the candidates at positions ``kept`` (in their
+    new order): each critique stays with the candidate it reviewed; dropped ones go."""
+    return {new: critiques[old] for new, old in enumerate(kept) if old in critiques}

@@ -1,4 +1,4 @@
-"""A*-decoding: batched best-first search over partial solutions (ALGORITHMS.md §6).
+"""A*-decoding: batched best-first search over partial solutions (docs/algorithms.md#a-decoding).
 
     f(s) = g(s) + h(s)      g = mean over the path's steps of (1 - r_t)   (normalised,
                             so depth alone never pushes a node down the queue)
@@ -13,7 +13,7 @@
 The answer is the solution of lowest ``f`` (candidate score ``1 - f/2`` in [0, 1]).
 
 KV lifecycle: every queued node stays pinned with value ``-f`` (the engine evicts the
-worst-f states first, §6.3); a popped node is released once its children exist (they
+worst-f states first, docs/algorithms.md#a-decoding); a popped node is released once its children exist (they
 keep its prefix resident); nodes dropped from a full queue, and nodes popped past
 ``max_expansions`` (never expanded), are released at once.
 ``info["pops"]`` lists, per round, the popped f values and the lowest f left in the

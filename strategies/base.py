@@ -45,7 +45,8 @@ from ttc.protocols import Generator, ProgressCallback, Verifier
 from ttc.registry import STRATEGIES, ConfigError
 from ttc.tree import Node, NodeStatus, SearchTree
 from ttc.types import (Candidate, Continuation, EventKind, ExpandRequest, FinishReason,
-                       Frozen, NodeUpdate, Problem, ProgressEvent, Result, SamplingParams)
+                       Frozen, NodeUpdate, Problem, ProgressEvent, Purpose, Result,
+                       SamplingParams)
 
 __all__ = ["STRATEGIES", "SearchContext", "SearchStrategy", "StrategyConfig",
            "split_steps", "stable_seed"]
@@ -175,11 +176,13 @@ class SearchContext:
 
     def expand(self, parents: Sequence[Node], *, n: int | Sequence[int] = 1,
                params: SamplingParams | Sequence[SamplingParams],
-               generator: MeteredGenerator | None = None) -> list[list[Node]]:
+               generator: MeteredGenerator | None = None,
+               purpose: Purpose = Purpose.GENERATE) -> list[list[Node]]:
         """Expand every parent ``n`` times in one engine call; return children per parent.
 
         ``generator`` (default: the context's) may be the draft model of a pair, which
-        continues the same handles.
+        continues the same handles. ``purpose`` tells the engine what kind of call this
+        is (:class:`~ttc.types.Purpose`; a fuser's merge is ``FUSE``).
 
         Children are added to the tree and pinned. A child is terminal when the engine
         ended it (EOS or a model limit), when it states a final answer (``\\boxed{``),
@@ -192,7 +195,7 @@ class SearchContext:
                              f"{len(plist)} sampling params; they must match.")
         if self.thinking_rule is not None:
             plist = [self._with_thinking(p, sp) for p, sp in zip(parents, plist)]
-        requests = [ExpandRequest(prefix=p.handle, n=k, params=sp)
+        requests = [ExpandRequest(prefix=p.handle, n=k, params=sp, purpose=purpose)
                     for p, k, sp in zip(parents, counts, plist) if k > 0]
         if not requests:
             return [[] for _ in parents]

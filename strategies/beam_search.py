@@ -1,10 +1,10 @@
-"""Step-level beam search with a PRM (ALGORITHMS.md §3; Snell et al., search-and-learn).
+"""Step-level beam search with a PRM (docs/algorithms.md#beam-search; Snell et al., search-and-learn).
 
     active = [root]                              # the first step samples N children
     for it in range(num_iterations):
         last = it == num_iterations - 1          # the last step runs to EOS
         children = LM.next_step(active, n=N / len(active))   # ONE expand call, N children
-        scores = PRM.score(children, lookahead)  # ONE verifier call (+ §3.3 rollouts)
+        scores = PRM.score(children, lookahead)  # ONE verifier call (+ docs/algorithms.md#beam-search rollouts)
         completed += [c for c in children if c.terminal]
         live = unique_by_text(live) if filter_duplicates else live
         active = top_k(live, k=N // M, key=agg(score))    # keep N/M, release the rest
@@ -96,7 +96,7 @@ class BeamSearch(SearchStrategy):
     def _score(self, ctx: SearchContext, children: list[Node], it: int) -> None:
         """Score children in one verifier call; with lookahead k, by their greedy rollout.
 
-        §3.3: each live child is rolled forward up to k steps at temperature 0 (all
+        docs/algorithms.md#beam-search: each live child is rolled forward up to k steps at temperature 0 (all
         rollouts in one expand call per step), the rollout's last-step score becomes the
         child's value, and the rollout is discarded (released).
         """

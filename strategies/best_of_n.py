@@ -1,10 +1,10 @@
-"""Best-of-N with a verifier (ALGORITHMS.md §2.1, §2.3).
+"""Best-of-N with a verifier (docs/algorithms.md#best-of-n).
 
     ys = LM.sample(x, n=N)                      # one request, prompt prefix shared
     scores = [agg(PRM.score(x, y)) for y in ys]
     naive    = ys[argmax(scores)]               # selection="best"
     weighted = argmax_a sum(w_i : ans_i == a)   # selection="weighted" (default)
-               w_i = score_i, or exp(score_i / T) with weight_temperature=T (§2.3)
+               w_i = score_i, or exp(score_i / T) with weight_temperature=T (docs/algorithms.md#best-of-n)
     majority = argmax_a #{i : ans_i == a}       # selection="majority"
 
 All N solutions are sampled in one ``expand`` call and scored in one verifier call.

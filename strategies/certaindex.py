@@ -1,4 +1,4 @@
-"""Certaindex: how settled a program's answers are, in [0, 1] (ALGORITHMS.md §14.2).
+"""Certaindex: how settled a program's answers are, in [0, 1] (docs/algorithms.md#dynasor-and-certaindex).
 
     answer entropy   H  = -sum_i (|C_i| / n) log(|C_i| / n)   over the n answers' classes
                      H~ = (log n - H) / log n                 1 = unanimous, 0 = all differ

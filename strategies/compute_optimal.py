@@ -1,4 +1,4 @@
-"""Compute-optimal strategy choice per difficulty (ALGORITHMS.md §10.3, Snell et al.).
+"""Compute-optimal strategy choice per difficulty (docs/algorithms.md#compute-optimal-choice, Snell et al.).
 
     probe      = ``probe_samples`` whole solutions, scored        (ONE engine call, ONE
                                                                    verifier call)
@@ -10,7 +10,7 @@
     answer      = the chosen strategy's own selection over its candidates (and the probe's,
                   ``reuse_probe``)
 
-The table is fitted offline (§10.3 step 2): :func:`quantile_edges` cuts held-out
+The table is fitted offline (docs/algorithms.md#compute-optimal-choice step 2): :func:`quantile_edges` cuts held-out
 difficulty estimates into equal-count bins (Snell's five quantile levels), and
 :func:`best_per_bin` picks, per bin, the candidate configuration with the best held-out
 accuracy; grading held-out answers is the caller's job (this module never sees gold).

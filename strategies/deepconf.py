@@ -1,4 +1,5 @@
-"""DeepConf: confidence-filtered weighted voting, offline and online (ALGORITHMS.md §14.1).
+"""DeepConf: confidence-filtered weighted voting, offline and online (docs/algorithms.md
+"DeepConf"; Fu, Wang, Tian, Zhao, arXiv:2508.15260).
 
     token confidence C_i = -(1/k) sum_{j<=k} log P_i(j)      k most likely tokens at i
     group confidence C_G(t) = mean(C_{t-n+1..t})             sliding window, stride 1
@@ -9,10 +10,26 @@
              -> V(a) = sum of kept scores with answer a -> argmax V
     online:  warm = N_init traces run to the end; s = percentile_{100-eta}(lowest group)
              V from the warm traces with score >= s
-             then waves of traces, each with the engine stop rule WindowConfidence(n, s)
+             then waves of traces (no more than the budget left can finish), each with
+             the engine stop rule WindowConfidence(n, s)
              checked on EVERY token inside the decode batch; a trace the rule stops is
              discarded (its tokens are still paid and counted); finished ones vote
-             stop when beta = max V / sum V >= tau, or after B traces
+             stop when beta = max V / sum V >= tau (checked after each wave,
+             never before the first), or after B traces
+
+Defaults are the paper code's (B = 256 online traces, 16 warm-up traces, k = 20,
+eta = 90, tau = 0.95, temperature 0.6, top-p 0.95) except two lengths, which the paper
+sets for traces of 32k-64k tokens and which are scaled here to ``generation.max_tokens``
+(the window rule only fires once a trace holds ``window`` tokens, and the warm-up runs to
+completion before any trace can stop):
+
+    window (null) = clamp(max_tokens // 16, 16, 2048)   the paper's 2048 of 32k tokens
+    warmup (null) = clamp(budget // (2 max_tokens), 2, 16)   at most half the budget;
+                    16 with no generated-token budget
+
+An explicit ``window`` above ``generation.max_tokens``, or an explicit ``warmup`` whose
+worst case (``warmup * max_tokens``) exceeds ``budget.max_generated_tokens``, is one
+:class:`~ttc.registry.ConfigError` naming both settings (:func:`resolve_lengths`).
 
 ``eta`` is the percent of traces KEPT (the most confident eta%): eta = 90 is
 DeepConf-high (threshold at the 10th percentile: few traces stopped, the safe default),
@@ -41,6 +58,7 @@ from typing import Literal, Sequence
 from pydantic import Field, PositiveInt, model_validator
 
 from ttc.answers import answer_key
+from ttc.registry import ConfigError
 from ttc.stopping import MAX_TOP_K, WindowConfidence, token_confidence
 from ttc.strategies.base import SearchContext, SearchStrategy, StrategyConfig, register
 from ttc.strategies.common import first_step_guard, mark_step_done, stop_if_cut
@@ -55,26 +73,91 @@ class DeepConfConfig(StrategyConfig):
     mode: Literal["online", "offline"] = Field(
         default="online", description="online: warm-up + in-engine early stop; offline: "
         "B full traces, then filter and vote")
-    traces: PositiveInt = Field(default=64, description="B: traces at most")
-    warmup: PositiveInt = Field(default=16, description="N_init: warm-up traces (online)")
+    traces: PositiveInt = Field(default=256, description="B: traces at most (the paper "
+                                "code's online default; the budget usually ends it first)")
+    warmup: PositiveInt | None = Field(default=None, description=(
+        "N_init: warm-up traces (online); null = 16 scaled so that the warm-up takes at "
+        "most half the generated-token budget (at least 2)"))
     wave: PositiveInt = Field(default=8, description="traces per wave after warm-up "
-                              "(online); the consensus stop is checked after each wave")
+                              "(online), fewer when the budget left cannot finish them; "
+                              "the consensus stop is checked after each wave")
     eta: float = Field(default=90.0, gt=0.0, le=100.0, description=(
         "percent of traces KEPT, the most confident ones: threshold = percentile "
         "(100 - eta) of the scores; 90 = DeepConf-high (safe), 10 = DeepConf-low"))
-    window: PositiveInt = Field(default=2048, description="n: tokens per group window")
+    window: PositiveInt | None = Field(default=None, description=(
+        "n: tokens per group window; null = generation.max_tokens // 16 within [16, 2048] "
+        "(the paper's 2048 for 32k-token traces); must not exceed generation.max_tokens"))
     top_k: int = Field(default=20, ge=1, le=MAX_TOP_K, description="k: top log-probs")
     score: TraceScore = Field(default="lowest_group", description="trace score used to "
                               "filter and weight (online always stops on the window)")
     tail_tokens: PositiveInt = Field(default=2048, description="tokens of the tail score")
     tau: float | None = Field(default=0.95, gt=0.0, le=1.0, description=(
         "online: stop once beta = top answer's weight / all weight >= tau; null = never"))
+    temperature: float = Field(default=0.6, ge=0.0, description=(
+        "sampling temperature of every trace (the paper's 0.6; replaces "
+        "generation.temperature for this strategy)"))
+    top_p: float = Field(default=0.95, gt=0.0, le=1.0, description=(
+        "nucleus of every trace (the paper's 0.95; replaces generation.top_p)"))
 
     @model_validator(mode="after")
     def _warmup_fits(self) -> "DeepConfConfig":
-        if self.mode == "online" and self.warmup > self.traces:
+        if self.mode == "online" and self.warmup is not None and self.warmup > self.traces:
             raise ValueError(f"warmup ({self.warmup}) must not exceed traces ({self.traces})")
         return self
+
+    def check_run(self, *, max_tokens: int, budget_tokens: int | None) -> None:
+        """Raise one clear error when window, warm-up and budget cannot work together."""
+        resolve_lengths(self, max_tokens=max_tokens, budget_tokens=budget_tokens)
+
+
+def wave_size(wave: int, remaining: int | None, max_tokens: int) -> int:
+    """Traces in the next online wave: ``wave``, but no more than the budget left can run
+    to ``max_tokens`` each (at least 1). A wave the budget cuts short leaves every trace
+    unfinished: none votes, and none is long enough to be compared with the warm-up's
+    windows."""
+    if remaining is None:
+        return wave
+    return max(1, min(wave, remaining // max_tokens))
+
+
+PAPER_WINDOW = 2048
+PAPER_WARMUP = 16
+
+
+def resolve_lengths(cfg: DeepConfConfig, *, max_tokens: int, budget_tokens: int | None
+                    ) -> tuple[int, int]:
+    """(window, warm-up traces) for traces of at most ``max_tokens`` under a generated-token
+    budget of ``budget_tokens`` (None: unlimited); see the module docstring."""
+    if cfg.window is None:
+        window = max(16, min(PAPER_WINDOW, max_tokens // 16))
+    elif cfg.window > max_tokens:
+        raise ConfigError(
+            f"strategy.window ({cfg.window}) exceeds generation.max_tokens ({max_tokens}): "
+            f"the window rule only fires once a trace has window tokens, so no trace could "
+            f"stop; set strategy.window <= {max_tokens} or leave it null (scaled).")
+    else:
+        window = cfg.window
+    if cfg.mode == "offline":
+        return window, cfg.traces
+    if cfg.warmup is None:
+        room = PAPER_WARMUP if budget_tokens is None else budget_tokens // (2 * max_tokens)
+        warmup = max(2, min(PAPER_WARMUP, room, cfg.traces))
+    else:
+        warmup = cfg.warmup
+    too_small = budget_tokens is not None and warmup * max_tokens > budget_tokens
+    if too_small and cfg.warmup is None:
+        raise ConfigError(
+            f"budget.max_generated_tokens ({budget_tokens}) cannot hold the smallest "
+            f"DeepConf warm-up: 2 traces x generation.max_tokens ({max_tokens}) = "
+            f"{2 * max_tokens}; raise the budget to at least {2 * max_tokens} or lower "
+            f"generation.max_tokens to at most {budget_tokens // 2}.")
+    if too_small:
+        raise ConfigError(
+            f"strategy.warmup ({warmup}) x generation.max_tokens ({max_tokens}) = "
+            f"{warmup * max_tokens} exceeds budget.max_generated_tokens ({budget_tokens}): "
+            f"the warm-up must fit the budget before any trace can stop online; lower "
+            f"warmup or max_tokens, raise the budget, or leave warmup null (scaled).")
+    return window, warmup
 
 
 # -- confidence of one trace ----------------------------------------------------------
@@ -163,11 +246,14 @@ class DeepConf(SearchStrategy):
                 f"strategy=deepconf needs per-token top log-probs and in-engine stop rules, "
                 f"which the {type(ctx.generator.inner).__name__} backend does not provide; "
                 f"use backend=native or backend=simulated.")
+        window, warmup = resolve_lengths(cfg, max_tokens=ctx.generation.max_tokens,
+                                         budget_tokens=ctx.ledger.budget.max_generated_tokens)
         info = ctx.info.setdefault("deepconf", {
             "mode": cfg.mode, "eta_percent_kept": cfg.eta, "score": cfg.score,
             "logprobs": f"top-{cfg.top_k} of log-softmax(raw logits), before temperature",
+            "window": window, "warmup": warmup,
             "stopped": 0, "stopped_tokens": 0, "traces": 0})
-        first = cfg.warmup if cfg.mode == "online" else cfg.traces
+        first = warmup if cfg.mode == "online" else cfg.traces
         with first_step_guard(ctx, branches=first):
             warm = self._sample(ctx, first, tag="warm", rule=None)
             mark_step_done(ctx, warm)
@@ -185,10 +271,15 @@ class DeepConf(SearchStrategy):
             lowest = [self._score(n, how="lowest_group") for n in warm]
             stop_at = keep_threshold(lowest, cfg.eta)
             info["stop_threshold"] = stop_at
-            rule = WindowConfidence(window=cfg.window, threshold=stop_at, top_k=cfg.top_k)
+            rule = WindowConfidence(window=window, threshold=stop_at, top_k=cfg.top_k)
             drawn = len(warm)
-            while drawn < cfg.traces and not self._decided(ctx):
-                k = min(cfg.wave, cfg.traces - drawn)
+            # NOTE: the consensus is checked after each online wave, as in the paper's
+            # loop (after each finished trace), not right after the warm-up: a small
+            # warm-up that agrees would otherwise end the search before any trace could
+            # be stopped.
+            while drawn < cfg.traces and (drawn == len(warm) or not self._decided(ctx)):
+                k = min(wave_size(cfg.wave, ctx.ledger.remaining_generated_tokens(),
+                                  ctx.generation.max_tokens), cfg.traces - drawn)
                 wave = self._sample(ctx, k, tag=drawn, rule=rule)
                 drawn += k
                 for node in wave:
@@ -203,6 +294,7 @@ class DeepConf(SearchStrategy):
                 rule: WindowConfidence | None) -> list[Node]:
         cfg = self.config
         params = ctx.solution_params(ctx.seed("deepconf", tag)).model_copy(update={
+            "temperature": cfg.temperature, "top_p": cfg.top_p,
             "top_logprobs": cfg.top_k, "stop_rules": (rule,) if rule is not None else ()})
         (nodes,) = ctx.expand([ctx.root], n=n, params=params)
         ctx.release(nodes, prune=False)
@@ -218,7 +310,7 @@ class DeepConf(SearchStrategy):
                     f"engine that returns top_logprobs (backend=native or simulated).")
             conf = token_confidences(top, cfg.top_k)
             node.extra["confidence"] = {
-                how: (trace_score(conf, how=how, window=cfg.window,
+                how: (trace_score(conf, how=how, window=ctx.info["deepconf"]["window"],
                                   tail_tokens=cfg.tail_tokens) if conf else 0.0)
                 for how in {cfg.score, "lowest_group"}}
         return nodes

@@ -1,4 +1,4 @@
-"""DVTS: diverse verifier tree search (ALGORITHMS.md §4; search-and-learn).
+"""DVTS: diverse verifier tree search (docs/algorithms.md#dvts; search-and-learn).
 
     trees = [Subtree(root) for _ in range(N // M)]      # share only the prompt
     for it in range(num_iterations):
@@ -17,7 +17,7 @@ node below the root. KV: the M-1 losers of every subtree are released right afte
 scoring and the old node is unpinned once expanded; a subtree's final candidates are
 released after they are offered. A finished subtree's width is left unused, as in the
 reference code, unless ``reassign_width``: then the N children of a step are spread
-over the live subtrees (ALGORITHMS.md §4 pitfalls; ETS tracks width per subtree).
+over the live subtrees (docs/algorithms.md#dvts pitfalls; ETS tracks width per subtree).
 Must NOT know: engine internals.
 """
 

@@ -1,17 +1,22 @@
-"""Dynasor-CoT: probe a chain every T tokens, exit once the probed answers settle (§14.2).
+"""Dynasor-CoT: probe a chain every T tokens, exit once the probed answers settle
+(docs/algorithms.md "Dynasor"; Fu et al., arXiv:2412.20993).
 
     ans, txt = [], []
     for chunk in range(0, max_tokens, T):
         branch += decode(branch, T)                       # ONE expand for all live chains
         p = probe(branch, SUFFIX, max_new=20)             # on shared KV, thrown away
         ans.append(text up to the first unmatched "}"); txt.append(p)
-        if len(ans) >= w and all equal(ans[-w:]) and all non-empty(ans[-w:])
+        if len(ans) >= w and all equivalent(ans[-w:]) and all non-empty(ans[-w:])
                 and no hedge word in txt[-w:]:
-            return branch + " final answer \\boxed{ans[-1]}"   # early exit
+            return branch + SUFFIX + ans[-1] + close_thinking + final answer  # early exit
     return branch                                           # ran to its own end
 
 Agreement IS checked (the reference servers' ``should_early_exit`` skips it and stops
-once w probes exist and the newest does not hedge). Hedging is the reference's
+once w probes exist and the newest does not hedge), through the project's answer
+equivalence (:func:`ttc.answers.answer_key`: ``\\frac{1}{2}``, ``1/2`` and ``0.5`` agree),
+as the reference's ``math_equal`` does. On a model that thinks between delimiters
+(``thinking_delimiters``), the exit text closes the open thinking block and then states
+the answer, as the reference's exit does; the exit text is the strategy's, not sampled. Hedging is the reference's
 lower-cased substring test, so "no" also fires on "not" (it errs toward continuing).
 Probes run after each chunk on the chain's shared prefix (the reference's vLLM-native
 order), so the first probe sees T tokens. Every chain token (including the last chunk
@@ -28,6 +33,7 @@ from typing import Literal, Sequence
 from pydantic import Field, PositiveInt
 
 from ttc.aggregate import Selection
+from ttc.answers import answer_key
 from ttc.strategies.base import SearchContext, SearchStrategy, StrategyConfig, register
 from ttc.strategies.common import first_step_guard, mark_step_done, stop_if_cut
 from ttc.tree import Node, NodeStatus
@@ -64,11 +70,12 @@ def probed_answer(text: str) -> str:
 
 def should_exit(answers: Sequence[str], texts: Sequence[str], *, window: int,
                 hedge_words: Sequence[str]) -> bool:
-    """The last ``window`` probed answers are equal and non-empty, and none hedges."""
+    """The last ``window`` probed answers are equivalent (:func:`ttc.answers.answer_key`)
+    and non-empty, and none hedges."""
     if len(answers) < window:
         return False
     last = answers[-window:]
-    if not all(last) or any(a != last[-1] for a in last):
+    if not all(last) or any(answer_key(a) != answer_key(last[-1]) for a in last):
         return False
     return not any(h in t.lower() for t in texts[-window:] for h in hedge_words)
 
@@ -145,10 +152,23 @@ class Dynasor(SearchStrategy):
             child.answer = None
 
     def _exit(self, ctx: SearchContext, node: Node, answer: str) -> None:
-        """End the chain with the probe's answer (the exit text is forced, not sampled)."""
-        text = f"{self.config.probe_suffix}{answer}}}\\]"
+        """End the chain with the probe's answer (the exit text is forced, not sampled),
+        closing the thinking block first when the model thinks and it is still open."""
+        text = exit_text(self.config.probe_suffix, answer, "".join(ctx.steps_of(node)),
+                         ctx.generator.thinking_delimiters)
         leaf = ctx.tree.add(node, text=text, handle=None)
         leaf.status = NodeStatus.TERMINAL
         leaf.answer = answer
         ctx.release([node], prune=False)
         ctx.offer(leaf)
+
+
+def exit_text(suffix: str, answer: str, trace: str,
+              delimiters: tuple[str, str] | None) -> str:
+    """What an early exit appends to ``trace``: the probe's suffix and answer, then (on a
+    model with thinking ``delimiters`` whose block is still open in ``trace``) the end
+    delimiter and the answer stated after it."""
+    text = f"{suffix}{answer}}}\\]"
+    if delimiters is not None and delimiters[1] not in trace:
+        text += f"\n{delimiters[1]}\n\nThe final answer is \\boxed{{{answer}}}."
+    return text

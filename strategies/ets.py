@@ -1,4 +1,4 @@
-"""ETS: efficient tree search, REBASE with an ILP that keeps few distinct nodes (§8).
+"""ETS: efficient tree search, REBASE with an ILP that keeps few distinct nodes (docs/algorithms.md#ets).
 
 At each depth, before REBASE's allocation, an integer linear program chooses which
 frontier leaves to keep::

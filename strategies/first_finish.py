@@ -1,4 +1,4 @@
-"""First Finish Search: launch n samples, return the first to finish (ALGORITHMS.md §2.6).
+"""First Finish Search: launch n samples, return the first to finish (docs/algorithms.md#first-finish-search).
 
     live = [root] * n                         # n samples, prompt shared, own seeds
     while True:

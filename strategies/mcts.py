@@ -1,4 +1,4 @@
-"""MCTS over reasoning steps: PUCT or UCT selection, PRM or rollout values (ALGORITHMS.md §7.1).
+"""MCTS over reasoning steps: PUCT or UCT selection, PRM or rollout values (docs/algorithms.md#mcts).
 
     for each round (``batch`` simulations at once, with virtual loss):
         SELECT   from the root, child = argmax of the tree policy until an unexpanded or
@@ -32,12 +32,15 @@ data) and drawn once per search, when the root is expanded; a rollout is scored 
 configured verifier's last-step score (the ORM role; rStar's answer-consistency check
 needs a second model and is not implemented).
 
-Certaindex (§14.2, optional): after ``certaindex_at`` simulations, each round checks
-the terminal answers' certaindex H~ and/or their mean reward and stops once the
-configured ones clear their thresholds (``info["certaindex"]``).
+Certaindex (docs/algorithms.md "Certaindex"; Fu et al., arXiv:2412.20993): after
+``certaindex_at`` simulations, each round checks the terminal answers' certaindex H~
+and/or their mean reward and stops once the configured ones clear their thresholds
+(``info["certaindex"]``). On by default with the paper's MCTS setting for GSM8K (its
+Table 3: H~ >= 0.99 and mean reward >= 0.4, detected after 3 simulations); set both
+thresholds to null for plain MCTS.
 
 KV lifecycle: the whole tree may be revisited, so every node stays pinned with value
-Q (the engine evicts low-Q nodes first, §12.5); terminal nodes and rollouts are offered
+Q (the engine evicts low-Q nodes first, docs/algorithms.md#cache-policy); terminal nodes and rollouts are offered
 and released.
 Must NOT know: engine internals (pages, KV layout), Hydra, file formats.
 """
@@ -72,10 +75,11 @@ class MCTSConfig(StrategyConfig):
     value: Literal["prm", "rollout"] = "prm"
     selection: Selection = Selection.WEIGHTED
     certaindex_entropy: float | None = Field(
-        default=None, gt=0.0, le=1.0, description="stop once the terminal answers' "
-        "certaindex H~ >= this (null: off)")
+        default=0.99, gt=0.0, le=1.0, description="stop once the terminal answers' "
+        "certaindex H~ >= this (null: off; 0.99 is the Dynasor paper's MCTS/GSM8K value)")
     certaindex_reward: float | None = Field(
-        default=None, ge=0.0, le=1.0, description="and/or once their mean reward >= this")
+        default=0.4, ge=0.0, le=1.0, description="and once their mean reward >= this "
+        "(null: off; 0.4 is the paper's MCTS value)")
     certaindex_at: PositiveInt = Field(default=3, description="simulations before the "
                                        "certaindex is checked (then after every round)")
 
@@ -156,7 +160,7 @@ class MCTS(SearchStrategy):
         return any(_selectable(ctx.tree[c]) for c in node.children)
 
     def _settled(self, ctx: SearchContext, sims: int) -> bool:
-        """Certaindex early stop (§14.2): terminal answers' H~ and/or mean reward."""
+        """Certaindex early stop (docs/algorithms.md#dynasor-and-certaindex): terminal answers' H~ and/or mean reward."""
         cfg = self.config
         if (cfg.certaindex_entropy is None and cfg.certaindex_reward is None) \
                 or sims < cfg.certaindex_at or not ctx.candidates:

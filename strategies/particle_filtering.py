@@ -1,4 +1,4 @@
-"""Particle filtering over reasoning steps, with particle Gibbs as an option (ALGORITHMS.md §5).
+"""Particle filtering over reasoning steps, with particle Gibbs as an option (docs/algorithms.md#particle-filtering).
 
     P = LM.next_step(root, n=N); r = PRM.score(P)              # one call each
     while any(p.active for p in P):
@@ -19,7 +19,7 @@ with probability ∝ its final weight; the next sweep runs N-1 free particles pl
 reference, whose step-t score joins every resampling; a resampled copy of the reference
 is its path cut at step t and continues as a free particle.
 
-Parallel tempering (``tempering_ladder`` non-empty, §5.3): chains at softmax temperatures
+Parallel tempering (``tempering_ladder`` non-empty, docs/algorithms.md#particle-filtering): chains at softmax temperatures
 ``(softmax_temperature, *tempering_ladder)``, coldest first, each of N particles, advance
 in lockstep (all chains' active particles in ONE expand, ONE verifier call per step).
 Chain k targets prior x r/(1-r)^(1/tau_k): hot chains keep diverse particles alive, the
@@ -30,7 +30,7 @@ accepted with the Metropolis probability
     min(1, exp((1/tau_k - 1/tau_k+1) * (logit(r_k+1) - logit(r_k))))
 
 so a better particle always moves to the colder chain. The answer comes from the cold
-chain (the target). The swap schedule is not in the paper's text (unverified, §5.3);
+chain (the target). The swap schedule is not in the paper's text (unverified, docs/algorithms.md#particle-filtering);
 the choices here are: one proposal per pair per step, uniform draws, N particles per
 chain (the run costs about as many chains as plain PF), resampling every step (not with
 ``ess_threshold``), no particle Gibbs. Swaps are recorded in ``info["pt_swaps"]``;

@@ -1,4 +1,4 @@
-"""Plan-and-Budget: split the question, then give each part a token cap (ALGORITHMS.md §10.2).
+"""Plan-and-Budget: split the question, then give each part a token cap (docs/algorithms.md#plan-and-budget).
 
     plan   = the planner's reply: sub-questions, one per numbered line, each with a
              complexity estimate "(complexity: c)"                       (ONE engine call)
@@ -18,7 +18,7 @@ start: linear 1 - (1 - f) t; polynomial f + (1 - f)(1 - t)^p; cosine f + (1 - f)
 cos(pi t)) / 2; ``weighted`` is complexity alone, ``uniform`` ignores it too.
 
 Choices where the spec is silent (the paper's exact schedule constants are not given
-in §10.2): the planner's line format above; complexity 1 where a line gives none; the
+in docs/algorithms.md#plan-and-budget): the planner's line format above; complexity 1 where a line gives none; the
 original question as a final part; unused tokens roll over to later parts; floor 0.25,
 power 2, cosine by default. With no parseable plan (e.g. the simulated backend, whose
 text ignores the prompt) the only part is the question itself, with the whole B.

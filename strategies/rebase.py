@@ -1,4 +1,4 @@
-"""REBASE: reward-balanced tree search (ALGORITHMS.md §7.2).
+"""REBASE: reward-balanced tree search (docs/algorithms.md#rebase).
 
     frontier = [root]; remaining = width
     for depth in range(max_depth):
@@ -8,7 +8,7 @@
         children scored in ONE verifier call; nodes with alloc 0 are pruned
     answer = weighted majority over the leaves
 
-Certaindex (§14.2, optional): once ``certaindex_at`` leaves have finished, after each
+Certaindex (docs/algorithms.md#dynasor-and-certaindex, optional): once ``certaindex_at`` leaves have finished, after each
 depth the search stops if the leaves' answer certaindex H~ (and/or their max reward)
 clears its threshold; the open frontier is released and ``info["certaindex"]`` says when.
 

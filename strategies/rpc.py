@@ -1,4 +1,4 @@
-"""RPC: perplexity consistency with reasoning pruning (ALGORITHMS.md §2.4; Zhou et al.).
+"""RPC: perplexity consistency with reasoning pruning (docs/algorithms.md#rpc; Zhou et al.).
 
     paths = LM.sample(x, n=N)                       # ONE expand call, with log-probs
     p = [exp(mean token log-prob of path) for path in paths]

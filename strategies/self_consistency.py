@@ -1,6 +1,6 @@
-"""Self-consistency: sample N solutions, return the most frequent answer (§2.2).
+"""Self-consistency: sample N solutions, return the most frequent answer (docs/algorithms.md#self-consistency).
 
-With ``certaindex_at`` = k < N (Dynasor's certaindex, §14.2): sample k first; if the
+With ``certaindex_at`` = k < N (Dynasor's certaindex, docs/algorithms.md#dynasor-and-certaindex): sample k first; if the
 answers' normalised entropy certaindex H~ >= ``certaindex_threshold`` stop there, else
 sample the other N - k. ``Result.info["certaindex"]`` holds H~ at the check (a signal a
 dataset-level allocator can read) and whether it stopped.

@@ -1,5 +1,5 @@
 """Capability-aware self-evaluation: sample until the model says it would not do better
-(ALGORITHMS.md §10.1, Manvi, Singh, Ermon).
+(docs/algorithms.md#self-evaluation, Manvi, Singh, Ermon).
 
     best, n, drawn = None, first_batch, 0
     while True:
@@ -28,7 +28,7 @@ P_no is "the probability that more samples would not beat this one", read by a p
   evaluator (with ``verifier=judge``, the policy model itself answers a yes/no question
   about its response).
 
-Choices where the spec is unverified or silent (§10.1, Appendix 7): the probe wording
+Choices where the spec is unverified or silent (docs/algorithms.md#self-evaluation): the probe wording
 above; batches double from ``first_batch`` (the spec's growing batches); the temperature
 ramps linearly from ``temperature_start`` to the generation temperature over the first
 ``anneal_samples`` samples (``None``: no annealing); early pruning is off unless

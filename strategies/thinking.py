@@ -1,5 +1,5 @@
 """Thinking-budget control shared by ``strategy=budget_forcing`` and every strategy's
-branches (``generation.thinking_cap`` / ``thinking_extend``), ALGORITHMS.md §14.3.
+branches (``generation.thinking_cap`` / ``thinking_extend``), docs/algorithms.md#budget-forcing.
 
 Contract: :func:`thinking_rule` turns the settings into a :class:`ttc.stopping.ThinkingBudget`
 rule for the generator at hand, or raises one :class:`~ttc.registry.ConfigError` when the

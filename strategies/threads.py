@@ -1,4 +1,4 @@
-"""Parallel threads with distinct goals, rounds, summaries and a join (ALGORITHMS.md §9.6).
+"""Parallel threads with distinct goals, rounds, summaries and a join (docs/algorithms.md#threads).
 
     ctx    = the planner's reply to "list n_threads distinct approaches" (ONE engine call)
     goals  = parse_goals(ctx)[:n_threads] or ["Approach 1", ..., "Approach n_threads"]
@@ -22,7 +22,7 @@ position (ThreadWeaver-style); the threads of a round share every prompt token b
 their goal line, which a radix/prefix cache serves once. Accounting: generated tokens =
 plan + all threads (pruned ones too) + summaries + final; ``info["critical_path_tokens"]``
 is plan + per round (longest thread + longest summary) + final (the latency model of
-§9.6); one verifier call per thread per round, plus one for the final answer.
+docs/algorithms.md#threads); one verifier call per thread per round, plus one for the final answer.
 
 Choices where the spec is silent: goals are parsed from numbered lines ("1. ..." or
 "1) ..."); every round reuses the same goals on the grown context (as the pseudo-code

@@ -30,7 +30,7 @@ class StepAggregation(enum.Enum):
 
 
 def aggregate_steps(scores: Sequence[float], how: StepAggregation | str = "last") -> float:
-    """Reduce per-step scores to one number (ALGORITHMS.md §11.5)."""
+    """Reduce per-step scores to one number (docs/algorithms.md#step-score-aggregation)."""
     how = StepAggregation(how)
     if not scores:
         raise ValueError("cannot aggregate an empty list of step scores.")

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, Field, PositiveInt, ValidationError, field_validator
+from pydantic import (BaseModel, Field, PositiveInt, ValidationError, field_validator,
+                      model_validator)
 
 from ttc.ledger import Budget
 from ttc.registry import (BACKENDS, STRATEGIES, VERIFIERS, ConfigError,
@@ -35,7 +36,7 @@ class GenerationConfig(Frozen):
     # A solution the model ended (EOS) without \boxed{}, "####" or "The answer is"
     # answers with its last number, as graders read it (``ttc.verifiers.grade``).
     last_number_answer: bool = True
-    # Thinking-budget control for every branch of any strategy (ALGORITHMS.md §14.3), on a
+    # Thinking-budget control for every branch of any strategy (docs/algorithms.md#budget-forcing), on a
     # model that thinks between delimiters: force the end after ``thinking_cap`` sampled
     # thinking tokens (null: no cap); replace the first ``thinking_extend`` attempted ends
     # by ``thinking_extend_text``. ``thinking_answer_text`` follows a forced end.
@@ -99,6 +100,16 @@ class RunConfig(Frozen):
     @classmethod
     def _strategy(cls, value: Any) -> BaseModel:
         return STRATEGIES.make_config(value)
+
+    @model_validator(mode="after")
+    def _strategy_fits_run(self) -> "RunConfig":
+        """A strategy whose settings depend on the generation length or the budget checks
+        them here (``check_run``), so a combination that cannot work fails at start-up."""
+        check = getattr(self.strategy, "check_run", None)
+        if callable(check):
+            check(max_tokens=self.generation.max_tokens,
+                  budget_tokens=self.budget.max_generated_tokens)
+        return self
 
     def dump(self) -> dict[str, Any]:
         """A plain dict that validates back into an equal RunConfig."""

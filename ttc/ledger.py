@@ -12,7 +12,13 @@ exceed the verifier-call or wall-time limits by raising :class:`BudgetExhausted`
     -----------------------  ----------------------------------------------------------
     prefill_tokens           prompt/prefix tokens run through the policy model
     cached_tokens            prompt/prefix tokens served from the engine's prefix cache
-    generated_tokens         tokens sampled by the policy model (pruned branches too)
+    generated_tokens         tokens decoded by the policy model (pruned branches too),
+                             sampled or forced: a forced token takes a decode step
+    forced_tokens            of generated_tokens, those forced by a stop rule instead of
+                             sampled (budget forcing's "Wait", a forced "</think>")
+    probe_prefill_tokens     of prefill_tokens, those run by probes (a suffix on a branch)
+    probe_generated_tokens   of generated_tokens, those decoded by probes (Dynasor's
+                             answer probes, SpecReason's judge digit)
     lm_calls                 one per ``expand`` call (a batch of requests)
     verifier_calls           one per trajectory scored (one verifier forward per sequence)
     verifier_tokens          tokens run through the verifier (not served from its cache)
@@ -23,6 +29,12 @@ exceed the verifier-call or wall-time limits by raising :class:`BudgetExhausted`
                              a model of a pair ("draft", "target") or a layer of a
                              composed pipeline ("layer1.generate"); charged together with
                              the totals above, never instead of them (budgets see totals)
+
+One convention on every engine: forced and probe tokens are counted where they are run
+(generated or prefill, so they spend the budget they consume) and again in their own
+counters; the counts come from what the engine reports (``GenerationUsage``, a
+continuation's ``stats["forced_tokens"]``) and from the metered call that made them
+(a probe), never from the strategy.
 
 Ledgers add across problems (:meth:`ComputeLedger.merge`): counters sum, peaks take the max.
 Must NOT know: engines, verifiers, strategies; it only counts.
@@ -87,6 +99,9 @@ class ComputeLedger:
         self.prefill_tokens = 0
         self.cached_tokens = 0
         self.generated_tokens = 0
+        self.forced_tokens = 0
+        self.probe_prefill_tokens = 0
+        self.probe_generated_tokens = 0
         self.lm_calls = 0
         self.verifier_calls = 0
         self.verifier_tokens = 0
@@ -99,14 +114,27 @@ class ComputeLedger:
 
     # -- charging (called only by ttc.metered) ---------------------------------------
     def charge_generation(self, usage: GenerationUsage, *, cut: bool = False,
-                          line: str | None = None) -> None:
+                          line: str | None = None, forced: int = 0,
+                          probe: bool = False) -> None:
         """Charge one expand call; ``cut``: the engine cut a branch at the call's token cap
         (``FinishReason.BUDGET``), so the generated-token budget is exhausted; ``line``:
-        also charge that labelled line."""
+        also charge that labelled line; ``forced``: how many of the generated tokens a
+        stop rule forced; ``probe``: the call was a probe (its tokens also go to the
+        probe counters)."""
+        if forced < 0 or forced > usage.generated_tokens:
+            raise RuntimeError(f"an engine reported {forced} forced tokens in a call that "
+                               f"generated {usage.generated_tokens}; forced tokens are "
+                               f"generated tokens.")
+        extra = {"forced_tokens": forced} if forced else {}
+        if probe:
+            extra.update(probe_prefill_tokens=usage.prefill_tokens,
+                         probe_generated_tokens=usage.generated_tokens)
         if line is not None:
             self._line(line, prefill_tokens=usage.prefill_tokens,
                        cached_tokens=usage.cached_tokens,
-                       generated_tokens=usage.generated_tokens, lm_calls=1)
+                       generated_tokens=usage.generated_tokens, lm_calls=1, **extra)
+        for name, value in extra.items():
+            setattr(self, name, getattr(self, name) + value)
         self.prefill_tokens += usage.prefill_tokens
         self.cached_tokens += usage.cached_tokens
         self.generated_tokens += usage.generated_tokens
@@ -211,7 +239,8 @@ class ComputeLedger:
     # -- combining and reporting -------------------------------------------------------
     def merge(self, other: "ComputeLedger | LedgerSnapshot") -> None:
         """Add another problem's counters to this one (peaks take the max)."""
-        for name in ("prefill_tokens", "cached_tokens", "generated_tokens", "lm_calls",
+        for name in ("prefill_tokens", "cached_tokens", "generated_tokens", "forced_tokens",
+                     "probe_prefill_tokens", "probe_generated_tokens", "lm_calls",
                      "verifier_calls", "verifier_tokens", "verifier_cached_tokens",
                      "problems"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
@@ -233,7 +262,9 @@ class ComputeLedger:
     def snapshot(self) -> LedgerSnapshot:
         return LedgerSnapshot(
             prefill_tokens=self.prefill_tokens, cached_tokens=self.cached_tokens,
-            generated_tokens=self.generated_tokens, lm_calls=self.lm_calls,
+            generated_tokens=self.generated_tokens, forced_tokens=self.forced_tokens,
+            probe_prefill_tokens=self.probe_prefill_tokens,
+            probe_generated_tokens=self.probe_generated_tokens, lm_calls=self.lm_calls,
             verifier_calls=self.verifier_calls, verifier_tokens=self.verifier_tokens,
             verifier_cached_tokens=self.verifier_cached_tokens,
             peak_kv_bytes=self.peak_kv_bytes,

@@ -21,8 +21,9 @@ from typing import Sequence
 from ttc.ledger import ComputeLedger
 from ttc.protocols import Generator, SupportsEmbeddings, Verifier
 from ttc.registry import ConfigError
+from ttc.turns import follow_up_text
 from ttc.types import (Continuation, ExpandOutput, ExpandRequest, FinishReason, Handle,
-                       Problem, SamplingParams, ScoreOutput, VerifierUsage)
+                       Problem, Purpose, SamplingParams, ScoreOutput, VerifierUsage)
 
 
 class MeteredGenerator:
@@ -54,7 +55,8 @@ class MeteredGenerator:
         with self.ledger.phase("generate"):
             out = self.inner.expand(list(requests), token_limit=token_limit)
         self.ledger.charge_generation(out.usage, line=self.line, cut=any(
-            c.finish is FinishReason.BUDGET for cs in out.continuations for c in cs))
+            c.finish is FinishReason.BUDGET for cs in out.continuations for c in cs),
+            forced=_forced(out))
         return out
 
     def pin(self, handles: Sequence[Handle], *, value: float | None = None) -> None:
@@ -78,11 +80,16 @@ class MeteredGenerator:
         return callable(getattr(self.inner, "probe", None))
 
     def probe(self, handle: Handle, suffix: str, *, max_new: int,
-              params: SamplingParams | None = None) -> Continuation:
-        """One throw-away continuation of ``handle`` + ``suffix`` on shared KV, charged.
+              params: SamplingParams | None = None,
+              purpose: Purpose = Purpose.PROBE) -> Continuation:
+        """One throw-away continuation of ``handle`` + ``suffix`` on shared KV, charged
+        (to the totals and to the probe counters).
 
-        The suffix is tokenized by the engine (no special tokens); ``max_new`` is capped by
-        the generated-token budget left, so a probe never overspends it.
+        The suffix is tokenized by the engine (role markers of a chat template become
+        their special tokens); ``max_new`` is capped by the generated-token budget left,
+        so a probe never overspends it. ``purpose`` says what the probe asks
+        (:class:`~ttc.types.Purpose`: PROBE for an answer, JUDGE for a score); only an
+        engine that declares ``reads_purpose`` is told.
         """
         if not self.supports_probe:
             raise ValueError(f"the {type(self.inner).__name__} engine cannot probe a branch "
@@ -90,11 +97,20 @@ class MeteredGenerator:
         token_limit = self.ledger.check_generation()   # raises BudgetExhausted at 0
         if token_limit is not None:
             max_new = min(max_new, token_limit)
+        told = {"purpose": purpose} if getattr(self.inner, "reads_purpose", False) else {}
         with self.ledger.phase("generate"):
             out = self.inner.probe(handle, self._encode(suffix), max_new=max_new,
-                                   params=params)
-        self.ledger.charge_generation(out.usage, line=self.line)
+                                   params=params, **told)
+        self.ledger.charge_generation(out.usage, line=self.line, probe=True,
+                                      forced=_forced(out))
         return out.continuations[0][0]
+
+    def follow_up(self, user_text: str, assistant_prefix: str) -> str:
+        """Text that closes the branch's assistant turn, asks ``user_text`` as a user
+        turn and opens the reply with ``assistant_prefix`` (:mod:`ttc.turns`), in this
+        engine's chat template: a probe suffix for a question about the branch."""
+        return follow_up_text(getattr(self.inner, "tokenizer", None), user_text,
+                              assistant_prefix)
 
     def encode(self, text: str) -> list[int]:
         """Token ids of ``text`` (no special tokens) in this engine's tokenizer."""
@@ -165,3 +181,8 @@ class MeteredVerifier:
 
 
 _NO_USAGE = VerifierUsage()
+
+
+def _forced(out: ExpandOutput) -> int:
+    """Tokens the call's stop rules forced, as the engine reports them per continuation."""
+    return int(sum(c.stats.get("forced_tokens", 0) for cs in out.continuations for c in cs))

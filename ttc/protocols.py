@@ -93,6 +93,8 @@ class SupportsProbe(Protocol):
 
     def probe(self, handle: Handle, suffix_tokens: Sequence[int], *, max_new: int,
               params=None, n: int = 1) -> ExpandOutput: ...
+    # An engine that models calls instead of running a model (the simulator) declares
+    # ``reads_purpose = True`` and takes ``purpose=`` (a ttc.types.Purpose) as well.
 
     def truncate(self, handle: Handle, position: int) -> Handle: ...
 

@@ -21,7 +21,7 @@ come before sampling and therefore before all of them.
 Built-in rules: :class:`WindowConfidence` (DeepConf online: stop when the mean token
 confidence over a sliding window falls below a threshold), :class:`ForceAfter`
 (after N tokens, force a text such as ``"</think>"``) and :class:`ThinkingBudget`
-(budget forcing, ALGORITHMS.md §14.3: cap the thinking segment at N sampled tokens by
+(budget forcing, docs/algorithms.md#budget-forcing: cap the thinking segment at N sampled tokens by
 forcing its end delimiter, and extend it by replacing up to K attempted ends with
 ``"Wait"``; no restart, no re-prefill).
 Must NOT know: engines, pages, tensors, strategies.

@@ -132,9 +132,26 @@ class TokenEvent:
     finish: "FinishReason | None" = None
 
 
+class Purpose(enum.Enum):
+    """What a call to the model is for, as the strategy that makes it says.
+
+    Real engines run every purpose the same way (the prompt says it all); the simulated
+    engine, which cannot read, models each kind of call from this field and never from
+    the prompt's wording.
+    """
+
+    GENERATE = "generate"   # sample reasoning: a step, a solution, a critique, a plan
+    PROBE = "probe"         # "what is your answer now?" on a branch (Dynasor)
+    JUDGE = "judge"         # a score or verdict about the branch so far (SpecReason)
+    FUSE = "fuse"           # merge the candidate answers quoted in the prompt (Archon)
+
+
 @dataclass(frozen=True, slots=True)
 class ExpandRequest:
     """Ask for ``n`` continuations of the sequence named by ``prefix``.
+
+    ``purpose`` says what kind of call this is (:class:`Purpose`); engines that model
+    behaviour rather than run a model read it, and no engine reads the prompt for it.
 
     ``on_token`` (optional) streams every branch's tokens as they are sampled; engines
     that cannot stream call it once per token after the fact. It runs on the engine's
@@ -146,10 +163,14 @@ class ExpandRequest:
     n: int
     params: SamplingParams
     on_token: Callable[[TokenEvent], None] | None = None
+    purpose: Purpose = Purpose.GENERATE
 
     def __post_init__(self) -> None:
         if self.n <= 0:
             raise ValueError(f"ExpandRequest.n must be a positive integer; got {self.n!r}.")
+        if not isinstance(self.purpose, Purpose):
+            raise ValueError(f"ExpandRequest.purpose must be a ttc.types.Purpose "
+                             f"({', '.join(p.value for p in Purpose)}); got {self.purpose!r}.")
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,6 +266,9 @@ class LedgerSnapshot(Frozen):
     prefill_tokens: int = 0
     cached_tokens: int = 0
     generated_tokens: int = 0
+    forced_tokens: int = 0              # of generated_tokens: forced by a stop rule
+    probe_prefill_tokens: int = 0       # of prefill_tokens: run by probes
+    probe_generated_tokens: int = 0     # of generated_tokens: decoded by probes
     lm_calls: int = 0
     verifier_calls: int = 0
     verifier_tokens: int = 0

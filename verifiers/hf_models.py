@@ -5,7 +5,7 @@ online) into a local folder with ``config.json``; :func:`load_causal_lm` returns
 ``(model, tokenizer)`` for a causal LM (spec ``None`` = the embedded SmolLM2-135M-Instruct,
 through ``ttc.engine.loader`` when it is installed); :func:`template_pieces` renders a
 chat with placeholder strings and returns the text between them, so formats tokenize
-each piece on its own (ALGORITHMS §11.7: never re-tokenize a concatenation).
+each piece on its own (docs/algorithms.md#process-reward-models: never re-tokenize a concatenation).
 Must NOT know: strategies, how scores are used.
 """
 

@@ -1,6 +1,6 @@
 """A generative judge on any causal LM: P(Yes) to "Is the last step correct?".
 
-Contract (ALGORITHMS §11.4): the judge's prompt is the model's chat template around one
+Contract (docs/algorithms.md#generative-judges): the judge's prompt is the model's chat template around one
 user message::
 
     Question:\\n{question}\\n\\nSolution so far:\\n{step 1}{step 2}...{step t}

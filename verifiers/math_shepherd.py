@@ -1,6 +1,6 @@
 """Math-Shepherd-style PRM: each step ends with the tag ``ки``; score = P('+') vs P('-').
 
-Contract (ALGORITHMS §11.2): the input is ``"{question} {step 1} ки\\n{step 2} ки..."``
+Contract (docs/algorithms.md#process-reward-models): the input is ``"{question} {step 1} ки\\n{step 2} ки..."``
 (the question tokenized with BOS as the cached prompt; every step tokenized alone as
 separator + step + " ки", which must end in the tag token). At each tag position the LM's next-token logits
 of ``+`` and ``-`` only are softmaxed; the score is P(``+``). The tag id is the

@@ -1,7 +1,7 @@
 """Step scoring on a causal model with a prefix cache: the machinery every model PRM shares.
 
 Contract. A PRM format (:class:`StepFormat`) turns a problem and its steps into token
-segments, each tokenized on its own (never the concatenation, ALGORITHMS §11.7):
+segments, each tokenized on its own (never the concatenation, docs/algorithms.md#process-reward-models):
 
     prompt_ids(problem)          the cached prefix (ends before any chat trailer)
     step_ids(step, index)        the body of step ``index``: kept and extended

@@ -1,6 +1,6 @@
 """Qwen2.5-Math-PRM-style process reward model: ``<extra_0>`` step tags and a 2-class head.
 
-Contract (ALGORITHMS §11.2): the input is the chat template with system "Please reason
+Contract (docs/algorithms.md#process-reward-models): the input is the chat template with system "Please reason
 step by step, and put your final answer within \\boxed{}.", user = the question,
 assistant = the steps each followed by ``<extra_0>``; the score of step t is
 ``softmax(head(h))[1]`` (the positive class) at the t-th ``<extra_0>``, where ``head`` is

@@ -1,13 +1,13 @@
 """RLHFlow-style PRM (Llama3.1-8B-PRM-*): chat turns, next-token P('+') vs P('-').
 
-Contract (ALGORITHMS §11.2): user turn 1 = question + " " + step 1, every assistant turn
+Contract (docs/algorithms.md#process-reward-models): user turn 1 = question + " " + step 1, every assistant turn
 is ``+``, each later step is a new user turn. The score of step t is the softmax over the
 logits of ``+`` and ``-`` at the position that predicts assistant turn t (the last token
 of its assistant header). The chat template is rendered once with placeholders and cut
 into pieces: the prompt ends right before step 1's text; step t's body is its text plus
 the template text up to the assistant header (for t > 1 it starts with the previous
 assistant turn ``+`` and its trailer, which is constant, so caching through it is safe:
-§11.7 pitfall 3). Step texts are stripped (the template trims message content).
+docs/algorithms.md#process-reward-models). Step texts are stripped (the template trims message content).
 Checkpoints: any causal LM with a chat template (Llama 3.1 in the original).
 Must NOT know: strategies, how trajectories were searched.
 """

@@ -34,7 +34,13 @@ be wrong (right with probability p_ok, fixed per prefix and step).
 ``modelled_seconds`` accumulates what the work would take on a real engine
 (a prefill rate and a per-decode-step cost that grows with batch), for overhead benches.
 
-Thinking mode (``thinking=True``, ALGORITHMS.md §14.3): the prompt ends with the start
+What a call is for: the request says it (``ExpandRequest.purpose``, ``probe(purpose=)``,
+a :class:`~ttc.types.Purpose`), and the simulator models that kind of call; it never reads
+a prompt's or a suffix's wording to decide, so rewording a strategy's prompt changes
+nothing here but the prompt's token count (every prompt is run in full: ``prompt_tokens``
+template words, then the question's words).
+
+Thinking mode (``thinking=True``, docs/algorithms.md "Budget forcing"): the prompt ends with the start
 delimiter ``<think>``; the model thinks in tagged steps and, after its natural length
 (``num_steps - 1`` steps, plus ``wait_steps`` more for every forced "Wait"), samples the
 one-token end delimiter ``</think>``, then states ``\\boxed{answer}`` and ends. The answer
@@ -43,22 +49,23 @@ its belief is right iff ``u < q(t) = p_max (1 - exp(-t / tau))``, with
 ``p_max = 1 - max_step_error * d / 2`` and ``tau = converge_tokens * (0.5 + d)``; so a
 branch cut short (a cap) answers worse and one extended ("Wait") answers better, by
 construction. Stop rules (:mod:`ttc.stopping`) run on every token of a thinking-mode
-branch, with ``Force`` and ``Replace`` honoured in place; forced tokens are charged as
-prefill, not as generated tokens.
+branch, with ``Force`` and ``Replace`` honoured in place; a forced token takes a decode
+step, so it is a generated token (as on the native engine), and each continuation
+reports its count in ``stats["forced_tokens"]``.
 
 Model pairs (SpecReason, Archon): an engine built with ``peer=`` shares the peer's
 handles and problems (one tokenizer, one world), keeps its own KV count, modelled time
 and step accuracy, and charges as prefill the tokens of a handle it has not run yet (a
 step the other model wrote), once. :func:`small_model_config` derives the draft model
-of a pair. ``probe`` answers a judge question (a suffix asking for a "score"): one digit
+of a pair. A ``Purpose.JUDGE`` probe answers a judge's question: one digit
 0-9 that reads whether the trajectory so far is right, with Gaussian noise
 ``judge_noise`` on a 0-1 scale around 0.85 for a right trajectory and 0.35 for a wrong
 one (with noise 0.2, a judge threshold of 7 keeps about 74% of right steps and 3% of
 wrong ones).
 
-Composed prompts (Archon's fuser): a prompt that quotes responses with ``\\boxed{...}``
-answers (before a ``Critiques:`` header, if any) is run in full (its words are prompt
-tokens), and the model's answer is one of the quoted answers, the gold one weighted
+Fusing (``Purpose.FUSE``, Archon's fuser): the call reads the ``\\boxed{...}`` answers
+its prompt quotes (before a ``Critiques:`` header, if any), and the model's answer is one
+of them, the gold one weighted
 ``1 + fuse_skill`` times its count and the others by their counts; steps are tagged by
 that choice. Critique texts have no effect (the simulator cannot read advice).
 Must NOT know: rewards, strategies.
@@ -77,11 +84,10 @@ from typing import Literal, Sequence
 from pydantic import Field, PositiveInt
 
 from ttc.registry import BACKENDS
-from ttc.stopping import Force, Replace, Stop
 from ttc.engine.handles import HandleTable
-from ttc.stopping import Force, Stop
+from ttc.stopping import Force, Replace, Stop
 from ttc.types import (Continuation, ExpandOutput, ExpandRequest, FinishReason, Frozen,
-                       GenerationUsage, Handle, Problem, SamplingParams)
+                       GenerationUsage, Handle, Problem, Purpose, SamplingParams)
 
 _FILLER = ("we", "compute", "the", "value", "of", "this", "term", "then", "simplify",
            "and", "substitute", "into", "equation", "so", "that", "it", "follows", "by",
@@ -155,7 +161,8 @@ class ProblemModel:
     wrong: tuple[str, ...]
     wrong_weights: tuple[float, ...]
     prompt_words: tuple[str, ...]
-    shown: tuple[str, ...] = ()     # answers quoted in a composed prompt (a fuser's)
+    shown: tuple[str, ...] = ()     # answers quoted in the prompt (read by a FUSE call only)
+    question_words: int = 0         # of prompt_words: the question's (not in draw keys)
 
 
 @dataclass(slots=True)
@@ -201,6 +208,7 @@ class _Draft:
     pending_quality: tuple[float, ...] = ()
     stop_reason: str | None = None
     stats: dict[str, float] = field(default_factory=dict)
+    quoted: tuple[str, ...] = ()    # a FUSE call: the answers its prompt quotes
 
 
 class SimulatedGenerator:
@@ -259,14 +267,15 @@ class SimulatedGenerator:
         weights = tuple(1.0 / (i + 1) ** cfg.wrong_answer_skew for i in range(len(wrong)))
         words = tuple(_FILLER[(h >> (i % 48)) % len(_FILLER)]
                       for i in range(cfg.prompt_tokens))
+        # NOTE: every prompt is run in full: a template of ``prompt_tokens`` words, then
+        # the question's words. Its text decides nothing else (``Purpose`` does).
+        words = words + tuple(problem.question.split())
         shown = shown_answers(problem.question)
-        if shown:                       # a composed prompt is run in full
-            words = words + tuple(problem.question.split())
         if cfg.thinking:
             words = words + (cfg.think_start,)      # thinking is opened by the prompt
         return ProblemModel(difficulty=difficulty, num_steps=num_steps, gold=gold,
                             wrong=tuple(wrong), wrong_weights=weights, prompt_words=words,
-                            shown=shown)
+                            shown=shown, question_words=len(problem.question.split()))
 
     def step_accuracy(self, problem: Problem) -> float:
         return 1.0 - self.config.max_step_error * self.problem_model(problem).difficulty
@@ -293,9 +302,13 @@ class SimulatedGenerator:
             prefill += unseen
             cached += seq.length - unseen
             base = _hash_int(self.config.world_seed, req.params.seed, req.prefix,
-                             seq.length, seq.children)
+                             _draw_position(seq), seq.children)
             drafts.append([self._draft(seq, req, random.Random(base + i), salt=(base, i))
                            for i in range(req.n)])
+            if req.purpose not in (Purpose.GENERATE, Purpose.FUSE):
+                raise ValueError(f"the simulated engine expands with purpose generate or "
+                                 f"fuse; got {req.purpose.value!r} (probe and judge calls "
+                                 f"are probes: use probe(..., purpose=...)).")
             seq.children += req.n
             if req.params.stop_rules and not self.config.thinking:   # thinking: run inline
                 for d in drafts[-1]:
@@ -308,8 +321,11 @@ class SimulatedGenerator:
             conts = []
             for d in ds:
                 forced = sum(d.forced[:len(d.words)])
-                generated += len(d.words) - forced
-                prefill += forced        # NOTE: forced tokens are run, not sampled
+                # NOTE: a forced token takes a decode step, as on the native engine: it is
+                # a generated token (and reported again in stats["forced_tokens"]).
+                generated += len(d.words)
+                if forced:
+                    d.stats["forced_tokens"] = float(forced)
                 conts.append(self._commit(req.prefix, parent, d, req.params))
             outputs.append(tuple(conts))
         branches = sum(len(ds) for ds in drafts)
@@ -340,6 +356,15 @@ class SimulatedGenerator:
 
     def kv_bytes(self) -> int:
         return self.resident_tokens() * self.config.kv_bytes_per_token
+
+    def embed_usage(self, handles: Sequence[Handle]) -> tuple[list[list[float]], int]:
+        """:meth:`embed`, plus the tokens it ran: a handle's tokens this engine has not run
+        yet (a step the other model of a pair wrote) are prefilled once, as on the native
+        engine, where a computed handle's vector is its stored hidden state."""
+        computed = sum(self._run_unseen(h) for h in handles)
+        self.prefill_tokens_run += computed
+        self.modelled_seconds += computed / self.config.prefill_tokens_per_second
+        return self.embed(handles), computed
 
     def embed(self, handles: Sequence[Handle]) -> list[list[float]]:
         """A 64-dim unit vector per handle for its last step (``SupportsEmbeddings``).
@@ -443,8 +468,11 @@ class SimulatedGenerator:
         for st in states:
             d.stats.update(st.summary())
 
+    reads_purpose = True    # probe(purpose=...) and ExpandRequest.purpose model the call
+
     def probe(self, handle: Handle, suffix_tokens: Sequence[int], *, max_new: int,
-              params: SamplingParams | None = None, n: int = 1) -> ExpandOutput:
+              params: SamplingParams | None = None, n: int = 1,
+              purpose: Purpose = Purpose.PROBE) -> ExpandOutput:
         """What the model would answer if asked now (a throw-away continuation).
 
         At progress ``f`` = steps finished / steps needed, the probe states the answer the
@@ -453,16 +481,19 @@ class SimulatedGenerator:
         hedges ("hmm, wait") or guesses a wrong answer, evenly. The text is what follows a
         ``\boxed{`` suffix: ``"123}"``. Charged like a real probe on shared KV: the suffix
         is prefilled, the handle's tokens are cached, the probe's words are generated.
-        A suffix asking for a "score" is a judge's question instead (:meth:`_judge_probe`).
+        ``purpose=Purpose.JUDGE`` asks for a score instead (:meth:`_judge_probe`); the
+        suffix's words are never read.
         """
         if max_new < 1:
             raise ValueError(f"probe max_new must be >= 1; got {max_new!r}.")
         if n < 1:
             raise ValueError(f"probe n must be >= 1; got {n!r}.")
         seq = self._live(handle)
-        suffix = [self._vocab.get(int(t), "") for t in suffix_tokens]
-        if any("score" in w.lower() for w in suffix):   # a judge's question (SpecReason)
-            return self._judge_probe(handle, seq, len(suffix), n)
+        if purpose is Purpose.JUDGE:
+            return self._judge_probe(handle, seq, len(suffix_tokens), n)
+        if purpose is not Purpose.PROBE:
+            raise ValueError(f"a simulated probe asks for an answer (purpose probe) or a "
+                             f"score (purpose judge); got {purpose!r}.")
         model = seq.problem
         done = seq.steps_done - (1 if seq.pending else 0)
         f = 1.0 if seq.ended else min(1.0, done / model.num_steps)
@@ -539,7 +570,8 @@ class SimulatedGenerator:
         cfg = self.config
         model = seq.problem
         stop_at_step = bool(req.params.stop)   # any stop string ends at a step boundary
-        d = _Draft(steps_done=seq.steps_done, correct=seq.correct)
+        d = _Draft(steps_done=seq.steps_done, correct=seq.correct,
+                   quoted=model.shown if req.purpose is Purpose.FUSE else ())
         budget = req.params.max_tokens
         queue = list(seq.pending)
         qual = list(seq.pending_quality)
@@ -550,7 +582,7 @@ class SimulatedGenerator:
         greedy = req.params.temperature == 0.0
         while True:
             if not queue:
-                greedy_key = (req.prefix, seq.length, d.steps_done)
+                greedy_key = (req.prefix, _draw_position(seq), d.steps_done)
                 queue = self._next_step_words(model, d, rng, p_ok, greedy, greedy_key)
                 qual = self._step_quality(queue, d.correct, salt)
             room = budget - len(d.words)
@@ -576,19 +608,19 @@ class SimulatedGenerator:
                          p_ok: float, greedy: bool, greedy_key: tuple) -> list[str]:
         cfg = self.config
         d.steps_done += 1
-        if model.shown and d.steps_done == 1:      # a fuser settles on a quoted answer
-            d.correct = rng.random() < self._fused_gold_chance(model)
+        if d.quoted and d.steps_done == 1:         # a fuser settles on a quoted answer
+            d.correct = rng.random() < self._fused_gold_chance(model.gold, d.quoted)
         if d.steps_done >= model.num_steps:        # the final step states the answer
             d.ended = True
             if d.correct:
                 answer = model.gold
-            elif model.shown and any(a != model.gold for a in model.shown):
-                others = [a for a in model.shown if a != model.gold]
+            elif d.quoted and any(a != model.gold for a in d.quoted):
+                others = [a for a in d.quoted if a != model.gold]
                 answer = rng.choice(others)        # uniform over quotes = by count
             else:
                 answer = rng.choices(model.wrong, weights=model.wrong_weights)[0]
             return ["Therefore", "the", "answer", "is", f"\\boxed{{{answer}}}."]
-        if model.shown:
+        if d.quoted:
             ok = d.correct
         else:
             ok = d.correct and (self._greedy_ok(p_ok, greedy_key) if greedy
@@ -693,7 +725,7 @@ class SimulatedGenerator:
 
     def _judge_probe(self, handle: Handle, seq: _Seq, suffix_len: int, n: int
                      ) -> ExpandOutput:
-        """A judge probe: after ``handle`` + a suffix asking for a step "score", one
+        """A judge probe (``Purpose.JUDGE``): after ``handle`` + the judge's question, one
         digit 0-9 per sample that reads whether the trajectory so far is right."""
         unseen = self._run_unseen(handle)      # the candidate step is run once and kept
         prefill = unseen + suffix_len
@@ -716,9 +748,9 @@ class SimulatedGenerator:
             prefill_tokens=prefill, cached_tokens=seq.length - unseen, generated_tokens=n,
             peak_kv_bytes=self.peak_kv_bytes))
 
-    def _fused_gold_chance(self, model: ProblemModel) -> float:
-        gold = sum(1 for a in model.shown if a == model.gold) * (1 + self.config.fuse_skill)
-        rest = sum(1 for a in model.shown if a != model.gold)
+    def _fused_gold_chance(self, gold_answer: str, quoted: tuple[str, ...]) -> float:
+        gold = sum(1 for a in quoted if a == gold_answer) * (1 + self.config.fuse_skill)
+        rest = sum(1 for a in quoted if a != gold_answer)
         return gold / (gold + rest) if gold + rest else 0.0
 
     # -- thinking mode ---------------------------------------------------------------------
@@ -836,6 +868,13 @@ def token_top_logprobs(x: float, k: int, token_id: int, vocab_size: int
         for j in range(k - 1):
             top.append(((token_id + 1 + j) % vocab_size, math.log(rest * 0.5 ** j / norm)))
     return tuple(top)
+
+
+def _draw_position(seq: _Seq) -> int:
+    """Where a sequence ends, for seeding its draws: its length without the question's
+    words, so that rewording a prompt (a strategy's or the user's) changes its token
+    count but none of the simulated draws."""
+    return seq.length - seq.problem.question_words
 
 
 def _join_words(words: Sequence[str]) -> str:

@@ -9,7 +9,7 @@ reads. Two kinds of step:
   group's queries attend to the shared prefix once, as one matrix-matrix product
   (``[group_size * heads_per_kv, head_dim] x [head_dim, prefix_len]`` per KV head), each
   branch attends to its own suffix pages, and the two partial results merge by
-  log-sum-exp (ALGORITHMS.md section 12.1)::
+  log-sum-exp (docs/algorithms.md#shared-prefix-attention)::
 
       group g:   prefix pages  [p0][p1][p2]        (read once for all members)
       branch b0:                         [s0][s1]   (read by b0 only)

@@ -48,12 +48,13 @@ def test_prefix_tokens_are_counted_once_and_release_frees():
     gen = SimulatedGenerator(SimulatedBackendConfig(prompt_tokens=100))
     root = gen.root(Problem(question="q", metadata={"difficulty": 0.1, "num_steps": 10}))
     first = gen.expand([ExpandRequest(prefix=root, n=4, params=STEP)])
-    assert first.usage.prefill_tokens == 100 and first.usage.cached_tokens == 0
+    # the prompt: 100 template words, then the question's one word
+    assert first.usage.prefill_tokens == 101 and first.usage.cached_tokens == 0
     kids = first.continuations[0]
     assert first.usage.generated_tokens == sum(c.num_tokens for c in kids)
     second = gen.expand([ExpandRequest(prefix=kids[0].handle, n=2, params=STEP)])
     assert second.usage.prefill_tokens == 0
-    assert second.usage.cached_tokens == 100 + kids[0].num_tokens
+    assert second.usage.cached_tokens == 101 + kids[0].num_tokens
     before = gen.resident_tokens()
     gen.release([kids[1].handle])
     assert gen.resident_tokens() == before - kids[1].num_tokens

@@ -89,7 +89,7 @@ def test_probe_is_charged_and_leaves_no_handle():
     live = gen.live_handles
     out = gen.probe(c.handle, gen.encode("final answer is \\boxed{"), max_new=20)
     assert out.continuations[0][0].handle is None and gen.live_handles == live
-    assert out.usage.prefill_tokens == 4 and out.usage.cached_tokens == 150
+    assert out.usage.prefill_tokens == 4 and out.usage.cached_tokens == 120 + 2 + 30   # template, question, step
     assert out.usage.generated_tokens == out.continuations[0][0].num_tokens >= 1
     with pytest.raises(ValueError, match="max_new"):
         gen.probe(c.handle, [1], max_new=0)

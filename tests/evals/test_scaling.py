@@ -35,6 +35,11 @@ def test_scaling_sweep_draws_one_line_per_registered_strategy(tmp_path):
     ax = figures(rows)["accuracy_vs_tokens"].axes[0]
     labels = sorted(line.get_label() for line in ax.get_lines())
     assert labels == STRATEGIES.names()
+    # one per-seed row per run, every strategy, both seeds
+    seeds = json.loads((tmp_path / "s" / "seed_runs.json").read_text())
+    assert {r["strategy"] for r in seeds} == set(STRATEGIES.names())
+    assert sorted({r["seed"] for r in seeds}) == [0, 1]
+    assert all(r["problems"] == 1 and 0 <= r["correct"] <= 1 for r in seeds)
 
 
 def test_reach_summary_interpolates_or_says_not_reached():

@@ -116,3 +116,72 @@ def test_a_bad_pipeline_file_is_one_line_and_exit_2(tmp_path, text, message):
     assert message in out.output
     assert "Traceback" not in out.output
     assert len(out.output.strip().splitlines()) == 1
+
+
+# -- critiques stay with their responses through rank and verify layers ----------------------
+class _Recording:
+    """A simulated engine that remembers each prompt it was given and what each prefix was
+    continued with (to read which critique the fuser was shown for which response)."""
+
+    def __init__(self, gen) -> None:
+        self.gen = gen
+        self.prompts: dict = {}            # handle -> prompt text
+        self.continued: dict = {}          # handle -> texts of its continuations
+
+    def __getattr__(self, name):
+        return getattr(self.gen, name)
+
+    def root(self, prob):
+        handle = self.gen.root(prob)
+        self.prompts[handle] = prob.question
+        return handle
+
+    def expand(self, requests, **kw):
+        out = self.gen.expand(requests, **kw)
+        for req, conts in zip(requests, out.continuations):
+            self.continued.setdefault(req.prefix, []).extend(c.text for c in conts)
+        return out
+
+
+def _pairs_shown_to_the_fuser(rec) -> list[tuple[str, str]]:
+    """(response, critique) as the fuse prompt numbers them."""
+    from ttc.strategies.archon import CRITIC_PROMPT, FUSE_PROMPT
+
+    critique_of = {}
+    for handle, prompt in rec.prompts.items():
+        if prompt.endswith(CRITIC_PROMPT):
+            response = prompt.split("\n\nResponse:\n", 1)[1][: -len(CRITIC_PROMPT) - 2]
+            critique_of[response] = rec.continued[handle][0]
+    (fuse,) = [p for p in rec.prompts.values() if p.endswith(FUSE_PROMPT)]
+    body, notes = fuse.split("\n\nCritiques:\n", 1)
+    responses = body.split("\n\nResponse ")[1:]
+    critiques = notes[: -len(FUSE_PROMPT)].strip().split("\n\nCritique ")
+    shown = []
+    for k, (resp, crit) in enumerate(zip(responses, critiques), 1):
+        head = f"{k}:\n"
+        crit = crit.removeprefix("Critique ")
+        assert resp.startswith(head) and crit.startswith(head)
+        shown.append((resp[len(head):], crit[len(head):]))
+    assert len(responses) == len(critiques)
+    return shown, critique_of
+
+
+@pytest.mark.parametrize("middle", [{"kind": "rank", "top_k": 3},
+                                    {"kind": "verify", "threshold": 0.5}])
+def test_each_critique_stays_with_its_response_through_a_middle_layer(middle):
+    large, _ = pair()
+    layers = [{"kind": "generate", "generators": [{"strategy": {"name": "self_consistency",
+                                                                "n": 6}}]},
+              {"kind": "critique", "max_tokens": 24}, middle, {"kind": "fuse"}]
+    checked = 0
+    for pid in "abcd":
+        rec = _Recording(large)
+        result = solve({"name": "archon", "layers": layers}, rec,
+                       prob=problem(difficulty=0.7, pid=pid))
+        shown, critique_of = _pairs_shown_to_the_fuser(rec)
+        assert len(shown) == result.info["layer_sizes"][2]
+        for response, critique in shown:
+            assert critique_of[response.strip()] == critique.strip()
+            checked += 1
+        # the middle layer changed the order or the set, so position alone would mismatch
+    assert checked >= 4

@@ -3,7 +3,9 @@
 import pytest
 from pydantic import ValidationError
 
-from strategy_helpers import PROMPT_TOKENS
+from strategy_helpers import PROMPT_TOKENS as TEMPLATE_TOKENS
+
+PROMPT_TOKENS = TEMPLATE_TOKENS + 2    # the template, then the question's 2 words
 from ttc.config import load_run_config
 from ttc.registry import ConfigError
 from ttc.strategies.beam_search import BeamSearchConfig

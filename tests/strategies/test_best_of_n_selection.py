@@ -1,4 +1,5 @@
-"""Best-of-N: naive, weighted (score or exp(score/T)) and majority selection (§2.1, §2.3)."""
+"""Best-of-N: naive, weighted (score or exp(score/T)) and majority selection
+(docs/algorithms.md#best-of-n)."""
 
 import math
 from collections import defaultdict

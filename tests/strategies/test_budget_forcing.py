@@ -24,8 +24,10 @@ def test_cap_forces_the_end_in_the_batch_without_re_prefill():
     led = result.ledger
     # One engine call: a restart would be a second call re-prefilling prompt + trace.
     assert led.lm_calls == 1
-    # The prompt (+ "<think>") once, plus the forced words of each branch, as prefill.
-    assert led.prefill_tokens == PROMPT_TOKENS + 1 + 2 * len(FORCED_AT_CAP)
+    # The prompt (template, the question's 2 words, "<think>") once; forced words are
+    # decoded (generated), and counted again as forced.
+    assert led.prefill_tokens == PROMPT_TOKENS + 2 + 1
+    assert led.forced_tokens == 2 * len(FORCED_AT_CAP)
     assert result.info["thinking_tokens"] == [20, 20]
     assert result.info["forced_ends"] == 2
     for cand in result.candidates:
@@ -33,12 +35,12 @@ def test_cap_forces_the_end_in_the_batch_without_re_prefill():
         assert len(_thinking_words(cand.text)) == 20
         assert words[20:23] == FORCED_AT_CAP           # forced right at the cap
         assert cand.answer is not None
-    assert led.generated_tokens == sum(len(c.text.split()) for c in result.candidates) \
-        - 2 * len(FORCED_AT_CAP)
+    assert led.generated_tokens == sum(len(c.text.split()) for c in result.candidates)
 
 
 def test_extend_replaces_attempted_ends_with_wait():
-    natural = solve({"name": "budget_forcing", "n": 1, "cap": 100_000}, thinking_engine())
+    natural = solve({"name": "budget_forcing", "n": 1, "cap": 1000, "extend": 0},
+                    thinking_engine())
     extended = solve({"name": "budget_forcing", "n": 1, "cap": None, "extend": 2},
                      thinking_engine())
     text = extended.candidates[0].text
@@ -46,7 +48,10 @@ def test_extend_replaces_attempted_ends_with_wait():
     assert text.count("Wait") == 2
     assert text.count("</think>") == 1                 # only the end finally allowed
     assert extended.ledger.lm_calls == 1
-    assert extended.ledger.prefill_tokens == PROMPT_TOKENS + 1 + 2   # the two "Wait"s
+    # the prompt once (template, the question's 2 words, "<think>"); the two "Wait"s are
+    # decoded, so generated, and counted as forced
+    assert extended.ledger.prefill_tokens == PROMPT_TOKENS + 2 + 1
+    assert extended.ledger.forced_tokens == 2
     assert natural.info["forced_ends"] == 0 and natural.info["waits"] == 0
     # Two more thinking steps than the natural length (wait_steps = 1 per "Wait").
     assert text.count("Step ") == natural.candidates[0].text.count("Step ") + 2
@@ -69,12 +74,19 @@ def test_extend_on_an_engine_that_cannot_replace_tokens_is_refused():
     gen = CapOnly(SimulatedBackendConfig(thinking=True))
     with pytest.raises(ConfigError, match="cannot"):
         solve({"name": "budget_forcing", "cap": None, "extend": 1}, gen)
-    assert solve({"name": "budget_forcing", "cap": 8}, gen).info["forced_ends"] == 1
+    assert solve({"name": "budget_forcing", "cap": 8, "extend": 0},
+                 gen).info["forced_ends"] == 1
 
 
 def test_budget_forcing_needs_a_cap_or_extensions():
     with pytest.raises(ConfigError, match="cap .* or extensions"):
-        solve({"name": "budget_forcing", "cap": None}, thinking_engine())
+        solve({"name": "budget_forcing", "cap": None, "extend": 0}, thinking_engine())
+
+
+def test_a_cap_that_leaves_no_room_in_max_tokens_is_one_clear_error():
+    with pytest.raises(ConfigError, match=r"strategy.cap \(1024\) must be below "
+                                          r"generation.max_tokens \(1024\)"):
+        solve({"name": "budget_forcing", "cap": 1024}, thinking_engine())
 
 
 def test_step_wise_strategies_carry_the_cap_across_calls():

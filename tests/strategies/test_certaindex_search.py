@@ -31,8 +31,10 @@ def test_check_needs_every_configured_signal():
 
 
 def test_a_settled_mcts_stops_early():
-    full = _run(MCTS(MCTSConfig(n_simulations=24)))
-    early = _run(MCTS(MCTSConfig(n_simulations=24, certaindex_entropy=0.9, certaindex_at=2)))
+    full = _run(MCTS(MCTSConfig(n_simulations=24, certaindex_entropy=None,
+                                certaindex_reward=None)))
+    early = _run(MCTS(MCTSConfig(n_simulations=24, certaindex_entropy=0.9,
+                                 certaindex_reward=None, certaindex_at=2)))
     assert early.info["certaindex"]["stop"] is True
     assert early.ledger.generated_tokens < full.ledger.generated_tokens
     assert early.answer == full.answer == "12"

@@ -1,4 +1,4 @@
-"""Compute-optimal strategy choice per difficulty (§10.3): a scored probe predicts the
+"""Compute-optimal strategy choice per difficulty (docs/algorithms.md#compute-optimal-choice): a scored probe predicts the
 difficulty (no gold answer), the bin picks the strategy, one ledger covers both."""
 
 from __future__ import annotations

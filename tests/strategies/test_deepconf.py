@@ -117,10 +117,13 @@ def test_online_counts_killed_traces_and_stops_on_consensus():
     by_id = {n["id"]: n for n in traces}
     assert all(by_id[c.node_id]["finish"] != "rule" for c in r.candidates)   # killed: no vote
     assert len(r.candidates) >= 48 - 8 - info["stopped"]
-    # consensus stop: with tau the same run stops earlier
+    # consensus stop: with tau, an easy problem stops after the first online wave (the
+    # consensus is never checked before it, as in the paper's loop)
+    easy = Problem(id="easy", question="An easy simulated problem.", answer="42",
+                   metadata={"difficulty": 0.1, "num_steps": 4})
     r2 = DeepConf(cfg.model_copy(update={"tau": 0.6})).run(
-        PROBLEM, generator=_sim(auroc=0.8), verifier=NoVerifier())
-    assert r2.info["deepconf"]["traces"] < 48 and r2.info["deepconf"]["beta"] >= 0.6
+        easy, generator=_sim(auroc=0.8), verifier=NoVerifier())
+    assert r2.info["deepconf"]["traces"] == 8 + 8 and r2.info["deepconf"]["beta"] >= 0.6
 
 
 def test_offline_keeps_the_top_eta_percent():
@@ -172,3 +175,51 @@ def test_deepconf_beats_plain_voting_on_the_simulator_at_fewer_tokens():
         dc_tok += dc.run(p, generator=_sim(), verifier=NoVerifier()).ledger.generated_tokens
         sc_tok += sc.run(p, generator=_sim(), verifier=NoVerifier()).ledger.generated_tokens
     assert dc_tok < 0.8 * sc_tok
+
+
+# -- lengths that cannot work together are one clear error; defaults scale ----------------
+def test_a_window_longer_than_a_trace_is_one_clear_error():
+    from ttc.config import load_run_config
+    from ttc.registry import ConfigError
+
+    with pytest.raises(ConfigError, match=r"strategy.window \(2048\) exceeds "
+                                          r"generation.max_tokens \(1024\).*window tokens"):
+        load_run_config({"backend": {"name": "simulated"}, "verifier": {"name": "none"},
+                         "strategy": {"name": "deepconf", "window": 2048}})
+
+
+def test_a_warmup_that_cannot_fit_the_budget_is_one_clear_error():
+    from ttc.config import load_run_config
+    from ttc.registry import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        load_run_config({"backend": {"name": "simulated"}, "verifier": {"name": "none"},
+                         "strategy": {"name": "deepconf", "warmup": 16}})
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert "strategy.warmup (16) x generation.max_tokens (1024) = 16384 exceeds " \
+           "budget.max_generated_tokens (4096)" in msg
+
+
+def test_default_window_and_warmup_scale_to_the_run():
+    from ttc.strategies.deepconf import resolve_lengths
+
+    cfg = DeepConfConfig()
+    assert resolve_lengths(cfg, max_tokens=1024, budget_tokens=4096) == (64, 2)
+    assert resolve_lengths(cfg, max_tokens=1024, budget_tokens=None) == (64, 16)
+    assert resolve_lengths(cfg, max_tokens=32768, budget_tokens=None) == (2048, 16)
+    assert resolve_lengths(cfg, max_tokens=128, budget_tokens=100_000) == (16, 16)
+    # the paper's sampling is the default
+    assert (cfg.temperature, cfg.top_p, cfg.traces, cfg.warmup) == (0.6, 0.95, 256, None)
+
+
+def test_a_budget_too_small_for_the_scaled_warmup_is_one_clear_error():
+    from ttc.config import load_run_config
+    from ttc.registry import ConfigError
+
+    with pytest.raises(ConfigError, match=r"budget.max_generated_tokens \(1000\) cannot hold "
+                                          r"the smallest DeepConf warm-up: 2 traces x "
+                                          r"generation.max_tokens \(1024\) = 2048"):
+        load_run_config({"backend": {"name": "simulated"}, "verifier": {"name": "none"},
+                         "strategy": {"name": "deepconf"},
+                         "budget": {"max_generated_tokens": 1000}})

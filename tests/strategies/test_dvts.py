@@ -4,7 +4,9 @@ import pytest
 from pydantic import ValidationError
 
 from fakes import ScriptedGenerator
-from strategy_helpers import PROMPT_TOKENS
+from strategy_helpers import PROMPT_TOKENS as TEMPLATE_TOKENS
+
+PROMPT_TOKENS = TEMPLATE_TOKENS + 2    # the template, then the question's 2 words
 from ttc.strategies.dvts import DVTSConfig
 
 

@@ -53,7 +53,11 @@ def test_dynasor_exits_early_and_charges_probes():
         len(t.split()) for t in chain["texts"])
     assert r.ledger.generated_tokens == gen.decode_tokens_run
     suffix = len(DynasorConfig().probe_suffix.split())
-    assert r.ledger.prefill_tokens == gen.prefill_tokens_run == 120 + probes * suffix
+    question = len(PROBLEM.question.split())
+    assert r.ledger.prefill_tokens == gen.prefill_tokens_run == 120 + question + probes * suffix
+    # probe tokens are counted where they run and again in their own counters
+    assert r.ledger.probe_prefill_tokens == probes * suffix
+    assert r.ledger.probe_generated_tokens == sum(len(t.split()) for t in chain["texts"])
     # a full chain of the same problem is longer than the exit point
     full = SelfConsistency(SelfConsistencyConfig(n=1)).run(
         PROBLEM, generator=_sim(), verifier=NoVerifier())
@@ -91,3 +95,28 @@ def test_self_consistency_stops_at_the_certaindex_check():
     assert not r.info["certaindex"]["stopped"] and len(r.candidates) == 16
     with pytest.raises(ValueError, match="certaindex_at"):
         SelfConsistencyConfig(n=4, certaindex_at=4)
+
+
+def test_probe_answers_agree_through_answer_equivalence():
+    from ttc.strategies.dynasor import HEDGE_WORDS, should_exit
+
+    texts = ["x}", "y}", "z}"]
+    assert should_exit(["\\frac{1}{2}", "0.5", "1/2"], texts, window=3,
+                       hedge_words=HEDGE_WORDS)
+    assert not should_exit(["\\frac{1}{2}", "0.5", "2"], texts, window=3,
+                           hedge_words=HEDGE_WORDS)
+
+
+def test_the_exit_closes_an_open_thinking_block_and_states_the_answer():
+    from ttc.answers import extract_answer
+    from ttc.strategies.dynasor import PROBE_SUFFIX, exit_text
+
+    trace = "<think>Step 1: we add.\n\n"
+    text = exit_text(PROBE_SUFFIX, "8", trace, ("<think>", "</think>"))
+    assert text.count("</think>") == 1
+    after = text.split("</think>", 1)[1]
+    assert extract_answer(after) == "8"
+    # closed already, or no thinking delimiters: nothing is closed
+    assert "</think>" not in exit_text(PROBE_SUFFIX, "8", trace + "</think>",
+                                       ("<think>", "</think>"))
+    assert "</think>" not in exit_text(PROBE_SUFFIX, "8", trace, None)

@@ -55,7 +55,8 @@ class RecordingMCTS(MCTS):
 def test_visit_counts_follow_puct(batch):
     for p in problems(4, seed=9):
         gen, prm = world()
-        strat = RecordingMCTS(MCTSConfig(n_simulations=24, k=3, batch=batch))
+        strat = RecordingMCTS(MCTSConfig(n_simulations=24, k=3, batch=batch,
+                                         certaindex_entropy=None, certaindex_reward=None))
         strat.selections = 0
         res = strat.run(p, generator=gen, verifier=prm)
         assert strat.selections > 0

@@ -7,7 +7,9 @@ from collections import Counter
 import pytest
 from pydantic import ValidationError
 
-from strategy_helpers import PROMPT_TOKENS
+from strategy_helpers import PROMPT_TOKENS as TEMPLATE_TOKENS
+
+PROMPT_TOKENS = TEMPLATE_TOKENS + 2    # the template, then the question's 2 words
 from ttc.strategies.common import (ess, logit, multinomial_resample, softmax,
                                    systematic_resample)
 from ttc.strategies.particle_filtering import ParticleFilteringConfig, swap_probability

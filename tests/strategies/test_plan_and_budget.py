@@ -1,4 +1,4 @@
-"""Plan-and-Budget (§10.2): a planner's sub-questions with complexities, token caps from
+"""Plan-and-Budget (docs/algorithms.md#plan-and-budget): a planner's sub-questions with complexities, token caps from
 complexity x decay, unused tokens rolled over, each part answered under its cap."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Capability-aware self-evaluation (§10.1): stop once a sample is judged unbeatable,
+"""Capability-aware self-evaluation (docs/algorithms.md#self-evaluation): stop once a sample is judged unbeatable,
 growing batches, annealed temperature, early pruning of unpromising prefixes, and the
 LM probe that reads P(no improvement) from one answer token."""
 

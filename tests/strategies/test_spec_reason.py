@@ -94,3 +94,20 @@ def test_a_draft_that_cannot_continue_the_backends_handles_is_refused():
     pipe = Pipeline(generator="simulated", verifier="none", strategy="spec_reason",
                     draft={"name": "simulated", "max_step_error": 0.8})
     assert pipe.draft.shares_handles_with(pipe.generator)
+
+
+def test_the_judge_asks_in_a_user_turn_and_opens_the_reply_with_the_score_prefix():
+    from fakes import tiny_tokenizer
+    from ttc.strategies.spec_reason import JUDGE_PREFIX, JUDGE_QUESTION
+    from ttc.turns import follow_up_text
+
+    tok = tiny_tokenizer()
+    suffix = follow_up_text(tok, JUDGE_QUESTION, JUDGE_PREFIX)
+    # the assistant turn is closed, the question is a user turn, the reply is opened
+    assert suffix.startswith("<|im_end|>")
+    assert f"<|im_start|>user\n{JUDGE_QUESTION}<|im_end|>" in suffix
+    assert suffix.endswith("<|im_start|>assistant\n" + JUDGE_PREFIX)
+    assert JUDGE_PREFIX.endswith("the quality score is: ")
+    # without a chat template: the plain layout's turns
+    plain = follow_up_text(None, JUDGE_QUESTION, JUDGE_PREFIX)
+    assert plain == f"\n\nProblem: {JUDGE_QUESTION}\n\nSolution:\n{JUDGE_PREFIX}"

@@ -1,4 +1,4 @@
-"""Parallel threads (§9.6): distinct goals from a planner, rounds, pruning by the
+"""Parallel threads (docs/algorithms.md#threads): distinct goals from a planner, rounds, pruning by the
 verifier, summaries, the join into the parent context, and the final pass."""
 
 from __future__ import annotations

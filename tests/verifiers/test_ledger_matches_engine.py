@@ -43,6 +43,8 @@ def _config(name: str) -> dict:
     for key, value in SMALL.items():
         if key in cls.model_fields:
             cfg[key] = value
+    if name == "budget_forcing":   # a cap inside max_tokens; "</think>" is several tokens here
+        cfg.update(cap=4, extend=0)
     return cfg
 
 
@@ -106,8 +108,10 @@ def test_ledger_equals_the_simulated_engine_and_prm(name):
                                                small_model_config)
     from ttc.verifiers.simulated import SimulatedPRM
 
-    strategy = STRATEGIES.build({"name": name, "keep_tree": False},
-                                generation=GenerationConfig(seed=5, max_tokens=200))
+    config = {"name": name, "keep_tree": False}
+    if name == "budget_forcing":         # a cap inside max_tokens, one "Wait"
+        config.update(cap=100, extend=1)
+    strategy = STRATEGIES.build(config, generation=GenerationConfig(seed=5, max_tokens=200))
     gen, prm = SimulatedGenerator(SimulatedBackendConfig(
         thinking=name == "budget_forcing")), SimulatedPRM()
     engines, extra = [gen], {}

@@ -1,4 +1,4 @@
-"""Merging partial attention states by log-sum-exp (ALGORITHMS.md section 12.1).
+"""Merging partial attention states by log-sum-exp (docs/algorithms.md#shared-prefix-attention).
 
 Contract: a partial state over a key set is ``(o, lse)``: ``o`` normalised over that set and
 ``lse`` the natural-log sum of ``exp(score)`` over it, float32; an empty set has
