@@ -456,6 +456,7 @@ def _add_llamacpp_column(report: BenchReport, *, bin_dir: Any, note: str, dtype:
     if bin_dir is None:
         report.notes.append(note)
         return
+    report.metrics["load_avg_1m_llamacpp"] = _load_avg()   # it runs last, minutes later
     figures, note = measure_llamacpp_shapes(
         bin_dir=bin_dir, dtype=dtype, prompt_tokens=prompt_tokens,
         branch_counts=branch_counts, new_tokens=new_tokens, threads=threads)

@@ -176,6 +176,7 @@ def test_the_column_reports_each_shape_like_the_vllm_column(tmp_path):
     assert report.ratios == {
         "tokens_per_s_llamacpp_over_native": round(4 * 16 / rows[0].seconds / 50.0, 3),
         "tokens_per_s_llamacpp_over_native_b16": round(16 * 16 / rows[1].seconds / 80.0, 3)}
+    assert m["gguf_type_llamacpp"] == "F32" and m["load_avg_1m_llamacpp"] >= 0
     (note,) = report.notes
     assert note.startswith(f"llama.cpp via {tools}/llama-batched-bench: F32 GGUF")
 
@@ -183,7 +184,7 @@ def test_the_column_reports_each_shape_like_the_vllm_column(tmp_path):
 def test_a_missing_shape_in_its_table_is_a_note_and_no_column(tmp_path):
     tools = _stand_in_tools(tmp_path / "bin", table=SAMPLE.read_text())
     report = _column(tools, branch_counts=(4, 64))
-    assert not [k for k in report.metrics if "llamacpp" in k] and not report.ratios
+    assert list(report.metrics) == ["load_avg_1m_llamacpp"] and not report.ratios
     (note,) = report.notes
     assert note.startswith("llama.cpp column failed: llama-batched-bench printed no row for "
                            "PP=256, TG=16, B=64")
