@@ -13,14 +13,14 @@ Covered: RMSNorm, SwiGLU MLP, GQA, RoPE (default, linear, dynamic-free scalings 
 transformers computes once: llama3, yarn, longrope via ``ROPE_INIT_FUNCTIONS``), tied
 embeddings, Qwen2 q/k/v biases (and Llama ``attention_bias``), Qwen3 ``q_norm``/``k_norm``.
 
-Linear layers on CPU in bfloat16 use oneDNN with the weights reordered once into its
-blocked layout (:func:`pack_linear`) where :mod:`ttc.engine.hardware` says this CPU can
-(oneDNN bf16 support): decode streams every weight once per step, and the plain layout
-costs a reorder inside each call (measured ~25% slower for the 16-row decode of
-SmolLM2-135M on AVX-512/AMX). Outputs agree with ``F.linear`` to bf16 rounding, not
-always bit for bit (the accumulation order may differ). Elsewhere (CUDA, float32,
-float16, a CPU without oneDNN bf16, a torch without oneDNN) weights stay plain tensors
-and ``F.linear`` runs them.
+Linear layers on CPU use oneDNN with the weights reordered once into its blocked layout
+(:func:`pack_linear`) where :mod:`ttc.engine.hardware` says so: bf16 where this CPU's
+oneDNN runs bf16, float32 on x86. Decode streams every weight once per step, and the
+plain layout costs a reorder inside each call (bf16: ~25% slower for the 16-row decode of
+SmolLM2-135M on AVX-512/AMX; float32 against plain ``F.linear``: 0.52x the time at 16
+rows). Outputs agree with ``F.linear`` to rounding, not always bit for bit (the
+accumulation order may differ). Elsewhere (CUDA, MPS, float16, a CPU without oneDNN bf16
+for bf16, a torch without oneDNN) weights stay plain tensors and ``F.linear`` runs them.
 Must NOT know: radix trees, handles, sampling, text, rewards, strategies.
 """
 
@@ -119,12 +119,13 @@ def pack_linear(weight: Tensor, *, enabled: bool | None = None) -> Tensor:
     """``weight`` reordered for oneDNN's CPU matmul when that pays, else ``weight`` itself.
 
     ``enabled=None`` asks :func:`ttc.engine.hardware.can_pack_linear` (bf16 on a CPU whose
-    oneDNN runs bf16); ``False`` keeps the plain layout. The packed tensor is opaque (an
-    MKL-DNN tensor): only :func:`linear` reads it.
+    oneDNN runs bf16, float32 on x86); ``False`` keeps the plain layout. The packed tensor
+    is opaque (an MKL-DNN tensor): only :func:`linear` and :func:`linear_add` read it.
     """
     if enabled is None:
         enabled = can_pack_linear(weight.dtype, weight.device)
-    if not enabled or weight.device.type != "cpu" or weight.dtype != torch.bfloat16:
+    if (not enabled or weight.device.type != "cpu"
+            or weight.dtype not in (torch.bfloat16, torch.float32)):
         return weight
     return torch.ops.mkldnn._reorder_linear_weight(weight.contiguous())
 

@@ -20,13 +20,15 @@ from ttc.registry import ConfigError
 ROOT = Path(__file__).resolve().parents[2]
 
 # Capability flags of the machines users run ttc on.
-SAPPHIRE_RAPIDS = Capabilities(cpu_isa="AVX512", cpu_bf16=True, cpu_bf16_native=True, onednn=True)
+SAPPHIRE_RAPIDS = Capabilities(cpu_isa="AVX512", cpu_bf16=True, cpu_bf16_native=True, onednn=True,
+                               x86=True)
 ZEN4 = SAPPHIRE_RAPIDS                                   # AVX512-BF16, same flags for ttc
-SKYLAKE_X = Capabilities(cpu_isa="AVX512", cpu_bf16=True, cpu_bf16_native=False, onednn=True)
-ZEN3 = Capabilities(cpu_isa="AVX2", cpu_bf16=False, onednn=True)
+SKYLAKE_X = Capabilities(cpu_isa="AVX512", cpu_bf16=True, cpu_bf16_native=False, onednn=True,
+                         x86=True)
+ZEN3 = Capabilities(cpu_isa="AVX2", cpu_bf16=False, onednn=True, x86=True)
 GRAVITON3 = Capabilities(cpu_isa="SVE256", cpu_bf16=True, cpu_bf16_native=True, onednn=True)
 GRAVITON2 = Capabilities(cpu_isa="DEFAULT", cpu_bf16=False, onednn=True)
-NO_ONEDNN = Capabilities(cpu_isa="AVX2")
+NO_ONEDNN = Capabilities(cpu_isa="AVX2", x86=True)
 H100 = Capabilities(cuda=True, cuda_bf16=True, triton=True, cpu_isa="AVX512", cpu_bf16=True,
                     cpu_bf16_native=True, onednn=True)
 T4 = Capabilities(cuda=True, cuda_bf16=False, triton=True, cpu_isa="AVX2", onednn=True)
@@ -36,10 +38,10 @@ APPLE = Capabilities(mps=True, cpu_isa="DEFAULT", cpu_bf16=True, cpu_bf16_native
 
 @pytest.mark.parametrize("caps, dtype, pack", [
     (SAPPHIRE_RAPIDS, torch.bfloat16, True),
-    (SKYLAKE_X, torch.float32, False),      # bf16 runs, emulated: float32 is faster
-    (ZEN3, torch.float32, False),           # no bf16 matmuls at all
+    (SKYLAKE_X, torch.float32, True),       # bf16 runs, emulated: float32 is faster
+    (ZEN3, torch.float32, True),            # no bf16 matmuls at all; oneDNN float32 packed
     (GRAVITON3, torch.bfloat16, True),
-    (GRAVITON2, torch.float32, False),
+    (GRAVITON2, torch.float32, False),      # float32 packing is x86 only (untried on ARM)
     (NO_ONEDNN, torch.float32, False),
 ], ids=["amx", "avx512-no-bf16", "avx2", "arm-bf16", "arm-no-bf16", "no-onednn"])
 def test_auto_on_cpus(caps, dtype, pack):
@@ -108,7 +110,8 @@ def test_bf16_support_can_be_reported_absent(monkeypatch):
     assert not hardware.can_pack_linear(torch.bfloat16, "cpu")
     choice = hardware.choose()
     if choice.device.type == "cpu":
-        assert choice.dtype is torch.float32 and not choice.pack_linear
+        assert choice.dtype is torch.float32
+        assert choice.pack_linear == (real.onednn and real.x86)
     monkeypatch.setenv("TTC_CPU_BF16", "maybe")
     with pytest.raises(ConfigError, match="TTC_CPU_BF16 must be 0 .* or 1 .*got 'maybe'"):
         hardware.detect()

@@ -171,9 +171,13 @@ def test_packed_bf16_linear_equals_plain_linear():
         x = torch.randn(rows, 40, generator=gen).to(torch.bfloat16)
         torch.testing.assert_close(linear(x, packed, bias),
                                    torch.nn.functional.linear(x, w, bias), atol=2e-2, rtol=1e-2)
-    # float32 weights stay plain tensors
+    # float32 weights are packed on x86 (oneDNN), plain elsewhere; both compute the same
     w32 = w.float()
-    assert pack_linear(w32) is w32
+    p32 = pack_linear(w32)
+    assert p32.is_mkldnn == can_pack_linear(torch.float32, "cpu")
+    x32 = torch.randn(16, 40, generator=gen)
+    torch.testing.assert_close(linear(x32, p32, bias.float()),
+                               torch.nn.functional.linear(x32, w32, bias.float()))
 
 
 def test_engine_never_reads_uninitialised_memory(monkeypatch):
