@@ -9,7 +9,8 @@ when there are 4 or more), interleaved (A, B, A, B, so that a change in other te
 load hits both), each timing after one untimed step (a thread-count change rebuilds
 oneDNN's kernels); a count :data:`DROP` times slower than another stops being measured
 (beside a co-tenant its steps are the costly ones); the count with the least time per
-unit of work wins (ties within :data:`TIE` keep the current count). Then it holds for :data:`HOLD_STEPS` steps and
+unit of work wins (ties within :data:`TIE` keep the current count; a count below all the
+CPUs must be :data:`FEWER` faster than them). Then it holds for :data:`HOLD_STEPS` steps and
 trials again; a held count whose steps turn :data:`SLOWDOWN` times slower than at its
 trial (a co-tenant arrived) starts a trial at once. :func:`apply_threads` sets a count
 and must be called on the thread that runs the model.
@@ -46,6 +47,7 @@ from typing import Literal
 ThreadsSetting = int | Literal["auto"]
 
 TIE = 0.05            # a candidate must be this much faster (per unit of work) to switch
+FEWER = 0.15          # ... and a count below all CPUs this much more (see StepTuner._decide)
 HOLD_STEPS = 400      # steps between trials
 SLOWDOWN = 1.6        # a held count this much slower than at its trial: trial at once
 TIMED_PER_TURN = 2    # timed steps per candidate per turn (after one untimed step)
@@ -177,8 +179,14 @@ class StepTuner:
 
     def _decide(self) -> None:
         med = {c: statistics.median(v) for c, v in self._costs.items() if v}
-        best = min(med, key=med.get)
-        if best != self.current and med[best] < (1 - TIE) * med.get(self.current, float("inf")):
+        # fewer threads than the machine has must win clearly (FEWER): on free cores the
+        # trial's few steps can favour one thread by chance, and that costs ~1.3x on every
+        # step until the next trial; beside a co-tenant all threads lose by far more
+        most = max(self.candidates)
+        score = {c: m * (1.0 if c == most else 1.0 + FEWER) for c, m in med.items()}
+        best = min(score, key=score.get)
+        if best != self.current and score[best] < (1 - TIE) * score.get(self.current,
+                                                                        float("inf")):
             self.current = best
         self._baseline = med.get(self.current)
         self.trials += 1

@@ -186,3 +186,15 @@ def test_a_clearly_slower_count_stops_being_measured(cpus):
     used = _Machine({2: 5.0, 1: 1.0}).run(tuner, 8)
     assert tuner.trials == 1 and tuner.current == 1
     assert used == [2, 2, 2, 1, 1, 1, 1, 1]
+
+
+def test_fewer_threads_must_win_clearly(cpus):
+    """On free cores a trial's few steps can favour one thread by a little; all CPUs stay
+    unless one thread is more than FEWER faster (beside a co-tenant it is far more)."""
+    cpus(2)
+    slight = th.StepTuner()
+    _Machine({2: 1.0, 1: 0.9}).run(slight, 14)
+    assert slight.current == 2
+    clear = th.StepTuner()
+    _Machine({2: 1.0, 1: 0.7}).run(clear, 14)
+    assert clear.current == 1
