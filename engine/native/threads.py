@@ -12,7 +12,9 @@ oneDNN's kernels); a count :data:`DROP` times slower than another stops being me
 unit of work wins (ties within :data:`TIE` keep the current count; a count below all the
 CPUs must be :data:`FEWER` faster than them). Then it holds for :data:`HOLD_STEPS` steps and
 trials again; a held count whose steps turn :data:`SLOWDOWN` times slower than at its
-trial (a co-tenant arrived) starts a trial at once. :func:`apply_threads` sets a count
+trial (a co-tenant arrived) starts a trial at once. A trial whose steps' work changes by
+more than a third (a call started or ended) starts over: costs per token of unlike
+batches do not compare. :func:`apply_threads` sets a count
 and must be called on the thread that runs the model.
 
 Why: a decode step is hundreds of ops, and with n threads every parallel op waits at a
@@ -121,6 +123,8 @@ class StepTuner:
         self._baseline: float | None = None        # cost per work of the held count
         self._slow = 0
         self._pending: tuple[int, bool] | None = None
+        self._trial_work: int | None = None
+        self._restarts = 0
         self._start_trial()
 
     def _start_trial(self) -> None:
@@ -131,6 +135,7 @@ class StepTuner:
         self._plan = [(c, timed) for _ in range(TURNS) for c in order
                       for timed in [False] + [True] * TIMED_PER_TURN]
         self._costs = {c: [] for c in self.candidates}
+        self._trial_work: int | None = None
 
     @property
     def in_trial(self) -> bool:
@@ -148,6 +153,15 @@ class StepTuner:
             return                        # nothing ran: the plan waits for a real step
         cost = seconds / work
         if self._pending is not None and self._plan:
+            if self._trial_work is None:
+                self._trial_work = work
+            elif not 0.75 <= work / self._trial_work <= 1.33 and self._restarts < 3:
+                # the batch changed under the trial (a call started or ended): costs per
+                # token of unlike batches do not compare, so the trial starts over (three
+                # times at most: a server whose batch never settles still gets an answer)
+                self._start_trial()
+                self._trial_work = work
+                self._restarts += 1
             threads, timed = self._plan.pop(0)
             if timed:
                 self._costs[threads].append(cost)
@@ -178,6 +192,7 @@ class StepTuner:
             self._plan = []
 
     def _decide(self) -> None:
+        self._restarts = 0
         med = {c: statistics.median(v) for c, v in self._costs.items() if v}
         # fewer threads than the machine has must win clearly (FEWER): on free cores the
         # trial's few steps can favour one thread by chance, and that costs ~1.3x on every

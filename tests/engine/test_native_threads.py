@@ -198,3 +198,18 @@ def test_fewer_threads_must_win_clearly(cpus):
     clear = th.StepTuner()
     _Machine({2: 1.0, 1: 0.7}).run(clear, 14)
     assert clear.current == 1
+
+
+def test_a_trial_starts_over_when_the_batch_changes_under_it(cpus):
+    """A small warm-up call at 2 threads then a big call at 1 thread: per-token costs of
+    unlike batches would favour 1 thread; the trial restarts on the big batch instead."""
+    cpus(2)
+    tuner = th.StepTuner()
+    small, big = {2: 3.0, 1: 4.0}, {2: 0.5, 1: 1.0}     # per token: small batches cost more
+    for _ in range(3):                                   # the warm-up call: 2 rows
+        n = tuner.next_threads()
+        tuner.record(small[n] * 2, 2)
+    for _ in range(20):                                  # the real call: 16 rows
+        n = tuner.next_threads()
+        tuner.record(big[n] * 16, 16)
+    assert tuner.current == 2 and tuner.trials == 1
