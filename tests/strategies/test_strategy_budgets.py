@@ -8,7 +8,7 @@ from ttc.config import GenerationConfig
 from ttc.engine.backends.simulated import (SimulatedBackendConfig, SimulatedGenerator,
                                            small_model_config)
 from ttc.ledger import Budget
-from ttc.registry import STRATEGIES
+from ttc.registry import ConfigError, STRATEGIES
 from ttc.types import Problem
 from ttc.verifiers.simulated import SimulatedPRM
 
@@ -73,8 +73,16 @@ def test_budgets_are_never_exceeded(config, tokens, calls, difficulty, seed):
     budget = Budget(max_generated_tokens=tokens, max_verifier_calls=calls)
     problem = Problem(id=str(seed), question="q", answer="1",
                       metadata={"difficulty": difficulty, "num_steps": 5})
-    result = strategy.run(problem, generator=gen, verifier=SimulatedPRM(), budget=budget,
-                          **extra)
+    try:
+        result = strategy.run(problem, generator=gen, verifier=SimulatedPRM(), budget=budget,
+                              **extra)
+    except ConfigError as err:
+        # a budget too small for the strategy's mechanism (DeepConf's warm-up) is refused
+        # before anything runs, naming the budget: nothing spent, nothing left resident
+        assert "cannot hold" in str(err) and str(tokens) in str(err)
+        for engine in engines:
+            assert engine.live_handles == 0 and engine.resident_tokens() == 0
+        return
     assert result.ledger.generated_tokens <= tokens
     if calls is not None:
         assert result.ledger.verifier_calls <= calls
