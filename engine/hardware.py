@@ -55,7 +55,7 @@ class Capabilities:
     cpu_bf16: bool = False       # oneDNN runs bf16 matmuls and packs bf16 weights here
     cpu_bf16_native: bool = False  # bf16 dot-product instructions (AVX512-BF16, AMX, ARM BF16)
     onednn: bool = False         # torch built with oneDNN and its weight-reorder op present
-    triton: bool = False         # the triton package imports
+    triton: bool = False         # the triton package imports (checked only with CUDA)
     x86: bool = False            # an x86-64 CPU (oneDNN's float32 packing is used there)
 
     def describe_cpu(self) -> str:
@@ -78,10 +78,6 @@ class Choice:
     attention: str               # "torch" or "triton"
     note: str | None = None      # one line when ``auto`` chose float32 over bf16 on a CPU
 
-    @property
-    def dtype_name(self) -> str:
-        return DTYPE_NAMES[self.dtype]
-
 
 @lru_cache(maxsize=1)
 def _detect_torch() -> Capabilities:
@@ -98,11 +94,13 @@ def _detect_torch() -> Capabilities:
                                                    "_is_amx_tile_supported"))
     else:   # ARM and others: oneDNN reports bf16 only where the CPU has BF16 instructions
         native = cpu_bf16
-    try:
-        import triton  # noqa: F401, PLC0415
-        has_triton = True
-    except ImportError:
-        has_triton = False
+    has_triton = False
+    if cuda:        # Triton only runs on CUDA here; importing it costs start-up time elsewhere
+        try:
+            import triton  # noqa: F401, PLC0415
+            has_triton = True
+        except ImportError:
+            pass
     return Capabilities(cuda=cuda, cuda_bf16=cuda_bf16, mps=mps, cpu_isa=cpu_isa,
                         cpu_bf16=cpu_bf16, cpu_bf16_native=bool(native and cpu_bf16),
                         onednn=onednn, triton=has_triton, x86=_is_x86())

@@ -19,6 +19,7 @@ Must NOT know: handles, strategies, rewards.
 from __future__ import annotations
 
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -39,7 +40,8 @@ class StepClock:
     decode_steps: int = 0
     total: float = 0.0
     seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PHASES, 0.0))
-    decode_step_times: list[float] = field(default_factory=list)   # steps with a decode
+    # the latest steps with a decode (bounded: a server's loop runs for days)
+    decode_step_times: deque[float] = field(default_factory=lambda: deque(maxlen=4096))
 
     def add(self, phase: str, seconds: float) -> None:
         self.seconds[phase] += seconds

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import os
 import statistics
+from collections import deque
 from typing import Literal
 
 ThreadsSetting = int | Literal["auto"]
@@ -116,7 +117,8 @@ class StepTuner:
         self.hold_steps = hold_steps
         self.current = self.candidates[0]
         self.trials = 0                  # trials completed
-        self.history: list[tuple[int, dict[int, float]]] = []   # (chosen, cost per count)
+        # (chosen, cost per count) of the latest trials (bounded: one every HOLD_STEPS steps)
+        self.history: deque[tuple[int, dict[int, float]]] = deque(maxlen=64)
         self._plan: list[tuple[int, bool]] = []    # (threads, timed) for the trial's steps
         self._costs: dict[int, list[float]] = {}
         self._held = 0

@@ -21,7 +21,7 @@ def test_clock_splits_steps_into_phases_and_bookkeeping():
     ms = clock.per_step_ms()
     assert ms["forward"] == pytest.approx(5.0) and ms["sampling"] == pytest.approx(1.0)
     assert ms["bookkeeping"] == pytest.approx((20 - 12) / 2)
-    assert clock.decode_step_times == [0.015] and clock.decode_steps == 1
+    assert list(clock.decode_step_times) == [0.015] and clock.decode_steps == 1
     clock.reset()
     assert clock.steps == 0 and clock.seconds["forward"] == 0.0
 
